@@ -1,0 +1,78 @@
+"""Base config of cfg_jax: every field, with its section. Per-experiment files override a few.
+
+Sections: data, model, diffusion, guidance, training, sampling, evaluation. Every field can be
+overridden from the command line, e.g. `--config.training.batch_size=128`; a key that does not
+exist is an error (the config is locked).
+
+    python -m cfg_jax.main --config=configs/default.py --workdir=runs/default
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "digits"        # digits | cifar10 | imagenet64 | imagenet128
+  c.data.data_dir = ""          # '' = tfds default (digits: ~/.cache/cfg_jax/tensorflow_datasets)
+  c.data.image_size = 8
+  c.data.num_classes = 10       # the null label ∅ is the extra id `num_classes`
+  c.data.random_flip = False
+
+  # ADM-style U-Net (models/unet.py).
+  c.model = ml_collections.ConfigDict()
+  c.model.ch = 16
+  c.model.ch_mult = (1, 2)
+  c.model.num_res_blocks = 1
+  c.model.attn_resolutions = (4,)
+  c.model.head_channels = 16     # > 0: heads = channels // head_channels; else use num_heads
+  c.model.num_heads = -1
+  c.model.dropout = 0.0
+  c.model.resblock_updown = True
+  c.model.num_groups = 32
+  c.model.dtype = "float32"      # computation dtype; parameters stay float32
+  c.model.remat = False
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.logsnr_min = -20.0  # paper
+  c.diffusion.logsnr_max = 20.0
+
+  c.guidance = ml_collections.ConfigDict()
+  c.guidance.p_uncond = 0.1       # paper: 0.1 / 0.2 / 0.5
+  c.guidance.w_values = (0.0, 1.0, 3.0)  # w of the sample grids written during training
+
+  c.training = ml_collections.ConfigDict()
+  c.training.batch_size = 64      # global, over all devices and processes
+  c.training.num_train_steps = 1000
+  c.training.learning_rate = 1e-3
+  c.training.warmup_steps = 100
+  c.training.adam_b1 = 0.9
+  c.training.adam_b2 = 0.999
+  c.training.grad_clip = 1.0      # global-norm clipping; 0 disables
+  c.training.ema_decay = 0.999
+  c.training.log_every_steps = 100
+  c.training.checkpoint_every_steps = 500
+  c.training.sample_every_steps = 0   # 0: sample grids only at the end
+  c.training.grid_samples_per_class = 10
+  c.training.max_checkpoints_to_keep = 3
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.num_steps = 64       # T (paper: 256)
+  c.sampling.v = 0.3              # paper: 0.3 at 64x64, 0.2 at 128x128
+  c.sampling.clip_x = True
+  c.sampling.num_samples = 100    # --mode=sample draws this many per w
+  c.sampling.labels = ()          # () = cycle through all classes
+  c.sampling.w_values = (0.0, 1.0, 3.0)
+  c.sampling.batch_size = 500
+  c.sampling.checkpoint_step = -1  # -1 = latest
+  c.sampling.use_ema = True
+
+  c.evaluation = ml_collections.ConfigDict()
+  # After training on digits: class accuracy of guided samples judged by an RBF SVM fit on the
+  # digits train split (a digits-only sanity metric, not an Inception score).
+  c.evaluation.judge_num_samples = 500
+  c.evaluation.judge_w_values = (0.0, 1.0, 3.0)
+  return c
