@@ -10,7 +10,6 @@ the device count.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable
 
 import jax
@@ -78,11 +77,10 @@ def sample(eps_fn: EpsFn, *, rng: jax.Array, sample_ids: jax.Array, labels: jax.
     if config.clip_x:
       x_pred = jnp.clip(x_pred, -1.0, 1.0)
     # At t = T−1 there is no next λ: take λ' = λ_{t+1} clamped and discard the step.
-    logsnr_next = jnp.full((b,), logsnrs[jnp.minimum(t + 1, last)])
+    next_value = logsnrs[jnp.minimum(t + 1, last)]
     mean, _ = diffusion.posterior_mean_variance(z=z, x=x_pred, logsnr=logsnr,
-                                                logsnr_next=logsnr_next)
-    log_var = diffusion.sampler_log_variance(logsnr=logsnrs[t], logsnr_next=logsnrs[jnp.minimum(t + 1, last)],
-                                             v=config.v)
+                                                logsnr_next=jnp.full((b,), next_value))
+    log_var = diffusion.sampler_log_variance(logsnr=logsnrs[t], logsnr_next=next_value, v=config.v)
     z_next = mean + jnp.exp(0.5 * log_var) * _normal(keys, t + 1, shape)
     return jnp.where(t < last, z_next, z), x_pred
 

@@ -1,4 +1,4 @@
-"""CIFAR-10 (32×32, 10 classes): a CIFAR-sized ADM U-Net (35.7M parameters).
+"""CIFAR-10 (32×32, 10 classes): a CIFAR-sized ADM U-Net (42.9M parameters).
 
 Needs the tfds `cifar10` dataset prepared in data.data_dir (`tfds build cifar10` on a machine
 with network). On one accelerator host:

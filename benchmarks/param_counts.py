@@ -1,0 +1,37 @@
+"""Parameter counts of every config's U-Net, from jax.eval_shape (nothing is allocated).
+
+    python benchmarks/param_counts.py        # prints the README's markdown table
+"""
+
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = ("digits", "cifar10", "imagenet64", "imagenet128")
+# guided-diffusion's create_model with its README flags, 3 output channels, without the ∅ row.
+ADM_REFERENCE = {"imagenet64": 295_899_267, "imagenet128": 421_522_691}
+
+
+def counts() -> dict[str, tuple[int, tuple[int, int, int]]]:
+  from cfg_jax import config_lib, train
+  from cfg_jax.models import count_params
+  out = {}
+  for name in CONFIGS:
+    config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
+    shape = train.image_shape(config)
+    out[name] = (count_params(train.create_model(config), shape), shape)
+  return out
+
+
+def table() -> str:
+  rows = ["| config | image | parameters | ADM reference (without the ∅ row) |",
+          "|---|---|---:|---:|"]
+  for name, (n, shape) in counts().items():
+    ref = f"{ADM_REFERENCE[name]:,}" if name in ADM_REFERENCE else "—"
+    rows.append(f"| `configs/{name}.py` | {shape[0]}×{shape[1]}×{shape[2]} | {n:,} | {ref} |")
+  return "\n".join(rows)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, REPO)
+  print(table())

@@ -1,0 +1,216 @@
+"""`cfg_digits`: the UCI handwritten digits as a real (offline) TFDS dataset.
+
+scikit-learn ships the test set of the UCI "Optical Recognition of Handwritten
+Digits" data (`sklearn.datasets.load_digits`): 1,797 labelled 8x8 grayscale
+images with integer pixel values in 0..16 and 10 classes. It is the one image
+data set this project can always use without network access, so it is the
+default for tests, smoke runs and CPU experiments.
+
+Encoding
+  * ``image``: ``tfds.features.Image(shape=(8, 8, 1))``, uint8, PNG encoded.
+    Pixel values are rescaled 0..16 -> 0..255 with ``round(v * 255 / 16)``
+    (exact rounding of the rational value, halves rounded up; 16 -> 255).
+  * ``label``: ``tfds.features.ClassLabel(num_classes=10)``, names '0'..'9'.
+
+Split (fixed, documented, version 1.0.0)
+  A single permutation of the 1,797 example indices (in scikit-learn's order)
+  is drawn with ``np.random.RandomState(0).permutation(1797)`` -- the legacy
+  RandomState stream is frozen by NumPy's compatibility policy, so the split
+  does not change with the NumPy version. The first 300 permuted indices form
+  ``test``, the remaining 1,497 form ``train``. Shuffling on write is disabled
+  (``disable_shuffling=True``), so each split is stored in ascending
+  scikit-learn index order: record ``i`` of split ``s`` is
+  ``load_digits()[digits_split_indices()[s][i]]``. The split is *not*
+  stratified: with ~180 images per class every class is still represented in
+  both splits (19 to 40 test images per class), which the tests check.
+
+The example key is the index of the image in ``load_digits()``, so every
+example can be traced back to the scikit-learn array.
+
+Building needs no download (the data comes from the installed scikit-learn
+package) and takes about a second. Use :func:`ensure_digits`, which writes the
+``array_record`` file format so that ``tfds.data_source`` gives numpy random
+access without any TF graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from typing import Iterator
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+__all__ = [
+    "CfgDigits",
+    "DIGITS_NAME",
+    "NUM_TEST",
+    "NUM_TRAIN",
+    "SPLIT_SEED",
+    "digits_split_indices",
+    "digits_uint8",
+    "ensure_digits",
+]
+
+DIGITS_NAME = "cfg_digits"
+NUM_EXAMPLES = 1797
+NUM_TEST = 300
+NUM_TRAIN = NUM_EXAMPLES - NUM_TEST  # 1497
+SPLIT_SEED = 0
+NUM_CLASSES = 10
+IMAGE_SHAPE = (8, 8, 1)
+
+
+def digits_uint8() -> tuple[np.ndarray, np.ndarray]:
+  """Returns all 1,797 digits as (uint8 [N,8,8,1] in 0..255, int64 [N]).
+
+  Pixel values v in 0..16 map to round(v * 255 / 16), computed in integer
+  arithmetic (floor((v * 255 * 2 + 16) / 32)) so the result does not depend
+  on float rounding.
+  """
+  from sklearn.datasets import load_digits  # Local: sklearn import is slowish.
+
+  data = load_digits()
+  raw = np.asarray(data.images)
+  values = np.rint(raw).astype(np.int64)
+  if not np.array_equal(values, raw) or values.min() < 0 or values.max() > 16:
+    raise ValueError("load_digits() returned pixel values outside 0..16 ints.")
+  scaled = (values * 255 * 2 + 16) // 32  # == round(v*255/16), halves up.
+  images = scaled.astype(np.uint8).reshape(-1, *IMAGE_SHAPE)
+  labels = np.asarray(data.target, dtype=np.int64)
+  if images.shape[0] != NUM_EXAMPLES:
+    raise ValueError(
+        f"Expected {NUM_EXAMPLES} digits from scikit-learn, got {images.shape[0]}."
+    )
+  return images, labels
+
+
+def digits_split_indices() -> dict[str, np.ndarray]:
+  """Returns the fixed split: {'train': 1,497 indices, 'test': 300 indices}.
+
+  Indices refer to the order of `sklearn.datasets.load_digits()`. Each array
+  is sorted ascending, which is also the order of the records on disk.
+  """
+  perm = np.random.RandomState(SPLIT_SEED).permutation(NUM_EXAMPLES)
+  return {"test": np.sort(perm[:NUM_TEST]), "train": np.sort(perm[NUM_TEST:])}
+
+
+class CfgDigits(tfds.core.GeneratorBasedBuilder):
+  """UCI handwritten digits (8x8, from scikit-learn) with a fixed split."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release: 1,497 train / 300 test (RandomState(0) split).",
+  }
+  # tfds 4.9.10's `DatasetBuilder.code_path` evaluates
+  # `importlib_resources.abc.Traversable`, but tfds only depends on the
+  # `importlib_resources` backport for Python < 3.9, so for a builder outside
+  # the tensorflow_datasets package it raises ModuleNotFoundError during
+  # `download_and_prepare`. Setting the (plain) class attribute sidesteps it.
+  code_path = epath.Path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(
+            "UCI optical recognition of handwritten digits as shipped by "
+            "scikit-learn (load_digits): 8x8 grayscale images, pixel values "
+            "0..16 rescaled to 0..255 with round(v*255/16), 10 classes. "
+            "Fixed split: np.random.RandomState(0).permutation(1797); first "
+            "300 -> test, remaining 1,497 -> train (not stratified)."
+        ),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
+            "label": tfds.features.ClassLabel(
+                names=[str(i) for i in range(NUM_CLASSES)]
+            ),
+        }),
+        supervised_keys=("image", "label"),
+        # Records are stored in key (= scikit-learn index) order.
+        disable_shuffling=True,
+        homepage=(
+            "https://archive.ics.uci.edu/dataset/80/"
+            "optical+recognition+of+handwritten+digits"
+        ),
+        citation=(
+            "@misc{alpaydin1998digits, author={Alpaydin, E. and Kaynak, C.}, "
+            "title={Optical Recognition of Handwritten Digits}, "
+            "year={1998}, howpublished={UCI Machine Learning Repository}}"
+        ),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Unused: the data ships with scikit-learn.
+    images, labels = digits_uint8()
+    return {
+        split: self._generate_examples(images, labels, indices)
+        for split, indices in digits_split_indices().items()
+    }
+
+  def _generate_examples(
+      self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
+  ) -> Iterator[tuple[int, dict[str, object]]]:
+    for i in indices:
+      yield int(i), {"image": _to_pil(images[i]), "label": int(labels[i])}
+
+
+def _to_pil(image: np.ndarray):
+  """uint8 [8,8,1] -> PIL 'L' image.
+
+  tfds encodes a PIL image with PIL itself, whereas a numpy array goes through
+  a TF graph (`tf.image.encode_png`), whose TF import alone takes seconds.
+  """
+  from PIL import Image as PILImage  # Local: only needed while building.
+
+  if image.shape != IMAGE_SHAPE or image.dtype != np.uint8:
+    raise ValueError(f"Bad digit image {image.shape} {image.dtype}.")
+  return PILImage.fromarray(image[:, :, 0], mode="L")
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+  """Exclusive inter-process lock (several local processes may build)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_digits(data_dir: str | os.PathLike[str]) -> CfgDigits:
+  """Returns the `cfg_digits` builder, building it into `data_dir` if needed.
+
+  The dataset is written with ``file_format='array_record'`` (random access
+  via ``builder.as_data_source`` / ``tfds.data_source``). When it is already
+  prepared in `data_dir` this only reads ``dataset_info.json`` (a no-op).
+  Concurrent callers on one machine are serialised with a file lock (local
+  data dirs only).
+  """
+  data_dir = os.fspath(data_dir)
+  remote = "://" in data_dir  # e.g. gs://: no local lock possible.
+  if not remote:
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  builder = CfgDigits(data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  lock = (
+      contextlib.nullcontext() if remote
+      else _file_lock(os.path.join(data_dir, f".{DIGITS_NAME}.lock"))
+  )
+  with lock:
+    builder = CfgDigits(data_dir=data_dir)  # Re-read: another process may have built it.
+    if not builder.is_prepared():
+      builder.download_and_prepare(
+          file_format="array_record",
+          download_config=tfds.download.DownloadConfig(
+              # No download happens; keep tfds from computing anything slow.
+              compute_stats=tfds.download.ComputeStatsMode.SKIP,
+          ),
+      )
+      builder = CfgDigits(data_dir=data_dir)
+  return builder

@@ -1,0 +1,254 @@
+"""Training (Algorithm 1 of the paper) with a jitted, explicitly sharded train step.
+
+`train_step` is pure: (state, batch, rng) → (state, metrics). `train_and_evaluate` wires it to the
+data pipeline, clu metric writers (TensorBoard), orbax checkpoints and periodic sample grids.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from cfg_jax import checkpointing, config_lib, diffusion, guidance, images, sampling, schedules
+from cfg_jax import sharding as sharding_lib
+from cfg_jax.models import UNet
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def create_model(config: ml_collections.ConfigDict) -> UNet:
+  m = config.model
+  return UNet(num_classes=config.data.num_classes, ch=m.ch, ch_mult=tuple(m.ch_mult),
+              num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+              head_channels=m.head_channels, num_heads=m.num_heads, dropout=m.dropout,
+              resblock_updown=m.resblock_updown, num_groups=m.num_groups,
+              logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
+              dtype=jnp.dtype(m.dtype), remat=m.remat)
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  from cfg_jax import data  # imported lazily: TF is heavy and only needed here
+  return tuple(data.dataset_spec(config.data).image_shape)
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warm-up from 0 to the learning rate, then constant (as in ADM)."""
+  t = config.training
+  if t.warmup_steps <= 0:
+    return optax.constant_schedule(t.learning_rate)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
+       optax.constant_schedule(t.learning_rate)], [t.warmup_steps])
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  t = config.training
+  parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
+  parts.append(optax.adam(learning_rate_schedule(config), b1=t.adam_b1, b2=t.adam_b2))
+  return optax.chain(*parts)
+
+
+def init_state(rng: jax.Array, *, model: UNet, tx: optax.GradientTransformation,
+               shape: tuple[int, ...]) -> TrainState:
+  params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
+                      jnp.zeros((1,), jnp.int32), train=False)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=tx.init(params))
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """0 at step 0 (EMA starts as a copy), then min(decay, (1 + step) / (10 + step))."""
+  step = step.astype(jnp.float32)
+  return jnp.where(step == 0, 0.0, jnp.minimum(decay, (1.0 + step) / (10.0 + step)))
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model: UNet,
+               tx: optax.GradientTransformation, config: ml_collections.ConfigDict
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One step of Algorithm 1: c ← ∅ w.p. p_uncond, u ~ U[0,1], λ = λ(u), loss ‖ε_θ(z_λ, c) − ε‖².
+
+  Non-finite loss or gradients skip the update (params, optimizer state and EMA unchanged) and
+  are counted in metrics['nonfinite'].
+  """
+  x, labels = batch["image"], batch["label"]
+  rng = jax.random.fold_in(rng, state.step)
+  k_drop, k_u, k_eps, k_dropout = jax.random.split(rng, 4)
+  labels = guidance.drop_labels(k_drop, labels, p_uncond=config.guidance.p_uncond,
+                                null_label=config.data.num_classes)
+  u = jax.random.uniform(k_u, (x.shape[0],))
+  logsnr = schedules.logsnr_schedule_cosine(u, logsnr_min=config.diffusion.logsnr_min,
+                                            logsnr_max=config.diffusion.logsnr_max)
+  eps = jax.random.normal(k_eps, x.shape)
+  z = diffusion.diffuse(x=x, eps=eps, logsnr=logsnr)
+
+  def loss_fn(params):
+    eps_pred = model.apply({"params": params}, z, logsnr, labels, train=True,
+                           rngs={"dropout": k_dropout})
+    return jnp.mean(diffusion.eps_loss(eps_pred=eps_pred.astype(jnp.float32), eps=eps))
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+  decay = ema_decay_at(state.step, config.training.ema_decay)
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  ema = keep(ema, state.ema_params)
+  metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": 1.0 - finite.astype(jnp.float32),
+             "learning_rate": learning_rate_schedule(config)(state.step)}
+  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_train_step(model: UNet, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh, state_sharding):
+  """`train_step` jitted over `mesh`: batch split over `data`, state donated and replicated."""
+  step = functools.partial(train_step, model=model, tx=tx, config=config)
+  rep, dat = sharding_lib.replicated(mesh), sharding_lib.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(state_sharding, dat, rep),
+                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: UNet,
+                       tx: optax.GradientTransformation, mesh, shape) -> tuple[TrainState, Any]:
+  """Initialises the state directly into its shardings (shapes from jax.eval_shape first)."""
+  init = functools.partial(init_state, model=model, tx=tx, shape=tuple(shape))
+  rng = jax.random.key(config.seed)
+  abstract = jax.eval_shape(init, rng)
+  shardings = sharding_lib.state_shardings(abstract, mesh)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  return state, shardings
+
+
+def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
+  """Labels of a grid with one row per class (at most 10 classes shown)."""
+  classes = np.arange(min(num_classes, 10))
+  return np.repeat(classes, per_class).astype(np.int32)
+
+
+def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, config,
+                       num_devices: int) -> dict[float, str]:
+  """Samples a class-per-row grid for each w in guidance.w_values; writes PNGs and TB images."""
+  per_class = config.training.grid_samples_per_class
+  labels = grid_labels(config.data.num_classes, per_class)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
+  paths, tb_images = {}, {}
+  for w in config.guidance.w_values:
+    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
+                          batch_size=config.sampling.batch_size, num_devices=num_devices)
+    grid = images.make_grid(x, ncols=per_class)
+    if jax.process_index() == 0:
+      path = os.path.join(workdir, "samples", f"step_{step:08d}_w{w:g}.png")
+      images.save_png(grid, path)
+      paths[float(w)] = path
+    tb_images[f"samples/w={w:g}"] = grid[None]
+  writer.write_images(step, tb_images)
+  return paths
+
+
+def judge_digits(*, writer, step: int, sampler, params, config, num_devices: int
+                 ) -> dict[float, float]:
+  """Class accuracy of guided digits samples per w, judged by an SVM on pixels (digits only)."""
+  from cfg_jax.evaluation import digits_judge
+
+  n = config.evaluation.judge_num_samples
+  labels = np.resize(np.arange(config.data.num_classes, dtype=np.int32), n)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_033)
+  acc = {}
+  for w in config.evaluation.judge_w_values:
+    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
+                          batch_size=config.sampling.batch_size, num_devices=num_devices)
+    acc[float(w)] = digits_judge.class_accuracy(x, labels, data_dir=config.data.data_dir)
+    logging.info("step %d: SVM class accuracy of %d samples at w=%g: %.3f", step, n, w,
+                 acc[float(w)])
+  writer.write_scalars(step, {f"eval/svm_class_accuracy/w={w:g}": a for w, a in acc.items()})
+  return acc
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains per `config`, resuming from the latest checkpoint in `workdir`; returns the state."""
+  from cfg_jax import data  # lazily: TF import
+
+  mesh = sharding_lib.make_mesh()
+  spec = data.dataset_spec(config.data)
+  config_lib.validate(config, num_devices=mesh.size, process_count=jax.process_count(),
+                      dataset_spec=spec)
+  data.check_available(config.data)  # clear error before anything is compiled
+
+  os.makedirs(workdir, exist_ok=True)
+  t = config.training
+  model, tx = create_model(config), create_optimizer(config)
+  state, state_sharding = create_train_state(config, model, tx, mesh, spec.image_shape)
+  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=t.max_checkpoints_to_keep)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(None, checkpointing.abstract_like(state))
+    logging.info("Resumed from checkpoint step %d.", int(state.step))
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in config.items()})
+  step_fn = make_train_step(model, tx, config, mesh, state_sharding)
+  sampler = sampling.make_sampler(
+      model.apply, shape=spec.image_shape, null_label=config.data.num_classes, mesh=mesh,
+      config=sampling.SamplerConfig(num_steps=config.sampling.num_steps,
+                                    logsnr_min=config.diffusion.logsnr_min,
+                                    logsnr_max=config.diffusion.logsnr_max, v=config.sampling.v,
+                                    clip_x=config.sampling.clip_x))
+  train_iter = data.train_iterator(config.data, global_batch_size=t.batch_size, seed=config.seed,
+                                   start_step=start_step, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  report = periodic_actions.ReportProgress(num_train_steps=t.num_train_steps, writer=writer,
+                                           every_steps=t.log_every_steps or None)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  pending: list[dict[str, jax.Array]] = []
+  last_log_time, last_log_step = time.time(), start_step
+  meta = {"config": config.to_json()}
+
+  with metric_writers.ensure_flushes(writer):
+    for step in range(start_step + 1, t.num_train_steps + 1):
+      batch = sharding_lib.global_batch(next(train_iter), mesh)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, batch, rng)
+      pending.append(metrics)
+      report(step)
+      last = step == t.num_train_steps
+      if pending and (last or (t.log_every_steps and step % t.log_every_steps == 0)):
+        summary = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+        summary["nonfinite"] *= len(pending)  # a count, not a rate
+        now = time.time()
+        summary["images_per_sec"] = (step - last_log_step) * t.batch_size / (now - last_log_time)
+        last_log_time, last_log_step = now, step
+        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        pending = []
+      if last or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0):
+        ckpt.save(step, state, metadata=meta)
+      if last or (t.sample_every_steps and step % t.sample_every_steps == 0):
+        paths = write_sample_grids(writer=writer, workdir=workdir, step=step, sampler=sampler,
+                                   params=state.ema_params, config=config, num_devices=mesh.size)
+        for w, p in paths.items():
+          logging.info("Wrote samples for w=%g to %s", w, p)
+      if last and config.data.name == "digits" and config.evaluation.judge_num_samples > 0:
+        judge_digits(writer=writer, step=step, sampler=sampler, params=state.ema_params,
+                     config=config, num_devices=mesh.size)
+    ckpt.close()
+  return state

@@ -1,0 +1,99 @@
+"""The CLI end to end on the embedded default: train, resume, sample; TensorBoard reads it back."""
+import glob
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+from tests.helpers import REPO
+
+TINY = ["--config.training.batch_size=16", "--config.training.log_every_steps=2",
+        "--config.training.checkpoint_every_steps=2", "--config.training.grid_samples_per_class=2",
+        "--config.sampling.num_steps=4", "--config.sampling.num_samples=12",
+        "--config.evaluation.judge_num_samples=20"]
+
+
+def run_cli(workdir, *args, check=True):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  proc = subprocess.run(
+      [sys.executable, "-m", "cfg_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
+       *TINY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def read_events(workdir):
+  acc = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0, "images": 0})
+  acc.Reload()
+  return acc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  first = run_cli(workdir, "--config.training.num_train_steps=4")
+  return workdir, first
+
+
+def test_train_writes_events_checkpoints_and_grids(trained):
+  workdir, proc = trained
+  acc = read_events(workdir)
+  tags = acc.Tags()
+  for tag in ("train/loss", "train/grad_norm", "train/learning_rate", "train/images_per_sec",
+              "steps_per_sec", "eval/svm_class_accuracy/w=1"):
+    assert tag in tags["tensors"], (tag, tags)
+  assert [e.step for e in acc.Tensors("train/loss")] == [2, 4]
+  loss = [float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))
+          for e in acc.Tensors("train/loss")]
+  assert all(np.isfinite(loss)) and loss[0] > 0
+  for w in ("0", "1", "3"):
+    tag = f"samples/w={w}"
+    assert tag in tags["tensors"]
+    assert acc.SummaryMetadata(tag).plugin_data.plugin_name == "images"
+    width, height, png = acc.Tensors(tag)[0].tensor_proto.string_val[:3]
+    assert png.startswith(b"\x89PNG") and (int(width), int(height)) == (67, 331)  # 2 x 10 cells
+    assert os.path.getsize(os.path.join(workdir, "samples", f"step_00000004_w{w}.png")) > 100
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  assert "steps/s" in proc.stderr and "ETA" in proc.stderr  # console progress
+
+
+def test_second_invocation_resumes(trained):
+  workdir, _ = trained
+  proc = run_cli(workdir, "--config.training.num_train_steps=6")
+  assert "Resumed from checkpoint step 4" in proc.stderr
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert steps[-1] == 6
+  acc = read_events(workdir)
+  assert [e.step for e in acc.Tensors("train/loss")] == [2, 4, 6]  # no step trained twice
+
+
+def test_sample_mode_writes_grids_and_npz(trained):
+  workdir, _ = trained
+  run_cli(workdir, "--mode=sample", "--config.sampling.w_values=(0.,2.)")
+  npz = glob.glob(os.path.join(workdir, "sample", "step_*", "samples.npz"))
+  assert len(npz) == 1
+  with np.load(npz[0], allow_pickle=False) as f:
+    assert f["images"].shape == (2, 12, 8, 8, 1) and f["images"].dtype == np.uint8
+    np.testing.assert_array_equal(f["labels"], np.resize(np.arange(10), 12))
+    np.testing.assert_allclose(f["w_values"], [0.0, 2.0])
+  assert os.path.exists(os.path.join(os.path.dirname(npz[0]), "w2.png"))
+
+
+def test_bad_config_fails_before_compile(tmp_path):
+  proc = run_cli(str(tmp_path), "--config.guidance.p_uncond=1.5", check=False)
+  assert proc.returncode != 0
+  assert "guidance.p_uncond must be in [0, 1]" in proc.stderr
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+  proc = run_cli(str(tmp_path), "--config.training.bacth_size=3", check=False)
+  assert proc.returncode != 0 and "bacth_size" in proc.stderr
+
+
+def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
+  proc = run_cli(str(tmp_path), "--mode=sample", check=False)
+  assert proc.returncode != 0
+  assert "train first with --mode=train" in proc.stderr

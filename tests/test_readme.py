@@ -1,0 +1,36 @@
+"""What the README promises: its parameter table, its two commands, .ci/run calling the test one."""
+import os
+import re
+import sys
+
+from tests.helpers import REPO
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import param_counts  # noqa: E402
+
+
+def _readme():
+  with open(os.path.join(REPO, "README.md")) as f:
+    return f.read()
+
+
+def test_parameter_table_matches_eval_shape_counts():
+  assert param_counts.table() in _readme()
+
+
+def test_two_commands_and_ci():
+  readme = _readme()
+  block = re.search(r"```bash\n(make demo.*?)```", readme, re.S).group(1)
+  assert [line.split("#")[0].strip() for line in block.strip().splitlines()] == [
+      "make demo", "make test"]
+  with open(os.path.join(REPO, ".ci", "run")) as f:
+    assert "make test" in f.read()
+  with open(os.path.join(REPO, "Makefile")) as f:
+    makefile = f.read()
+  assert "-m pytest" in makefile and "configs/digits.py" in makefile
+
+
+def test_config_docstrings_hold_launch_commands():
+  for name in ("digits", "cifar10", "imagenet64", "imagenet128"):
+    with open(os.path.join(REPO, "configs", f"{name}.py")) as f:
+      assert f"python -m cfg_jax.main --config=configs/{name}.py" in f.read()

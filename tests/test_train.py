@@ -1,0 +1,70 @@
+"""The sharded train step: 8 devices match 1, non-finite steps are skipped, EMA starts as a copy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cfg_jax import sharding, train
+from tests.helpers import tiny_config
+
+
+def _batches(n, batch_size, seed=0):
+  rs = np.random.RandomState(seed)
+  return [{"image": rs.uniform(-1, 1, (batch_size, 8, 8, 1)).astype(np.float32),
+           "label": rs.randint(0, 10, (batch_size,)).astype(np.int32)} for _ in range(n)]
+
+
+def _run(config, num_devices, batches):
+  mesh = sharding.make_mesh(num_devices)
+  model, tx = train.create_model(config), train.create_optimizer(config)
+  state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
+  step = train.make_train_step(model, tx, config, mesh, shardings)
+  rng, losses = jax.random.key(7), []
+  for b in batches:
+    state, m = step(state, sharding.global_batch(b, mesh), rng)
+    losses.append(float(m["loss"]))
+  return state, losses
+
+
+def test_eight_devices_match_one():
+  assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
+  config = tiny_config(**{"training.batch_size": 16})
+  batches = _batches(3, 16)
+  s1, l1 = _run(config, 1, batches)
+  s8, l8 = _run(config, 8, batches)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  assert int(s8.step) == int(s1.step) == 3
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               s8.params, s1.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               s8.ema_params, s1.ema_params)
+  assert l1[0] > 0 and np.isfinite(l1).all()
+
+
+def test_nonfinite_update_is_skipped():
+  config = tiny_config()
+  mesh = sharding.make_mesh(1)
+  model, tx = train.create_model(config), train.create_optimizer(config)
+  state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
+  before = jax.device_get(state.params)
+  step = train.make_train_step(model, tx, config, mesh, shardings)
+  bad = _batches(1, 16)[0]
+  bad["image"][0, 0, 0, 0] = np.nan
+  state, m = step(state, sharding.global_batch(bad, mesh), jax.random.key(0))
+  assert float(m["nonfinite"]) == 1.0
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), before)
+  assert int(state.step) == 1
+
+
+def test_ema_decay_schedule():
+  assert float(train.ema_decay_at(jnp.array(0), 0.999)) == 0.0
+  assert float(train.ema_decay_at(jnp.array(1), 0.999)) == pytest.approx(2 / 11)
+  assert float(train.ema_decay_at(jnp.array(10**6), 0.999)) == pytest.approx(0.999)
+
+
+def test_learning_rate_warmup():
+  config = tiny_config(**{"training.warmup_steps": 10, "training.learning_rate": 1e-3})
+  lr = train.learning_rate_schedule(config)
+  assert float(lr(0)) == 0.0
+  assert float(lr(5)) == pytest.approx(5e-4)
+  assert float(lr(100)) == pytest.approx(1e-3)
