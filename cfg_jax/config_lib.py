@@ -152,5 +152,19 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     err(f"sampling.num_samples ({s.num_samples}) and sampling.batch_size ({s.batch_size}) must "
         "be >= 1.")
 
+  # Evaluation.
+  ev = config.evaluation
+  for w in ev.w_values:
+    if not np.isfinite(w) or w < -1.0:
+      err(f"evaluation.w_values holds {w}: w must be finite and >= -1.")
+  if ev.num_samples < 10:
+    err(f"evaluation.num_samples must be >= 10 (the Inception score uses 10 splits), got "
+        f"{ev.num_samples}.")
+  for t_ in ev.num_steps_values:
+    if t_ < 2:
+      err(f"evaluation.num_steps_values holds {t_}; every T must be >= 2.")
+  if ev.pr_k < 1 or ev.batch_size < 1:
+    err(f"evaluation.pr_k ({ev.pr_k}) and evaluation.batch_size ({ev.batch_size}) must be >= 1.")
+
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))

@@ -1,8 +1,9 @@
-"""cfg_jax command line: train, or sample from a trained checkpoint.
+"""cfg_jax command line: train, sample from a checkpoint, or evaluate checkpoints over a w sweep.
 
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits            # train
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=sample \
         --config.sampling.w_values='(0.,1.,3.)' --config.sampling.num_samples=100
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=evaluate
 
 Any config field can be overridden with --config.<section>.<key>=<value>; unknown keys are errors.
 """
@@ -22,7 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events "
                                "and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -48,9 +49,12 @@ def main(argv):
   if _MODE.value == "train":
     from cfg_jax import train
     train.train_and_evaluate(config, workdir)
-  else:
+  elif _MODE.value == "sample":
     from cfg_jax import sample
     sample.sample_from_checkpoint(config, workdir)
+  else:
+    from cfg_jax import evaluate
+    evaluate.evaluate(config, workdir)
 
 
 def run():

@@ -70,7 +70,20 @@ def get_config(arg=None):
   c.sampling.checkpoint_step = -1  # -1 = latest
   c.sampling.use_ema = True
 
+  # --mode=evaluate: the trade-off sweep (see cfg_jax/evaluate.py).
   c.evaluation = ml_collections.ConfigDict()
+  c.evaluation.w_values = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # paper's grid
+  c.evaluation.num_steps_values = ()     # T values to sweep; () = (sampling.num_steps,)
+  c.evaluation.num_samples = 1000        # per (T, w); the paper uses 50,000
+  c.evaluation.batch_size = 500
+  c.evaluation.reference_split = "train"
+  c.evaluation.reference_num_examples = -1  # -1 = the whole split
+  c.evaluation.pr_k = 3                  # k of the k-NN precision / recall
+  c.evaluation.inception_weights = ""    # .npz of the FID Inception-v3 (not needed for digits)
+  c.evaluation.checkpoint_step = -1      # -1 = latest (ignored when polling)
+  c.evaluation.poll = False              # keep evaluating new checkpoints as training runs
+  c.evaluation.poll_interval_secs = 30
+  c.evaluation.poll_timeout_secs = 3600  # stop after this long without a new checkpoint
   # After training on digits: class accuracy of guided samples judged by an RBF SVM fit on the
   # digits train split (a digits-only sanity metric, not an Inception score).
   c.evaluation.judge_num_samples = 500

@@ -97,3 +97,49 @@ def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
   proc = run_cli(str(tmp_path), "--mode=sample", check=False)
   assert proc.returncode != 0
   assert "train first with --mode=train" in proc.stderr
+
+
+def _rows(workdir):
+  import json
+  with open(os.path.join(workdir, "eval", "results.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+EVAL = ["--mode=evaluate", "--config.evaluation.num_samples=20",
+        "--config.evaluation.w_values=(0.,2.)", "--config.evaluation.num_steps_values=(4,8)"]
+
+
+def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
+  workdir, _ = trained
+  run_cli(workdir, *EVAL, "--config.evaluation.checkpoint_step=4")
+  rows = _rows(workdir)
+  assert [(r["step"], r["num_steps"], r["w"]) for r in rows] == [
+      (4, 4, 0.0), (4, 4, 2.0), (4, 8, 0.0), (4, 8, 2.0)]
+  for r in rows:
+    assert r["feature_net"].startswith("digits_classifier") and r["num_samples"] == 20
+    assert np.isfinite(r["fd"]) and r["fd"] >= 0 and 1.0 <= r["is"] <= 10.0
+    assert 0.0 <= r["class_accuracy"] <= 1.0 and 0.0 <= r["precision"] <= 1.0
+  acc = read_events(os.path.join(workdir, "eval"))
+  tags = acc.Tags()["tensors"]
+  for tag in ("eval/T4/fd/w=0", "eval/T8/is/w=2", "eval/T4/class_accuracy/w=2",
+              "eval/T4/tradeoff", "eval/T8/samples/w=2"):
+    assert tag in tags, (tag, tags)
+  assert [e.step for e in acc.Tensors("eval/T4/fd/w=0")] == [4]
+  assert acc.SummaryMetadata("eval/T4/tradeoff").plugin_data.plugin_name == "images"
+  with open(os.path.join(workdir, "eval", "results.csv")) as f:
+    assert f.readline().startswith("step,num_steps,w,")
+  assert os.path.exists(os.path.join(workdir, "eval", "tradeoff_step4_T4.png"))
+
+
+def test_evaluate_poll_does_each_checkpoint_once(trained):
+  workdir, _ = trained
+  poll = [*EVAL, "--config.evaluation.poll=true", "--config.evaluation.poll_timeout_secs=0",
+          "--config.training.num_train_steps=6"]
+  before = len(_rows(workdir))
+  run_cli(workdir, *poll)
+  new = _rows(workdir)[before:]
+  steps = sorted({r["step"] for r in new})
+  assert 4 not in steps and steps == sorted(
+      int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s != "4")
+  run_cli(workdir, *poll)  # a restart of the evaluation job redoes nothing
+  assert len(_rows(workdir)) == before + len(new)

@@ -1,0 +1,288 @@
+"""`--mode=evaluate`: the paper's trade-off curves (FID / IS vs w, for several T) from checkpoints.
+
+For each checkpoint, each number of sampling steps T in `evaluation.num_steps_values` and each w in
+`evaluation.w_values`, draw `evaluation.num_samples` class-balanced samples (sample i always uses
+noise key i, so curves over w share their noise), quantise them to uint8 like the reference
+evaluators, and compare their features with the cached reference statistics of the dataset:
+
+- digits: the features and softmax of a small classifier trained on the digits train split
+  (`evaluation/digits_classifier.py`) give a Fréchet distance `fd_digits`, a score `is_digits` and
+  the class accuracy. These are *digits-classifier metrics*, not Inception FID / IS.
+- every other dataset: the FID Inception-v3 (`evaluation/inception.py`, weights from
+  `evaluation.inception_weights`) gives `fid`, `is`, and precision / recall.
+
+Per (T, w) the job writes TensorBoard scalars `eval/T<T>/<metric>/w=<w>` at the checkpoint's step, a
+trade-off plot and sample grids as TensorBoard images, and appends rows to `<workdir>/eval/
+results.jsonl` (rewriting `results.csv`). With `evaluation.poll`, it keeps watching the workdir and
+evaluates each new checkpoint once; it remembers what it has done through results.jsonl.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from cfg_jax import checkpointing, config_lib, images, sample, sampling
+from cfg_jax import sharding as sharding_lib
+from cfg_jax import train
+from cfg_jax.evaluation import metrics
+
+RESULT_FIELDS = ("step", "num_steps", "w", "num_samples", "feature_net", "fd", "is", "is_std",
+                 "precision", "recall", "class_accuracy", "seconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNet:
+  """Maps images [N,H,W,C] in [−1, 1] to (features [N,D], logits [N,K])."""
+  name: str                      # 'digits_classifier_v<VERSION>' or 'inception'
+  apply: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  logits_are_dataset_classes: bool  # True: argmax(logits) is a dataset label (class accuracy)
+
+
+def _batched(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  feats, logits = [], []
+  for i in range(0, len(x), batch_size):
+    f, l = fn(x[i:i + batch_size])
+    feats.append(np.asarray(f, np.float32))
+    logits.append(np.asarray(l, np.float32))
+  return np.concatenate(feats), np.concatenate(logits)
+
+
+def feature_net(config: ml_collections.ConfigDict) -> FeatureNet:
+  """The feature network of `config`'s dataset; raises a clear error if its weights are missing."""
+  bs = config.evaluation.batch_size
+  if config.data.name == "digits":
+    from cfg_jax.evaluation import digits_classifier
+    clf = digits_classifier.load_or_train(config.data)
+
+    def apply_clf(b):
+      out = clf.outputs(b)
+      return out["features"], out["logits"]
+    return FeatureNet(f"digits_classifier_v{digits_classifier.VERSION}",
+                      lambda x: _batched(apply_clf, x, bs), True)
+  from cfg_jax.evaluation import inception
+  params = inception.load_params(config.evaluation.inception_weights)  # clear error if missing
+
+  def apply(x):
+    out = inception.jit_features(params, x)
+    return out["pool"], out["logits"]
+  return FeatureNet("inception", lambda x: _batched(apply, x, bs), False)
+
+
+def quantize(x: np.ndarray) -> np.ndarray:
+  """Rounds samples to uint8 and back to [−1, 1], as images are stored and as evaluators see them."""
+  return images.to_uint8(x).astype(np.float32) / 127.5 - 1.0
+
+
+def reference_features(config: ml_collections.ConfigDict, net: FeatureNet, workdir: str
+                       ) -> dict[str, np.ndarray]:
+  """Features of the reference split, cached in `<workdir>/eval/` (computed once)."""
+  from cfg_jax import data
+  ev = config.evaluation
+  n = ev.reference_num_examples
+  name = f"reference_{net.name}_{config.data.name}_{ev.reference_split}_{n}.npz"
+  path = os.path.join(workdir, "eval", name)
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  x, labels = data.eval_arrays(config.data, split=ev.reference_split,
+                               max_examples=None if n <= 0 else n)
+  feats, logits = net.apply(x)
+  mu, sigma = metrics.feature_statistics(feats)
+  ref = {"features": feats, "logits": logits, "labels": labels, "mu": mu, "sigma": sigma}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **ref)
+    os.replace(tmp, path)
+  return ref
+
+
+def sample_metrics(x: np.ndarray, labels: np.ndarray, net: FeatureNet,
+                   ref: dict[str, np.ndarray], *, pr_k: int = 3) -> dict[str, float]:
+  """FD / IS / precision / recall (and class accuracy where the logits are dataset classes)."""
+  feats, logits = net.apply(quantize(x))
+  mu, sigma = metrics.feature_statistics(feats)
+  is_mean, is_std = metrics.inception_score(logits, num_splits=min(10, len(x)))
+  precision, recall = metrics.precision_recall(ref["features"], feats, k=pr_k)
+  out = {"fd": metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), "is": is_mean,
+         "is_std": is_std, "precision": precision, "recall": recall}
+  out["class_accuracy"] = (float(np.mean(np.argmax(logits, -1) == labels))
+                           if net.logits_are_dataset_classes else float("nan"))
+  return out
+
+
+def tradeoff_plot(rows: list[dict[str, Any]], *, title: str) -> np.ndarray:
+  """FD-vs-IS curve over w as an RGB uint8 image (one point per w, annotated)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(4.5, 3.5), dpi=100)  # no pyplot: leaves the caller's backend alone
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  fd = [r["fd"] for r in rows]
+  score = [r["is"] for r in rows]
+  ax.plot(score, fd, "o-")
+  for r in rows:
+    ax.annotate(f"w={r['w']:g}", (r["is"], r["fd"]), textcoords="offset points", xytext=(4, 4),
+                fontsize=7)
+  ax.set_xlabel("IS" if rows and rows[0]["feature_net"] == "inception" else "IS (digits classifier)")
+  ax.set_ylabel("FID" if rows and rows[0]["feature_net"] == "inception" else "FD (digits classifier)")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png")
+  from PIL import Image
+  buf.seek(0)
+  return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def results_path(workdir: str) -> str:
+  return os.path.join(workdir, "eval", "results.jsonl")
+
+
+def load_results(workdir: str) -> list[dict[str, Any]]:
+  path = results_path(workdir)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def append_results(workdir: str, rows: list[dict[str, Any]]) -> None:
+  """Appends rows to results.jsonl and rewrites results.csv from all rows (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  with open(results_path(workdir), "a") as f:
+    for r in rows:
+      f.write(json.dumps(r) + "\n")
+  with open(os.path.join(workdir, "eval", "results.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+    w.writeheader()
+    for r in load_results(workdir):
+      w.writerow({k: r.get(k) for k in RESULT_FIELDS})
+
+
+def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bool:
+  """Whether results.jsonl already holds every (T, w) of this sweep for `step`."""
+  have = {(r["step"], r["num_steps"], r["w"], r["num_samples"]) for r in load_results(workdir)}
+  ev = config.evaluation
+  return all((step, t, float(w), ev.num_samples) in have
+             for t in num_steps_values(config) for w in ev.w_values)
+
+
+def num_steps_values(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  return tuple(config.evaluation.num_steps_values) or (config.sampling.num_steps,)
+
+
+class Evaluator:
+  """Holds the compiled samplers, the feature network and the reference features."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    from cfg_jax import data
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding_lib.make_mesh()
+    config_lib.validate(config, num_devices=self.mesh.size,
+                        dataset_spec=data.dataset_spec(config.data))
+    data.check_available(config.data)
+    self.net = feature_net(config)  # before any sampling compile: missing weights fail fast
+    self.ref = reference_features(config, self.net, workdir)
+    self.shape = train.image_shape(config)
+    self.apply_fn = train.create_model(config).apply
+    self._samplers: dict[int, Any] = {}
+    self.writer = metric_writers.create_default_writer(
+        os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0)
+
+  def sampler(self, num_steps: int):
+    if num_steps not in self._samplers:
+      c = self.config
+      self._samplers[num_steps] = sampling.make_sampler(
+          self.apply_fn, shape=self.shape, null_label=c.data.num_classes, mesh=self.mesh,
+          config=sampling.SamplerConfig(num_steps=num_steps, logsnr_min=c.diffusion.logsnr_min,
+                                        logsnr_max=c.diffusion.logsnr_max, v=c.sampling.v,
+                                        clip_x=c.sampling.clip_x))
+    return self._samplers[num_steps]
+
+  def evaluate_step(self, step: int) -> list[dict[str, Any]]:
+    """Runs the whole (T, w) sweep on checkpoint `step`; returns and records its rows."""
+    c, ev = self.config, self.config.evaluation
+    params, step = sample.load_params(c, self.workdir, self.mesh, step=step, use_ema=True)
+    labels = np.resize(np.arange(c.data.num_classes, dtype=np.int32), ev.num_samples)
+    rng = jax.random.fold_in(jax.random.key(c.seed), 3)
+    rows = []
+    for t in num_steps_values(c):
+      t_rows, grids = [], {}
+      for w in ev.w_values:
+        start = time.time()
+        x = sampling.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
+                              batch_size=ev.batch_size, num_devices=self.mesh.size)
+        m = sample_metrics(x, labels, self.net, self.ref, pr_k=ev.pr_k)
+        row = {"step": int(step), "num_steps": int(t), "w": float(w),
+               "num_samples": int(ev.num_samples), "feature_net": self.net.name, **m,
+               "seconds": time.time() - start}
+        t_rows.append(row)
+        logging.info("eval step %d T=%d w=%g: %s", step, t, w,
+                     ", ".join(f"{k}={row[k]:.4g}" for k in ("fd", "is", "precision", "recall",
+                                                             "class_accuracy")))
+        per_class = min(10, ev.num_samples // min(10, c.data.num_classes))
+        first = np.concatenate([np.flatnonzero(labels == k)[:per_class]
+                                for k in range(min(10, c.data.num_classes))])
+        grids[f"eval/T{t}/samples/w={w:g}"] = images.make_grid(x[first], ncols=per_class)[None]
+      scalars = {f"eval/T{t}/{k}/w={r['w']:g}": r[k] for r in t_rows
+                 for k in ("fd", "is", "precision", "recall", "class_accuracy")
+                 if np.isfinite(r[k])}
+      self.writer.write_scalars(step, scalars)
+      plot = tradeoff_plot(t_rows, title=f"step {step}, T={t}: FD vs IS over w")
+      self.writer.write_images(step, {f"eval/T{t}/tradeoff": plot[None], **grids})
+      if jax.process_index() == 0:
+        images.save_png(plot, os.path.join(self.workdir, "eval", f"tradeoff_step{step}_T{t}.png"))
+      rows += t_rows
+    self.writer.flush()
+    append_results(self.workdir, rows)
+    return rows
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Evaluates the chosen checkpoint once, or (evaluation.poll) every new checkpoint."""
+  ev = config.evaluation
+  evaluator = Evaluator(config, workdir)
+  rows: list[dict[str, Any]] = []
+  if not ev.poll:
+    step = None if ev.checkpoint_step < 0 else ev.checkpoint_step
+    if step is None:
+      step = checkpointing.Checkpointer(workdir, read_only=True).latest_step()
+    if step is None:
+      raise checkpointing.CheckpointError(
+          f"no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first.")
+    return evaluator.evaluate_step(step)
+  last_new = time.time()
+  final = config.training.num_train_steps
+  while True:
+    steps = []
+    if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+      steps = checkpointing.Checkpointer(workdir, read_only=True).all_steps()
+    todo = [s for s in sorted(steps) if not sweep_done(workdir, s, config)]
+    for s in todo:
+      try:
+        rows += evaluator.evaluate_step(s)
+      except (checkpointing.CheckpointError, FileNotFoundError) as e:
+        logging.warning("checkpoint %d vanished or is unreadable, skipped: %s", s, e)
+      last_new = time.time()
+    if any(sweep_done(workdir, s, config) for s in steps if s >= final):
+      logging.info("evaluated the final checkpoint (step %d); done.", final)
+      return rows
+    if time.time() - last_new > ev.poll_timeout_secs:
+      logging.info("no new checkpoint for %d s; stopping.", ev.poll_timeout_secs)
+      return rows
+    time.sleep(ev.poll_interval_secs)

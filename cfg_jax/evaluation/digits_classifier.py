@@ -1,0 +1,387 @@
+"""In-domain feature network for the 8x8 digits: digits-classifier Fréchet distance, score, acc.
+
+These are *digits-classifier metrics*, NOT Inception FID or the Inception score. A small CNN
+(`DigitsNet`) is trained deterministically on the 1,497 `cfg_digits` train images; for generated
+8x8 digits
+
+* its 128-d penultimate activations (`features`) replace Inception pool_3 in the Fréchet distance
+  (`metrics.feature_statistics` + `metrics.frechet_distance`),
+* its 10-way `logits` replace the Inception logits in the Inception-style score
+  (`metrics.inception_score`),
+* its argmax gives the class accuracy of class-conditional samples (`DigitsClassifier.accuracy`).
+
+Numbers computed this way are only comparable with numbers from the same network (same
+`VERSION`, same training recipe); they are not comparable with any published FID or IS. The
+scikit-learn SVM of `digits_judge` is an independent pixel-space accuracy check.
+
+Architecture (input NHWC float32 [B, 8, 8, 1] in [-1, 1], as everywhere in cfg_jax):
+conv 3x3 32 -> GELU -> conv 3x3 64 stride 2 -> GELU -> flatten -> Dense 128 -> GELU (`features`)
+-> Dense 10 (`logits`).
+
+Training (`train_classifier`): Adam with a cosine-decayed learning rate, softmax cross-entropy,
+batches drawn epoch by epoch from `np.random.RandomState(seed)` permutations of the train split,
+each image shifted by a random -1/0/+1 pixel in each direction (from the same RandomState, the
+border filled with the background value -1), initialisation from `jax.random.key(seed)`. The run
+is deterministic: same inputs, seed and environment give bitwise identical params.
+
+Cache (`load_or_train`): ``<resolve_data_dir(data)>/cfg_digits_classifier/<VERSION>/`` holds
+``params.npz`` (flat float32 arrays, keys like ``Conv_0/kernel``, read with
+``allow_pickle=False``) and ``info.json`` (version, training recipe, train/test accuracy and the
+sha256 of ``params.npz``). Both are written atomically (temp file + ``os.replace``). On load the
+sha256, the recipe and the array shapes are verified; a missing, corrupt or mismatching cache is
+retrained (with a logged warning when a cache existed but was rejected) and rewritten, never used.
+Loaded classifiers are also cached per process, keyed by the resolved data dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+from typing import Any, Iterator, Mapping
+
+from absl import logging
+import flax.linen as nn
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "CACHE_DIRNAME",
+    "DigitsClassifier",
+    "DigitsNet",
+    "FEATURE_DIM",
+    "NUM_CLASSES",
+    "TRAIN_RECIPE",
+    "VERSION",
+    "cache_dir",
+    "clear_memory_cache",
+    "load_or_train",
+    "train_classifier",
+]
+
+# Bump VERSION whenever the architecture, TRAIN_RECIPE or the dataset changes: it names the cache
+# directory, so old caches are simply ignored.
+VERSION = "1.0.0"
+CACHE_DIRNAME = "cfg_digits_classifier"
+PARAMS_FILE = "params.npz"
+INFO_FILE = "info.json"
+IMAGE_SHAPE = (8, 8, 1)
+NUM_CLASSES = 10
+FEATURE_DIM = 128
+BACKGROUND = -1.0  # pixel value of an empty (0) digits pixel in [-1, 1]
+TRAIN_RECIPE = {"seed": 0, "steps": 600, "batch_size": 64, "learning_rate": 3e-3,
+                "augment": True}
+_EVAL_BATCH = 1024
+
+
+class DigitsNet(nn.Module):
+  """Small CNN: [B, 8, 8, 1] in [-1, 1] -> {'features': [B, 128], 'logits': [B, 10]}."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    h = nn.gelu(nn.Conv(32, (3, 3))(x))
+    h = nn.gelu(nn.Conv(64, (3, 3), strides=2)(h))
+    h = h.reshape(h.shape[0], -1)
+    features = nn.gelu(nn.Dense(FEATURE_DIM)(h))
+    return {"features": features, "logits": nn.Dense(NUM_CLASSES)(features)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Training.
+
+
+def _check_images(images: Any, name: str = "images") -> np.ndarray:
+  """float32 [N, 8, 8, 1] numpy array, or ValueError."""
+  images = np.asarray(images, np.float32)
+  if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+    raise ValueError(f"{name} must have shape [N, 8, 8, 1], got {images.shape}.")
+  return images
+
+
+def _check_labels(labels: Any, n: int) -> np.ndarray:
+  """int32 [n] labels in [0, 10), or ValueError."""
+  labels = np.asarray(labels)
+  if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"labels must be {n} integers, got {labels.dtype} {labels.shape}.")
+  if n and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+    raise ValueError(f"labels must be in [0, {NUM_CLASSES}).")
+  return labels.astype(np.int32)
+
+
+def _batch_order(n: int, steps: int, batch_size: int, rng: np.random.RandomState) -> np.ndarray:
+  """[steps, batch_size] example indices: consecutive epoch permutations, batches wrap."""
+  epochs = -(-steps * batch_size // n)
+  order = np.concatenate([rng.permutation(n) for _ in range(epochs)])
+  return order[:steps * batch_size].reshape(steps, batch_size)
+
+
+def _shift(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+  """Shifts image i by offsets[i] = (dy, dx) in {0, 1, 2}^2 minus 1, filling with BACKGROUND."""
+  n, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=BACKGROUND)
+  rows = offsets[:, 0, None] + np.arange(h)[None]
+  cols = offsets[:, 1, None] + np.arange(w)[None]
+  return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+@jax.jit
+def _init_params(key: jax.Array) -> Any:
+  """Initial `DigitsNet` params (jitted: much faster than op-by-op flax init on CPU)."""
+  return DigitsNet().init(key, jnp.zeros((1, *IMAGE_SHAPE)))["params"]
+
+
+def _loss(params: Any, images: jax.Array, labels: jax.Array) -> jax.Array:
+  logits = DigitsNet().apply({"params": params}, images)["logits"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
+  """Adam with a cosine decay from `learning_rate` to 0 over `steps`."""
+  return optax.adam(optax.cosine_decay_schedule(learning_rate, steps))
+
+
+@functools.partial(jax.jit, static_argnames=("learning_rate", "steps"))
+def _train_step(params, opt_state, images, labels, *, learning_rate, steps):
+  """One Adam step on a batch (module-level so the compilation is reused across runs)."""
+  grads = jax.grad(_loss)(params, images, labels)
+  updates, opt_state = _optimizer(learning_rate, steps).update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, *,
+                     seed: int = TRAIN_RECIPE["seed"],
+                     steps: int = TRAIN_RECIPE["steps"],
+                     batch_size: int = TRAIN_RECIPE["batch_size"],
+                     learning_rate: float = TRAIN_RECIPE["learning_rate"],
+                     augment: bool = TRAIN_RECIPE["augment"]) -> dict[str, Any]:
+  """Trains `DigitsNet` on images [N, 8, 8, 1] in [-1, 1] and int labels [N]; returns params.
+
+  Deterministic: batch order and shifts come from `np.random.RandomState(seed)`, the
+  initialisation from `jax.random.key(seed)`. Returns nested float32 numpy params.
+  """
+  images = _check_images(images)
+  labels = _check_labels(labels, len(images))
+  if len(images) < batch_size or steps < 1:
+    raise ValueError(f"need >= batch_size={batch_size} images and steps >= 1, got "
+                     f"{len(images)} images, steps={steps}.")
+  rng = np.random.RandomState(seed)
+  order = _batch_order(len(images), steps, batch_size, rng)
+  offsets = (rng.randint(0, 3, size=(steps, batch_size, 2)) if augment
+             else np.ones((steps, batch_size, 2), np.int64))
+  params = _init_params(jax.random.key(seed))
+  opt_state = _optimizer(learning_rate, steps).init(params)
+  for s in range(steps):
+    x = _shift(images[order[s]], offsets[s])
+    params, opt_state = _train_step(params, opt_state, x, labels[order[s]],
+                                    learning_rate=learning_rate, steps=steps)
+  return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference.
+
+
+@jax.jit
+def _apply(params: Any, images: jax.Array) -> dict[str, jax.Array]:
+  return DigitsNet().apply({"params": params}, images)
+
+
+def _padded_size(n: int, batch_size: int) -> int:
+  """Batch size to pad a chunk of n rows to: batch_size, or a power of two >= n if smaller."""
+  return batch_size if n >= batch_size else max(8, 1 << (n - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DigitsClassifier:
+  """A trained `DigitsNet` with batched, jitted numpy-in / numpy-out inference.
+
+  Attributes:
+    params: nested `DigitsNet` params.
+    train_accuracy: accuracy on the digits train split when trained (None if unknown).
+    test_accuracy: accuracy on the 300 test digits when trained (None if unknown).
+    batch_size: rows per jitted call; inputs are padded to it (one compilation per size).
+  """
+
+  params: Mapping[str, Any]
+  train_accuracy: float | None = None
+  test_accuracy: float | None = None
+  batch_size: int = _EVAL_BATCH
+
+  def __post_init__(self):
+    object.__setattr__(self, "_device_params", jax.device_put(self.params))
+
+  def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{'features': float32 [N, 128], 'logits': float32 [N, 10]} of images [N, 8, 8, 1]."""
+    images = _check_images(images)
+    out = {"features": [np.zeros((0, FEATURE_DIM), np.float32)],
+           "logits": [np.zeros((0, NUM_CLASSES), np.float32)]}
+    for start in range(0, len(images), self.batch_size):
+      chunk = images[start:start + self.batch_size]
+      pad = _padded_size(len(chunk), self.batch_size) - len(chunk)
+      chunk = np.concatenate([chunk, np.zeros((pad, *IMAGE_SHAPE), np.float32)])
+      result = _apply(self._device_params, chunk)
+      for key in out:
+        out[key].append(np.asarray(result[key])[:len(chunk) - pad])
+    return {key: np.concatenate(parts) for key, parts in out.items()}
+
+  def features(self, images: np.ndarray) -> np.ndarray:
+    """Penultimate activations float32 [N, 128] (the Fréchet-distance features)."""
+    return self.outputs(images)["features"]
+
+  def logits(self, images: np.ndarray) -> np.ndarray:
+    """Class logits float32 [N, 10] (the Inception-style score input)."""
+    return self.outputs(images)["logits"]
+
+  def predict(self, images: np.ndarray) -> np.ndarray:
+    """Predicted classes int32 [N]."""
+    return np.argmax(self.logits(images), axis=1).astype(np.int32)
+
+  def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of images classified as their label (class accuracy of guided samples)."""
+    images = _check_images(images)
+    labels = _check_labels(labels, len(images))
+    if not len(images):
+      raise ValueError("accuracy of zero images is undefined.")
+    return float(np.mean(self.predict(images) == labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# On-disk cache.
+
+
+def cache_dir(data_config: Any) -> str:
+  """``<resolve_data_dir(data_config)>/cfg_digits_classifier/<VERSION>``."""
+  from cfg_jax import data  # Local: keeps TFDS out of plain inference imports.
+  return os.path.join(data.resolve_data_dir(data_config), CACHE_DIRNAME, VERSION)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(functools.partial(f.read, 1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _write_atomic(path: str, write_fn) -> None:
+  """Calls write_fn(binary file) on a temp file next to `path`, then os.replace's it."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      write_fn(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+@contextlib.contextmanager
+def _file_lock(path: str) -> Iterator[None]:
+  """Exclusive inter-process lock, so concurrent processes train at most once."""
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _save(directory: str, classifier: DigitsClassifier) -> None:
+  """Writes params.npz, then info.json (with the npz sha256), each atomically."""
+  flat = traverse_util.flatten_dict(classifier.params, sep="/")
+  params_path = os.path.join(directory, PARAMS_FILE)
+  _write_atomic(params_path, lambda f: np.savez(f, **flat))
+  info = {"version": VERSION, "recipe": TRAIN_RECIPE, "sha256": _sha256(params_path),
+          "train_accuracy": classifier.train_accuracy,
+          "test_accuracy": classifier.test_accuracy}
+  _write_atomic(os.path.join(directory, INFO_FILE),
+                lambda f: f.write(json.dumps(info, indent=2, sort_keys=True).encode()))
+
+
+def _load(directory: str) -> DigitsClassifier:
+  """Reads and verifies the cache in `directory`; raises ValueError/OSError if unusable."""
+  with open(os.path.join(directory, INFO_FILE), "rb") as f:
+    info = json.loads(f.read().decode())
+  if not isinstance(info, dict):
+    raise ValueError("info.json is not a JSON object")
+  if info.get("version") != VERSION or info.get("recipe") != TRAIN_RECIPE:
+    raise ValueError(f"version/recipe {info.get('version')}/{info.get('recipe')} != "
+                     f"{VERSION}/{TRAIN_RECIPE}")
+  params_path = os.path.join(directory, PARAMS_FILE)
+  if _sha256(params_path) != info.get("sha256"):
+    raise ValueError("sha256 of params.npz does not match info.json")
+  with np.load(params_path, allow_pickle=False) as npz:
+    flat = {k: np.asarray(npz[k]) for k in npz.files}
+  expected = traverse_util.flatten_dict(jax.eval_shape(_init_params, jax.random.key(0)), sep="/")
+  got = {k: (v.shape, v.dtype) for k, v in flat.items()}
+  if got != {k: (v.shape, np.dtype(v.dtype)) for k, v in expected.items()}:
+    raise ValueError(f"params.npz arrays {got} do not match DigitsNet")
+  if not all(np.all(np.isfinite(v)) for v in flat.values()):
+    raise ValueError("params.npz contains NaN or inf")
+  return DigitsClassifier(traverse_util.unflatten_dict(flat, sep="/"),
+                          train_accuracy=info.get("train_accuracy"),
+                          test_accuracy=info.get("test_accuracy"))
+
+
+def _train_on_digits(data_dir: str) -> DigitsClassifier:
+  """Trains with TRAIN_RECIPE on the digits in `data_dir` and measures train/test accuracy."""
+  import ml_collections  # Local: only needed to address the dataset.
+  from cfg_jax import data
+  data_config = ml_collections.ConfigDict({"name": "digits", "data_dir": data_dir})
+  x_train, y_train = data.eval_arrays(data_config, split="train")
+  x_test, y_test = data.eval_arrays(data_config, split="test")
+  params = train_classifier(x_train, y_train, **TRAIN_RECIPE)
+  classifier = DigitsClassifier(params)
+  return dataclasses.replace(classifier, train_accuracy=classifier.accuracy(x_train, y_train),
+                             test_accuracy=classifier.accuracy(x_test, y_test))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_or_train_cached(data_dir: str) -> DigitsClassifier:
+  """`load_or_train` for a resolved data dir (cached per process by lru_cache)."""
+  if "://" in data_dir:
+    logging.warning("Digits classifier: remote data dir %s, training without a disk cache.",
+                    data_dir)
+    return _train_on_digits(data_dir)
+  directory = os.path.join(data_dir, CACHE_DIRNAME, VERSION)
+  os.makedirs(directory, exist_ok=True)
+  with _file_lock(os.path.join(directory, ".lock")):
+    present = [f for f in (PARAMS_FILE, INFO_FILE) if os.path.exists(os.path.join(directory, f))]
+    if present:
+      try:
+        return _load(directory)
+      except Exception as e:  # pylint: disable=broad-except  (BadZipFile, ValueError, OSError..)
+        logging.warning("Digits classifier cache in %s is unusable (%s: %s); retraining.",
+                        directory, type(e).__name__, e)
+    classifier = _train_on_digits(data_dir)
+    _save(directory, classifier)
+    logging.info("Digits classifier trained (train %.4f, test %.4f), cached in %s.",
+                 classifier.train_accuracy, classifier.test_accuracy, directory)
+    return classifier
+
+
+def load_or_train(data_config: Any) -> DigitsClassifier:
+  """The digits classifier for `data_config` (name='digits'): from the cache, else trained.
+
+  See the module docstring for the cache layout and verification. Building the digits dataset
+  (offline, via `cfg_jax.data`) happens only when training is needed.
+  """
+  from cfg_jax import data
+  if data.dataset_spec(data_config).config_name != "digits":
+    raise ValueError(f"the digits classifier needs data.name='digits', got "
+                     f"{getattr(data_config, 'name', None)!r}.")
+  return _load_or_train_cached(data.resolve_data_dir(data_config))
+
+
+def clear_memory_cache() -> None:
+  """Forgets the classifiers `load_or_train` cached in this process (the disk cache stays)."""
+  _load_or_train_cached.cache_clear()
