@@ -209,9 +209,7 @@ class Evaluator:
       c = self.config
       self._samplers[num_steps] = sampling.make_sampler(
           self.apply_fn, shape=self.shape, null_label=c.data.num_classes, mesh=self.mesh,
-          config=sampling.SamplerConfig(num_steps=num_steps, logsnr_min=c.diffusion.logsnr_min,
-                                        logsnr_max=c.diffusion.logsnr_max, v=c.sampling.v,
-                                        clip_x=c.sampling.clip_x))
+          config=sampling.SamplerConfig.from_config(c, num_steps=num_steps))
     return self._samplers[num_steps]
 
   def evaluate_step(self, step: int) -> list[dict[str, Any]]:

@@ -53,9 +53,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
   shape = train.image_shape(config)
   sampler = sampling.make_sampler(
       train.create_model(config).apply, shape=shape, null_label=config.data.num_classes,
-      mesh=mesh, config=sampling.SamplerConfig(
-          num_steps=s.num_steps, logsnr_min=config.diffusion.logsnr_min,
-          logsnr_max=config.diffusion.logsnr_max, v=s.v, clip_x=s.clip_x))
+      mesh=mesh, config=sampling.SamplerConfig.from_config(config))
   labels = sample_labels(config)
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
   out_dir = os.path.join(workdir, "sample", f"step_{step:08d}")

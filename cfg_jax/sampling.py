@@ -31,6 +31,13 @@ class SamplerConfig:
   clip_x: bool = True     # clip x̃ to [−1, 1] before each step
   guided: bool = True     # False: conditional half only (no ∅ pass; w is ignored)
 
+  @classmethod
+  def from_config(cls, config, *, num_steps: int | None = None) -> "SamplerConfig":
+    """From a cfg_jax config's `sampling` and `diffusion` sections (num_steps overrides T)."""
+    return cls(num_steps=num_steps or config.sampling.num_steps,
+               logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
+               v=config.sampling.v, clip_x=config.sampling.clip_x)
+
   def __post_init__(self):
     schedules.check_logsnr_range(self.logsnr_min, self.logsnr_max)
     if self.num_steps < 2:

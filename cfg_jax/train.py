@@ -210,10 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step_fn = make_train_step(model, tx, config, mesh, state_sharding)
   sampler = sampling.make_sampler(
       model.apply, shape=spec.image_shape, null_label=config.data.num_classes, mesh=mesh,
-      config=sampling.SamplerConfig(num_steps=config.sampling.num_steps,
-                                    logsnr_min=config.diffusion.logsnr_min,
-                                    logsnr_max=config.diffusion.logsnr_max, v=config.sampling.v,
-                                    clip_x=config.sampling.clip_x))
+      config=sampling.SamplerConfig.from_config(config))
   train_iter = data.train_iterator(config.data, global_batch_size=t.batch_size, seed=config.seed,
                                    start_step=start_step, process_index=jax.process_index(),
                                    process_count=jax.process_count())
