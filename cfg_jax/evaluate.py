@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from cfg_jax import checkpointing, config_lib, images, sample, sampling
+from cfg_jax import checkpointing, config_lib, fileio, images, sample, sampling
 from cfg_jax import sharding as sharding_lib
 from cfg_jax import train
 from cfg_jax.evaluation import metrics
@@ -102,10 +102,7 @@ def reference_features(config: ml_collections.ConfigDict, net: FeatureNet, workd
   mu, sigma = metrics.feature_statistics(feats)
   ref = {"features": feats, "logits": logits, "labels": labels, "mu": mu, "sigma": sigma}
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **ref)
-    os.replace(tmp, path)
+    fileio.write_atomic(path, lambda f: np.savez(f, **ref))
   return ref
 
 

@@ -1,8 +1,6 @@
 """Shared test helpers: load the repository's config files."""
 import os
 
-from ml_collections import config_flags  # noqa: F401  (ensures ml_collections is importable)
-
 from cfg_jax import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

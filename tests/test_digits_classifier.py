@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cfg_jax import data
+from cfg_jax import data, fileio
 from cfg_jax.evaluation import digits_classifier as dc
 
 
@@ -75,7 +75,7 @@ def test_cache_layout_and_reload(data_dir, classifier, splits, monkeypatch):
   with open(os.path.join(directory, "info.json")) as f:
     info = json.load(f)
   assert info["test_accuracy"] == classifier.test_accuracy
-  assert info["sha256"] == dc._sha256(os.path.join(directory, "params.npz"))
+  assert info["sha256"] == fileio.sha256_file(os.path.join(directory, "params.npz"))
   assert dc.load_or_train(_cfg(data_dir)) is classifier  # In-process cache.
 
   dc.clear_memory_cache()
@@ -125,7 +125,7 @@ def test_unusable_cache_is_rejected(damage, data_dir, classifier, tmp_path, monk
     np.savez(params_file, **{"Dense_0/kernel": np.zeros((3, 3), np.float32)})
     with open(info_file) as f:
       info = json.load(f)
-    info["sha256"] = dc._sha256(params_file)
+    info["sha256"] = fileio.sha256_file(params_file)
     with open(info_file, "w") as f:
       json.dump(info, f)
   else:

@@ -36,13 +36,14 @@ access without any TF graph.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from typing import Iterator
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from cfg_jax import fileio
 
 __all__ = [
     "CfgDigits",
@@ -170,18 +171,6 @@ def _to_pil(image: np.ndarray):
   return PILImage.fromarray(image[:, :, 0], mode="L")
 
 
-@contextlib.contextmanager
-def _file_lock(path: str):
-  """Exclusive inter-process lock (several local processes may build)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def ensure_digits(data_dir: str | os.PathLike[str]) -> CfgDigits:
   """Returns the `cfg_digits` builder, building it into `data_dir` if needed.
 
@@ -200,7 +189,7 @@ def ensure_digits(data_dir: str | os.PathLike[str]) -> CfgDigits:
     return builder
   lock = (
       contextlib.nullcontext() if remote
-      else _file_lock(os.path.join(data_dir, f".{DIGITS_NAME}.lock"))
+      else fileio.file_lock(os.path.join(data_dir, f".{DIGITS_NAME}.lock"))
   )
   with lock:
     builder = CfgDigits(data_dir=data_dir)  # Re-read: another process may have built it.

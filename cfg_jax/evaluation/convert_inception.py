@@ -26,7 +26,6 @@ Mapping (torchvision Inception3 state-dict names → Flax params, `inception.Inc
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from typing import Any, Mapping
@@ -34,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 from flax import traverse_util
 
+from cfg_jax import fileio
 from cfg_jax.evaluation import inception
 
 PUBLISHED_SHA256_PREFIX = "6726825d"  # from the published file name, torch-hub convention
@@ -44,12 +44,7 @@ class ConversionError(ValueError):
   """The source file is not pytorch-fid's Inception weights, or cannot be read."""
 
 
-def sha256_file(path: str, chunk_size: int = 1 << 20) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(chunk_size), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+sha256_file = fileio.sha256_file
 
 
 def verify_checksum(path: str, prefix: str = PUBLISHED_SHA256_PREFIX) -> str:

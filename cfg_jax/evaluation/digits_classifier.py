@@ -35,14 +35,11 @@ Loaded classifiers are also cached per process, keyed by the resolved data dir.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
-import hashlib
 import json
 import os
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from absl import logging
 import flax.linen as nn
@@ -51,6 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from cfg_jax import fileio
 
 __all__ = [
     "CACHE_DIRNAME",
@@ -262,48 +261,15 @@ def cache_dir(data_config: Any) -> str:
   return os.path.join(data.resolve_data_dir(data_config), CACHE_DIRNAME, VERSION)
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(functools.partial(f.read, 1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def _write_atomic(path: str, write_fn) -> None:
-  """Calls write_fn(binary file) on a temp file next to `path`, then os.replace's it."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-  """Exclusive inter-process lock, so concurrent processes train at most once."""
-  with open(path, "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _save(directory: str, classifier: DigitsClassifier) -> None:
   """Writes params.npz, then info.json (with the npz sha256), each atomically."""
   flat = traverse_util.flatten_dict(classifier.params, sep="/")
   params_path = os.path.join(directory, PARAMS_FILE)
-  _write_atomic(params_path, lambda f: np.savez(f, **flat))
-  info = {"version": VERSION, "recipe": TRAIN_RECIPE, "sha256": _sha256(params_path),
+  fileio.write_atomic(params_path, lambda f: np.savez(f, **flat))
+  info = {"version": VERSION, "recipe": TRAIN_RECIPE, "sha256": fileio.sha256_file(params_path),
           "train_accuracy": classifier.train_accuracy,
           "test_accuracy": classifier.test_accuracy}
-  _write_atomic(os.path.join(directory, INFO_FILE),
+  fileio.write_atomic(os.path.join(directory, INFO_FILE),
                 lambda f: f.write(json.dumps(info, indent=2, sort_keys=True).encode()))
 
 
@@ -317,7 +283,7 @@ def _load(directory: str) -> DigitsClassifier:
     raise ValueError(f"version/recipe {info.get('version')}/{info.get('recipe')} != "
                      f"{VERSION}/{TRAIN_RECIPE}")
   params_path = os.path.join(directory, PARAMS_FILE)
-  if _sha256(params_path) != info.get("sha256"):
+  if fileio.sha256_file(params_path) != info.get("sha256"):
     raise ValueError("sha256 of params.npz does not match info.json")
   with np.load(params_path, allow_pickle=False) as npz:
     flat = {k: np.asarray(npz[k]) for k in npz.files}
@@ -354,7 +320,7 @@ def _load_or_train_cached(data_dir: str) -> DigitsClassifier:
     return _train_on_digits(data_dir)
   directory = os.path.join(data_dir, CACHE_DIRNAME, VERSION)
   os.makedirs(directory, exist_ok=True)
-  with _file_lock(os.path.join(directory, ".lock")):
+  with fileio.file_lock(os.path.join(directory, ".lock")):
     present = [f for f in (PARAMS_FILE, INFO_FILE) if os.path.exists(os.path.join(directory, f))]
     if present:
       try:

@@ -55,6 +55,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from cfg_jax import fileio
+
 INPUT_SIZE = 299  # the graph resizes every image to 299×299
 MIN_INPUT_SIZE = 75  # smallest input the (unresized) architecture accepts
 POOL_DIM = 2048
@@ -429,14 +431,4 @@ def save_params(params: Mapping[str, Any], path: str) -> None:
 
   The file is written exactly at `path` (no '.npz' appended).
   """
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      np.savez(f, **flatten_params(params))
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  fileio.write_atomic(path, lambda f: np.savez(f, **flatten_params(params)))
