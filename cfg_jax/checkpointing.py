@@ -12,11 +12,31 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint is missing, unreadable or does not match the model."""
+  """A checkpoint is missing, unreadable, corrupt or does not match the model."""
+
+
+@jax.jit
+def _leaf_sums(tree: Any) -> list[jax.Array]:
+  return [jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.abs(x.astype(jnp.float32)))])
+          for x in jax.tree.leaves(tree)]
+
+
+def fingerprint(tree: Any) -> list[list[float]]:
+  """Per-leaf (sum, sum of |x|): stored beside each checkpoint and checked on restore, so a
+  corrupt checkpoint is detected instead of silently giving wrong parameters."""
+  return [[float(a), float(b)] for a, b in jax.device_get(_leaf_sums(tree))]
+
+
+def fingerprints_match(a: list[list[float]], b: list[list[float]]) -> bool:
+  return len(a) == len(b) and bool(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                               atol=1e-6))
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -44,11 +64,20 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, *, metadata: dict | None = None) -> bool:
-    """Starts an (asynchronous) save of `state` at `step`; `wait()` blocks until committed."""
-    args = {"state": ocp.args.StandardSave(state)}
-    if metadata is not None:
-      args["metadata"] = ocp.args.JsonSave(metadata)
-    return self._manager.save(step, args=ocp.args.Composite(**args), force=True)
+    """Starts an (asynchronous) save of `state` at `step`; `wait()` blocks until committed.
+
+    Refuses (CheckpointError) to write a state with non-finite values: the last good checkpoint
+    is never followed by, or replaced with, NaN parameters. orbax writes into a temporary
+    directory and renames it when complete, so a crash mid-write leaves no step behind.
+    """
+    fp = fingerprint(state)
+    if not np.all(np.isfinite(fp)):
+      raise CheckpointError(
+          f"refusing to checkpoint step {step}: the state holds NaN or Inf values; the last "
+          f"good checkpoint ({self.latest_step()}) is kept.")
+    meta = dict(metadata or {}, fingerprint=fp)
+    return self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(meta)), force=True)
 
   def restore(self, step: int | None, abstract_state: Any) -> Any:
     """Restores the state at `step` (None: latest) into the shapes/shardings of `abstract_state`."""
@@ -60,11 +89,35 @@ class Checkpointer:
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     except FileNotFoundError as e:
       raise CheckpointError(f"checkpoint step {step} in {self.directory} is missing: {e}") from e
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # orbax / tensorstore raise many types for unreadable data
       raise CheckpointError(
-          f"checkpoint step {step} in {self.directory} does not match this config's model "
-          f"(was it trained with another config?): {e}") from e
-    return restored["state"]
+          f"checkpoint step {step} in {self.directory} cannot be read into this config's train "
+          f"state (corrupt, or trained with another config?): {type(e).__name__}: {e}") from e
+    state = restored["state"]
+    meta = self.metadata(step)
+    if meta is None or "fingerprint" not in meta:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no metadata "
+                            "fingerprint: it is incomplete or was not written by cfg_jax.")
+    if not fingerprints_match(fingerprint(state), meta["fingerprint"]):
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} is corrupt: its arrays "
+                            "do not match the fingerprint written with them.")
+    return state
+
+  def restore_latest_valid(self, abstract_state: Any) -> Any | None:
+    """Restores the newest checkpoint that reads back intact, falling back to older ones with
+    a warning; None if there is none; CheckpointError if every one is unreadable."""
+    steps = sorted(self.all_steps(), reverse=True)
+    errors = []
+    for step in steps:
+      try:
+        return self.restore(step, abstract_state)
+      except CheckpointError as e:
+        logging.warning("%s Falling back to an older checkpoint.", e)
+        errors.append(str(e))
+    if errors:
+      raise CheckpointError("no checkpoint in " + self.directory + " could be restored:\n  " +
+                            "\n  ".join(errors) + "\nMove the directory away to start afresh.")
+    return None
 
   def metadata(self, step: int) -> dict | None:
     try:

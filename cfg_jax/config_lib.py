@@ -132,7 +132,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     err(f"training.learning_rate must be positive, got {t.learning_rate}.")
   if not 0.0 <= t.ema_decay < 1.0:
     err(f"training.ema_decay must be in [0, 1), got {t.ema_decay}.")
-  for key in ("log_every_steps", "checkpoint_every_steps", "sample_every_steps"):
+  for key in ("log_every_steps", "checkpoint_every_steps", "sample_every_steps",
+              "max_consecutive_nonfinite"):
     if t[key] < 0:
       err(f"training.{key} must be >= 0 (0 disables), got {t[key]}.")
 
@@ -165,6 +166,26 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
       err(f"evaluation.num_steps_values holds {t_}; every T must be >= 2.")
   if ev.pr_k < 1 or ev.batch_size < 1:
     err(f"evaluation.pr_k ({ev.pr_k}) and evaluation.batch_size ({ev.batch_size}) must be >= 1.")
+
+  # Sampling: samplers and guidance variants (see cfg_jax/sampling.py).
+  samplers = ("ancestral", "ddim", "euler", "heun")
+  if s.sampler not in samplers:
+    err(f"sampling.sampler must be one of {samplers}, got {s.sampler!r}.")
+  if not 0.0 <= s.eta <= 1.0:
+    err(f"sampling.eta must be in [0, 1] (0 = deterministic DDIM, 1 = ancestral noise), got "
+        f"{s.eta}.")
+  gi = tuple(s.guidance_interval)
+  if gi and (len(gi) != 2 or np.isnan(gi).any() or gi[0] > gi[1]):
+    err(f"sampling.guidance_interval must be () (guide everywhere) or (lambda_lo, lambda_hi) with "
+        f"lambda_lo <= lambda_hi in log-SNR, got {gi}.")
+  if not 0.0 <= s.rescale_phi <= 1.0:
+    err(f"sampling.rescale_phi must be in [0, 1] (0 = off; Lin et al. use 0.7), got "
+        f"{s.rescale_phi}.")
+  if s.thresholding not in ("none", "static", "dynamic"):
+    err(f"sampling.thresholding must be 'none', 'static' or 'dynamic', got {s.thresholding!r}.")
+  if not 0.0 < s.dynamic_threshold_p <= 1.0:
+    err(f"sampling.dynamic_threshold_p must be in (0, 1] (Imagen: 0.995), got "
+        f"{s.dynamic_threshold_p}.")
 
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))

@@ -20,7 +20,8 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from cfg_jax import checkpointing, config_lib, diffusion, guidance, images, sampling, schedules
+from cfg_jax import checkpointing, config_lib, diffusion, guidance, images, preemption, sampling
+from cfg_jax import schedules
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.models import UNet
 
@@ -31,6 +32,11 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
+  nonfinite_streak: jax.Array  # consecutive skipped (non-finite) steps up to now
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 def create_model(config: ml_collections.ConfigDict) -> UNet:
@@ -70,7 +76,7 @@ def init_state(rng: jax.Array, *, model: UNet, tx: optax.GradientTransformation,
   params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
                       jnp.zeros((1,), jnp.int32), train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=tx.init(params))
+                    opt_state=tx.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -115,7 +121,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   ema = keep(ema, state.ema_params)
   metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": 1.0 - finite.astype(jnp.float32),
              "learning_rate": learning_rate_schedule(config)(state.step)}
-  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+  streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state,
+                         nonfinite_streak=streak)
   return new_state, metrics
 
 
@@ -184,6 +192,19 @@ def judge_digits(*, writer, step: int, sampler, params, config, num_devices: int
   return acc
 
 
+def check_nonfinite_streak(state: TrainState, config, ckpt) -> None:
+  """Raises NonFiniteLossError after training.max_consecutive_nonfinite skipped steps in a row
+  (checked at log steps; skipped steps never change the parameters, so nothing is lost)."""
+  limit = config.training.max_consecutive_nonfinite
+  streak = int(state.nonfinite_streak)
+  if limit > 0 and streak >= limit:
+    raise NonFiniteLossError(
+        f"{streak} consecutive steps up to step {int(state.step)} had a non-finite loss or "
+        f"gradient (limit training.max_consecutive_nonfinite={limit}); their updates were "
+        f"skipped and the last good checkpoint (step {ckpt.latest_step()}) is kept. Lower "
+        "training.learning_rate, enable training.grad_clip, or check the data.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains per `config`, resuming from the latest checkpoint in `workdir`; returns the state."""
   from cfg_jax import data  # lazily: TF import
@@ -199,8 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model, tx = create_model(config), create_optimizer(config)
   state, state_sharding = create_train_state(config, model, tx, mesh, spec.image_shape)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=t.max_checkpoints_to_keep)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(None, checkpointing.abstract_like(state))
+  restored = ckpt.restore_latest_valid(checkpointing.abstract_like(state))
+  if restored is not None:
+    state = restored
     logging.info("Resumed from checkpoint step %d.", int(state.step))
   start_step = int(state.step)
 
@@ -221,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   last_log_time, last_log_step = time.time(), start_step
   meta = {"config": config.to_json()}
 
-  with metric_writers.ensure_flushes(writer):
+  with metric_writers.ensure_flushes(writer), preemption.PreemptionWatcher() as watcher:
     for step in range(start_step + 1, t.num_train_steps + 1):
       batch = sharding_lib.global_batch(next(train_iter), mesh)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -237,8 +259,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         last_log_time, last_log_step = now, step
         writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
         pending = []
+        check_nonfinite_streak(state, config, ckpt)
       if last or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0):
         ckpt.save(step, state, metadata=meta)
+      if not last and watcher.should_stop(step):
+        if ckpt.latest_step() != step:
+          ckpt.save(step, state, metadata=meta)
+        ckpt.close()
+        logging.warning("Preempted: saved checkpoint step %d and stopped; run the same command "
+                        "again to resume.", step)
+        return state
       if last or (t.sample_every_steps and step % t.sample_every_steps == 0):
         paths = write_sample_grids(writer=writer, workdir=workdir, step=step, sampler=sampler,
                                    params=state.ema_params, config=config, num_devices=mesh.size)

@@ -58,11 +58,21 @@ def get_config(arg=None):
   c.training.sample_every_steps = 0   # 0: sample grids only at the end
   c.training.grid_samples_per_class = 10
   c.training.max_checkpoints_to_keep = 3
+  # Non-finite loss/gradient: the update is always skipped and counted; after this many in a
+  # row training stops with an error (0: never stop).
+  c.training.max_consecutive_nonfinite = 100
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.num_steps = 64       # T (paper: 256)
   c.sampling.v = 0.3              # paper: 0.3 at 64x64, 0.2 at 128x128
-  c.sampling.clip_x = True
+  c.sampling.clip_x = True         # static clip of x~ to [-1, 1]; false turns thresholding=static off
+  # Sampler and guidance variants (cfg_jax/sampling.py); the defaults are the paper's sampler.
+  c.sampling.sampler = "ancestral"  # ancestral (paper, uses v) | ddim (uses eta) | euler | heun
+  c.sampling.eta = 0.0             # DDIM eta in [0, 1]: 0 deterministic, 1 = ancestral with v = 0
+  c.sampling.guidance_interval = ()  # (lambda_lo, lambda_hi): guide only there; () = everywhere
+  c.sampling.rescale_phi = 0.0     # CFG rescale phi in [0, 1] (Lin et al. 2023); 0 = off
+  c.sampling.thresholding = "static"  # none | static (clip to [-1, 1]) | dynamic (Imagen)
+  c.sampling.dynamic_threshold_p = 0.995  # percentile of |x~| for thresholding=dynamic
   c.sampling.num_samples = 100    # --mode=sample draws this many per w
   c.sampling.labels = ()          # () = cycle through all classes
   c.sampling.w_values = (0.0, 1.0, 3.0)
