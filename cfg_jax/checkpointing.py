@@ -72,9 +72,11 @@ class Checkpointer:
     """
     fp = fingerprint(state)
     if not np.all(np.isfinite(fp)):
+      kept = self.latest_step()
       raise CheckpointError(
-          f"refusing to checkpoint step {step}: the state holds NaN or Inf values; the last "
-          f"good checkpoint ({self.latest_step()}) is kept.")
+          f"refusing to checkpoint step {step}: the state holds NaN or Inf values; " +
+          ("no earlier checkpoint exists." if kept is None else
+           f"the last good checkpoint (step {kept}) is kept."))
     meta = dict(metadata or {}, fingerprint=fp)
     return self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(meta)), force=True)

@@ -248,6 +248,18 @@ class Evaluator:
     return rows
 
 
+def evaluate_steps(evaluator: Evaluator, steps: list[int]) -> list[dict[str, Any]]:
+  """Evaluates each step; one deleted (e.g. by max_to_keep) or unreadable meanwhile is skipped
+  with a warning instead of stopping the job."""
+  rows = []
+  for s in steps:
+    try:
+      rows += evaluator.evaluate_step(s)
+    except (checkpointing.CheckpointError, FileNotFoundError) as e:
+      logging.warning("checkpoint %d vanished or is unreadable, skipped: %s", s, e)
+  return rows
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Evaluates the chosen checkpoint once, or (evaluation.poll) every new checkpoint."""
   ev = config.evaluation
@@ -268,11 +280,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
     if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
       steps = checkpointing.Checkpointer(workdir, read_only=True).all_steps()
     todo = [s for s in sorted(steps) if not sweep_done(workdir, s, config)]
-    for s in todo:
-      try:
-        rows += evaluator.evaluate_step(s)
-      except (checkpointing.CheckpointError, FileNotFoundError) as e:
-        logging.warning("checkpoint %d vanished or is unreadable, skipped: %s", s, e)
+    rows += evaluate_steps(evaluator, todo)
+    if todo:
       last_new = time.time()
     if any(sweep_done(workdir, s, config) for s in steps if s >= final):
       logging.info("evaluated the final checkpoint (step %d); done.", final)

@@ -24,7 +24,33 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events "
                                "and samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate"], "What to run.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process runs outside TPU pods and SLURM: host:port of "
+    "process 0 (with --num_processes and --process_id).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _cluster_detected() -> bool:
+  """A multi-host TPU slice or a multi-task SLURM job, where jax.distributed auto-configures."""
+  env = os.environ
+  if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+    return True
+  hosts = env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS")
+  return bool(hosts) and "," in env.get("TPU_WORKER_HOSTNAMES", ",")
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize: explicit flags, or auto-detected on TPU pods and SLURM."""
+  import jax
+  if _COORDINATOR.value:
+    if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+      raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+    jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _cluster_detected():
+    jax.distributed.initialize()
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -41,6 +67,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after flags: XLA_FLAGS / platform env are read at first use
+
+  initialize_distributed()
 
   logging.info("JAX process %d / %d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),

@@ -143,3 +143,19 @@ def test_evaluate_poll_does_each_checkpoint_once(trained):
       int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s != "4")
   run_cli(workdir, *poll)  # a restart of the evaluation job redoes nothing
   assert len(_rows(workdir)) == before + len(new)
+
+
+def test_evaluate_skips_a_checkpoint_deleted_meanwhile(trained, tmp_path):
+  import shutil
+
+  from cfg_jax import evaluate
+  from tests.helpers import tiny_config
+  workdir, _ = trained
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  config = tiny_config(**{"evaluation.num_samples": 10, "evaluation.w_values": (1.0,)})
+  evaluator = evaluate.Evaluator(config, copy)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(copy, "checkpoints")))
+  shutil.rmtree(os.path.join(copy, "checkpoints", str(steps[0])))  # as max_to_keep would
+  rows = evaluate.evaluate_steps(evaluator, steps[:1])
+  assert rows == []  # skipped with a warning, no crash

@@ -34,3 +34,10 @@ def test_config_docstrings_hold_launch_commands():
   for name in ("digits", "cifar10", "imagenet64", "imagenet128"):
     with open(os.path.join(REPO, "configs", f"{name}.py")) as f:
       assert f"python -m cfg_jax.main --config=configs/{name}.py" in f.read()
+
+
+def test_bad_inputs_doc_is_current():
+  from cfg_jax.tools import bad_inputs
+  with open(os.path.join(REPO, "docs", "bad_inputs.md")) as f:
+    assert f.read() == bad_inputs.HEADER + bad_inputs.table() + "\n", (
+        "regenerate: python -m cfg_jax.tools.bad_inputs > docs/bad_inputs.md")
