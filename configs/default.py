@@ -65,7 +65,7 @@ def get_config(arg=None):
   c.sampling = ml_collections.ConfigDict()
   c.sampling.num_steps = 64       # T (paper: 256)
   c.sampling.v = 0.3              # paper: 0.3 at 64x64, 0.2 at 128x128
-  c.sampling.clip_x = True         # static clip of x~ to [-1, 1]; false turns thresholding=static off
+  c.sampling.clip_x = True        # static clip of x~ to [-1, 1]; False turns thresholding=static off
   # Sampler and guidance variants (cfg_jax/sampling.py); the defaults are the paper's sampler.
   c.sampling.sampler = "ancestral"  # ancestral (paper, uses v) | ddim (uses eta) | euler | heun
   c.sampling.eta = 0.0             # DDIM eta in [0, 1]: 0 deterministic, 1 = ancestral with v = 0
