@@ -38,8 +38,8 @@ from cfg_jax import sharding as sharding_lib
 from cfg_jax import train
 from cfg_jax.evaluation import metrics
 
-RESULT_FIELDS = ("step", "num_steps", "w", "num_samples", "feature_net", "fd", "is", "is_std",
-                 "precision", "recall", "class_accuracy", "seconds")
+RESULT_FIELDS = ("step", "num_steps", "w", "num_samples", "sampler", "feature_net", "fd", "is",
+                 "is_std", "precision", "recall", "class_accuracy", "seconds", "sampler_settings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +171,19 @@ def append_results(workdir: str, rows: list[dict[str, Any]]) -> None:
       w.writerow({k: r.get(k) for k in RESULT_FIELDS})
 
 
+def settings_key(config: ml_collections.ConfigDict, num_steps: int) -> str:
+  """The sampler settings of one sweep, as the JSON stored in results rows."""
+  return json.dumps(sampling.SamplerConfig.from_config(config, num_steps=num_steps).describe(),
+                    sort_keys=True)
+
+
 def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bool:
-  """Whether results.jsonl already holds every (T, w) of this sweep for `step`."""
-  have = {(r["step"], r["num_steps"], r["w"], r["num_samples"]) for r in load_results(workdir)}
+  """Whether results.jsonl already holds every (T, w) of this sweep, with these sampler
+  settings and sample count, for `step`."""
+  have = {(r["step"], r["w"], r["num_samples"], r.get("sampler_settings"))
+          for r in load_results(workdir)}
   ev = config.evaluation
-  return all((step, t, float(w), ev.num_samples) in have
+  return all((step, float(w), ev.num_samples, settings_key(config, t)) in have
              for t in num_steps_values(config) for w in ev.w_values)
 
 
@@ -224,8 +232,9 @@ class Evaluator:
                               batch_size=ev.batch_size, num_devices=self.mesh.size)
         m = sample_metrics(x, labels, self.net, self.ref, pr_k=ev.pr_k)
         row = {"step": int(step), "num_steps": int(t), "w": float(w),
-               "num_samples": int(ev.num_samples), "feature_net": self.net.name, **m,
-               "seconds": time.time() - start}
+               "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,
+               "feature_net": self.net.name, **m, "seconds": time.time() - start,
+               "sampler_settings": settings_key(c, t)}
         t_rows.append(row)
         logging.info("eval step %d T=%d w=%g: %s", step, t, w,
                      ", ".join(f"{k}={row[k]:.4g}" for k in ("fd", "is", "precision", "recall",

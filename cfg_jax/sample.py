@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -51,9 +52,10 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
                              step=None if s.checkpoint_step < 0 else s.checkpoint_step,
                              use_ema=s.use_ema)
   shape = train.image_shape(config)
+  sampler_config = sampling.SamplerConfig.from_config(config)
   sampler = sampling.make_sampler(
       train.create_model(config).apply, shape=shape, null_label=config.data.num_classes,
-      mesh=mesh, config=sampling.SamplerConfig.from_config(config))
+      mesh=mesh, config=sampler_config)
   labels = sample_labels(config)
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
   out_dir = os.path.join(workdir, "sample", f"step_{step:08d}")
@@ -72,6 +74,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
   if jax.process_index() == 0:
     np.savez_compressed(npz, images=np.stack(results), labels=labels,
                         w_values=np.asarray(s.w_values, np.float32), step=step,
-                        num_steps=s.num_steps, v=s.v)
+                        num_steps=s.num_steps, v=s.v,
+                        sampler_settings=json.dumps(sampler_config.describe(), sort_keys=True))
     logging.info("Wrote %s (images uint8 [w, N, H, W, C])", npz)
   return npz

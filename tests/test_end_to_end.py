@@ -81,6 +81,9 @@ def test_sample_mode_writes_grids_and_npz(trained):
     assert f["images"].shape == (2, 12, 8, 8, 1) and f["images"].dtype == np.uint8
     np.testing.assert_array_equal(f["labels"], np.resize(np.arange(10), 12))
     np.testing.assert_allclose(f["w_values"], [0.0, 2.0])
+    import json
+    settings = json.loads(str(f["sampler_settings"]))
+    assert settings["sampler"] == "ancestral" and settings["num_steps"] == 4
   assert os.path.exists(os.path.join(os.path.dirname(npz[0]), "w2.png"))
 
 
@@ -116,6 +119,7 @@ def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
   assert [(r["step"], r["num_steps"], r["w"]) for r in rows] == [
       (4, 4, 0.0), (4, 4, 2.0), (4, 8, 0.0), (4, 8, 2.0)]
   for r in rows:
+    assert r["sampler"] == "ancestral" and '"v": 0.3' in r["sampler_settings"]
     assert r["feature_net"].startswith("digits_classifier") and r["num_samples"] == 20
     assert np.isfinite(r["fd"]) and r["fd"] >= 0 and 1.0 <= r["is"] <= 10.0
     assert 0.0 <= r["class_accuracy"] <= 1.0 and 0.0 <= r["precision"] <= 1.0

@@ -21,4 +21,4 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
   assert "trained steps: 20" in outputs
   assert "w=3" in outputs and "FD=" in outputs
   images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-  assert len(images) >= 2  # the sample grids and the trade-off plots
+  assert len(images) >= 3  # the sample grids, the trade-off plots and the 2D exact-score demo
