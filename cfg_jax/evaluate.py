@@ -59,8 +59,11 @@ def _batched(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray
   return np.concatenate(feats), np.concatenate(logits)
 
 
-def feature_net(config: ml_collections.ConfigDict) -> FeatureNet:
-  """The feature network of `config`'s dataset; raises a clear error if its weights are missing."""
+def feature_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet:
+  """The feature network of `config`'s dataset; raises a clear error if its weights are missing.
+
+  Inception runs with each batch split over the `data` axis of `mesh` (default: all devices).
+  """
   bs = config.evaluation.batch_size
   if config.data.name == "digits":
     from cfg_jax.evaluation import digits_classifier
@@ -73,10 +76,9 @@ def feature_net(config: ml_collections.ConfigDict) -> FeatureNet:
                       lambda x: _batched(apply_clf, x, bs), True)
   from cfg_jax.evaluation import inception
   params = inception.load_params(config.evaluation.inception_weights)  # clear error if missing
-
-  def apply(x):
-    out = inception.jit_features(params, x)
-    return out["pool"], out["logits"]
+  apply = sharding_lib.sharded_batch_fn(
+      lambda p, x: (lambda o: (o["pool"], o["logits"]))(inception.features(p, x)), params,
+      mesh or sharding_lib.make_mesh())
   return FeatureNet("inception", lambda x: _batched(apply, x, bs), False)
 
 
@@ -201,7 +203,7 @@ class Evaluator:
     config_lib.validate(config, num_devices=self.mesh.size,
                         dataset_spec=data.dataset_spec(config.data))
     data.check_available(config.data)
-    self.net = feature_net(config)  # before any sampling compile: missing weights fail fast
+    self.net = feature_net(config, self.mesh)  # before any compile: missing weights fail fast
     self.ref = reference_features(config, self.net, workdir)
     self.shape = train.image_shape(config)
     self.apply_fn = train.create_model(config).apply

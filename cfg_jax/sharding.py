@@ -44,3 +44,31 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   """Assembles each process's local batch into global arrays sharded over `data`."""
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-process) global array as a numpy array on every process."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def sharded_batch_fn(fn, params: Any, mesh: Mesh):
+  """Wraps fn(params, x) -> pytree of [N, ...] arrays to run with x split over `data`.
+
+  The returned callable takes a host batch of any size N (padded to a multiple of the device
+  count and trimmed back) and returns numpy arrays.
+  """
+  jitted = jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                   out_shardings=batch_sharded(mesh))
+  params = jax.device_put(params, replicated(mesh))
+
+  def apply(x: np.ndarray):
+    n = len(x)
+    pad = (-n) % mesh.size
+    if pad:
+      x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+    out = jitted(params, x)
+    return jax.tree.map(lambda y: to_host(y)[:n], out)
+  return apply
