@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cfg_jax import diffusion, guidance, schedules
+from cfg_jax import diffusion, guidance, schedules, sharding
 from cfg_jax.guidance import EpsFn
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun")
@@ -319,5 +319,5 @@ def generate(sampler, params, rng: jax.Array, *, labels: np.ndarray, w: np.ndarr
     lab = np.concatenate([labels[start:stop], np.repeat(labels[stop - 1:stop], pad)])
     ww = np.concatenate([w[start:stop], np.repeat(w[stop - 1:stop], pad)])
     x = sampler(params, rng, ids, lab, ww)
-    out.append(np.asarray(jax.device_get(x))[: stop - start])
+    out.append(sharding.to_host(x)[: stop - start])
   return np.concatenate(out, axis=0)
