@@ -1,0 +1,412 @@
+"""The noise-conditional classifier p_φ(c | z_λ, λ) of classifier guidance (Dhariwal & Nichol 2021).
+
+Classifier guidance is the baseline that classifier-free guidance (Ho & Salimans 2022) replaces: a
+separate classifier, trained on noised data z_λ = α_λ x + σ_λ ε at every λ of the cosine schedule,
+whose gradient ∇_z log p_φ(c | z_λ, λ) steers the sampler (`cfg_jax/classifier_guidance.py`).
+
+`Classifier` is the encoder half of the ADM U-Net (`cfg_jax/models/unet.py`, whose blocks it
+imports): the same λ embedding (no class embedding), input conv, down path and middle block, then
+ADM's `EncoderUNetModel` head with pool='adaptive': GroupNorm → SiLU → global average pool →
+zero-initialised Dense(num_classes), returning float32 logits [B, num_classes].
+
+Training (`train_classifier`) mirrors `cfg_jax/train.py`: a pure train step (u ~ U[0, 1],
+λ = λ(u) on the config's λ range, z = α x + σ ε, cross-entropy on the true label) jitted over the
+`data` mesh, the digits input pipeline, clu metric writers in `<workdir>/classifier` and orbax
+checkpoints in `<workdir>/classifier/checkpoints` (exact resume: the noise of step s is
+fold_in(seed, s), the batch of step s a function of (seed, s)). At the end it reports the accuracy
+on noised test images per λ bin (`noised_accuracy`).
+
+The classifier's settings come from `config.classifier` when the config has that section, else
+from `default_classifier_config()` (sized for the 8×8 digits).
+
+    python -m cfg_jax.tools.train_classifier --config=configs/digits.py --workdir=runs/digits
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from cfg_jax import checkpointing, diffusion, preemption, schedules
+from cfg_jax import sharding as sharding_lib
+from cfg_jax.models import unet
+
+SUBDIR = "classifier"  # <workdir>/classifier: TensorBoard events and checkpoints/
+# λ bins of the noised-test accuracy report: [edges[i], edges[i + 1]).
+ACCURACY_LOGSNR_EDGES = (-20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0)
+
+
+def default_classifier_config() -> ml_collections.ConfigDict:
+  """Defaults of the classifier section, sized for the 8×8 digits (trains in < 1 min on a CPU).
+
+  An ADM-style encoder of width 16 at 8×8 and 32 at 4×4, attention at 4×4 (92,202 parameters).
+  `num_groups` (GroupNorm groups, default: the U-Net's `model.num_groups`) is 4 here: with
+  gcd(32, 16) = 16 groups of one channel the pooled head sees per-channel-normalised features
+  and the classifier learns several times slower.
+  """
+  c = ml_collections.ConfigDict()
+  c.ch = 16
+  c.ch_mult = (1, 2)
+  c.num_res_blocks = 1
+  c.attn_resolutions = (4,)
+  c.head_channels = 16
+  c.num_groups = 4
+  c.batch_size = 64
+  c.num_train_steps = 1000
+  c.learning_rate = 2e-3
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 500
+  return c
+
+
+def classifier_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.classifier` if the config has that section, else `default_classifier_config()`."""
+  if "classifier" in config:
+    return config.classifier
+  return default_classifier_config()
+
+
+# --------------------------------------------------------------------------------------------
+# The network.
+# --------------------------------------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+  """ADM encoder classifier: ``Classifier(...)(z, logsnr, train=...)`` → logits [B, num_classes].
+
+  Args (call):
+    z: [B, H, W, C] noisy images z_λ (NHWC).
+    logsnr: [B] log-SNR λ of each z.
+    train: enables dropout (then ``rngs={'dropout': key}`` is required when dropout > 0).
+  """
+
+  num_classes: int
+  ch: int = 128
+  ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: tuple[int, ...] = (16,)
+  head_channels: int = 64
+  num_heads: int = -1
+  dropout: float = 0.0
+  resblock_updown: bool = True
+  num_groups: int = 32
+  logsnr_min: float = schedules.LOGSNR_MIN
+  logsnr_max: float = schedules.LOGSNR_MAX
+  dtype: Any = jnp.float32
+
+  def _heads(self, channels: int) -> int:
+    return unet.resolve_num_heads(channels, self.head_channels, self.num_heads)
+
+  def _embed(self, logsnr: jax.Array) -> jax.Array:
+    """λ embedding [B, 4ch]: MLP(sinusoidal(1000 u(λ))), as the U-Net's (no label term)."""
+    dense = functools.partial(nn.Dense, 4 * self.ch, dtype=self.dtype,
+                              kernel_init=unet._torch_default_init)
+    u = unet.logsnr_to_unit_time(logsnr, self.logsnr_min, self.logsnr_max)
+    emb = unet.sinusoidal_embedding(1000.0 * u, self.ch).astype(self.dtype)
+    emb = dense(name="logsnr_dense_0")(emb)
+    return dense(name="logsnr_dense_1")(nn.silu(emb))
+
+  @nn.compact
+  def __call__(self, z: jax.Array, logsnr: jax.Array, *, train: bool) -> jax.Array:
+    assert z.ndim == 4, f"z must be [B, H, W, C], got shape {z.shape}"
+    batch, height, width, _ = z.shape
+    assert logsnr.shape == (batch,), f"logsnr must have shape {(batch,)}, got {logsnr.shape}"
+    n_levels = len(self.ch_mult)
+    unet.check_image_size(height, width, self.ch_mult)
+    unet.check_attn_resolutions(height, tuple(self.attn_resolutions), n_levels)
+    for m in self.ch_mult:
+      self._heads(m * self.ch)
+    common = dict(num_groups=self.num_groups, dtype=self.dtype)
+    emb = self._embed(logsnr)
+
+    def res_block(h, out_ch, name, down=False):
+      block = unet.ResBlock(out_ch, dropout=self.dropout, down=down, name=name, **common)
+      return block(h, emb, train)
+
+    def attn_block(h, name):
+      return unet.AttnBlock(num_heads=self._heads(h.shape[-1]), name=name, **common)(h)
+
+    h = nn.Conv(self.ch_mult[0] * self.ch, (3, 3), padding=1, dtype=self.dtype,
+                kernel_init=unet._torch_default_init, name="conv_in")(z.astype(self.dtype))
+    for level, mult in enumerate(self.ch_mult):
+      for i in range(self.num_res_blocks):
+        h = res_block(h, mult * self.ch, f"down_{level}_res_{i}")
+        if h.shape[1] in self.attn_resolutions:
+          h = attn_block(h, f"down_{level}_attn_{i}")
+      if level != n_levels - 1:
+        name = f"down_{level}_downsample"
+        if self.resblock_updown:
+          h = res_block(h, h.shape[-1], name, down=True)
+        else:
+          h = unet.Downsample(dtype=self.dtype, name=name)(h)
+    h = res_block(h, h.shape[-1], "mid_res_0")
+    h = attn_block(h, "mid_attn")
+    h = res_block(h, h.shape[-1], "mid_res_1")
+
+    # ADM's pool='adaptive' head, in float32: GN → SiLU → mean over H, W → zero-init linear.
+    h = nn.silu(unet.group_norm(h.astype(jnp.float32), self.num_groups, "norm_out"))
+    h = jnp.mean(h, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros_init(),
+                    name="logits")(h)
+
+
+def create_classifier(config: ml_collections.ConfigDict) -> Classifier:
+  """The classifier of `config` (its classifier section, data.num_classes, the λ range)."""
+  cc, m = classifier_config(config), config.model
+  return Classifier(num_classes=config.data.num_classes, ch=cc.ch, ch_mult=tuple(cc.ch_mult),
+                    num_res_blocks=cc.num_res_blocks,
+                    attn_resolutions=tuple(cc.attn_resolutions),
+                    head_channels=cc.head_channels, num_groups=cc.get("num_groups", m.num_groups),
+                    resblock_updown=m.resblock_updown,
+                    logsnr_min=config.diffusion.logsnr_min,
+                    logsnr_max=config.diffusion.logsnr_max)
+
+
+# --------------------------------------------------------------------------------------------
+# Training.
+# --------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class ClassifierState:
+  params: Any
+  opt_state: Any
+  step: jax.Array
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam at the classifier's learning rate."""
+  return optax.adam(classifier_config(config).learning_rate)
+
+
+def init_state(rng: jax.Array, *, model: Classifier, tx: optax.GradientTransformation,
+               shape: tuple[int, ...]) -> ClassifierState:
+  params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
+                      train=False)["params"]
+  return ClassifierState(params=params, opt_state=tx.init(params),
+                         step=jnp.zeros((), jnp.int32))
+
+
+def noised_inputs(rng: jax.Array, x: jax.Array, *, logsnr_min: float, logsnr_max: float
+                  ) -> tuple[jax.Array, jax.Array]:
+  """(z_λ, λ): u ~ U[0, 1], λ = λ(u) (cosine schedule), z = α x + σ ε with ε ~ N(0, I)."""
+  k_u, k_eps = jax.random.split(rng)
+  u = jax.random.uniform(k_u, (x.shape[0],))
+  logsnr = schedules.logsnr_schedule_cosine(u, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
+  z = diffusion.diffuse(x=x, eps=jax.random.normal(k_eps, x.shape), logsnr=logsnr)
+  return z, logsnr
+
+
+def cross_entropy(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example −log softmax(logits)[label], [B]."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def train_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Array, *,
+               model: Classifier, tx: optax.GradientTransformation,
+               config: ml_collections.ConfigDict) -> tuple[ClassifierState, dict[str, jax.Array]]:
+  """One step on noised data: z = α_λ x + σ_λ ε at λ(u), u ~ U[0, 1]; cross-entropy on the label."""
+  x, labels = batch["image"], batch["label"]
+  k_noise, k_dropout = jax.random.split(jax.random.fold_in(rng, state.step))
+  z, logsnr = noised_inputs(k_noise, x, logsnr_min=config.diffusion.logsnr_min,
+                            logsnr_max=config.diffusion.logsnr_max)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, z, logsnr, train=True, rngs={"dropout": k_dropout})
+    return jnp.mean(cross_entropy(logits=logits, labels=labels)), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+             "grad_norm": optax.tree.norm(grads)}
+  return ClassifierState(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+
+def make_train_step(model: Classifier, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict, mesh, state_sharding):
+  """`train_step` jitted over `mesh`: batch split over `data`, state donated and replicated."""
+  step = functools.partial(train_step, model=model, tx=tx, config=config)
+  rep, dat = sharding_lib.replicated(mesh), sharding_lib.batch_sharded(mesh)
+  return jax.jit(step, in_shardings=(state_sharding, dat, rep),
+                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
+
+
+def create_state(config: ml_collections.ConfigDict, model: Classifier,
+                 tx: optax.GradientTransformation, mesh, shape) -> tuple[ClassifierState, Any]:
+  """Initialises the state from fold_in(key(seed), 0xC1A5) directly into its shardings (the
+  diffusion model's params come from key(seed) itself)."""
+  init = functools.partial(init_state, model=model, tx=tx, shape=tuple(shape))
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0xC1A5)
+  shardings = sharding_lib.state_shardings(jax.eval_shape(init, rng), mesh)
+  return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy on noised images per λ bin.
+# --------------------------------------------------------------------------------------------
+
+
+def noised_accuracy(apply_fn, params, *, images: np.ndarray, labels: np.ndarray,
+                    rng: jax.Array, logsnr_edges=ACCURACY_LOGSNR_EDGES, repeats: int = 4,
+                    logsnr_max: float = schedules.LOGSNR_MAX) -> dict[tuple[float, float], float]:
+  """Accuracy on `images` noised at λ ~ U[lo, hi) for each bin [lo, hi) of `logsnr_edges`.
+
+  Every image is noised `repeats` times per bin (λ and ε from `rng`). λ is clipped to
+  `logsnr_max`. Returns {(lo, hi): accuracy}.
+  """
+  x = jnp.asarray(np.tile(images, (repeats,) + (1,) * (images.ndim - 1)), jnp.float32)
+  y = jnp.asarray(np.tile(labels, repeats), jnp.int32)
+
+  @jax.jit
+  def correct(params, key, lo, hi):
+    k_l, k_e = jax.random.split(key)
+    logsnr = jnp.minimum(jax.random.uniform(k_l, y.shape, minval=lo, maxval=hi), logsnr_max)
+    z = diffusion.diffuse(x=x, eps=jax.random.normal(k_e, x.shape), logsnr=logsnr)
+    logits = apply_fn({"params": params}, z, logsnr, train=False)
+    return jnp.mean(jnp.argmax(logits, -1) == y)
+
+  out = {}
+  for i, (lo, hi) in enumerate(zip(logsnr_edges[:-1], logsnr_edges[1:])):
+    out[(float(lo), float(hi))] = float(correct(params, jax.random.fold_in(rng, i), lo, hi))
+  return out
+
+
+def accuracy_tag(lo: float, hi: float) -> str:
+  return f"eval/noised_test_accuracy/lambda={lo:g}..{hi:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# The training job.
+# --------------------------------------------------------------------------------------------
+
+
+def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming a bad classifier field (before anything is compiled)."""
+  cc = classifier_config(config)
+  errors = []
+  if cc.batch_size <= 0 or cc.batch_size % num_devices:
+    errors.append(f"classifier.batch_size ({cc.batch_size}) must be a positive multiple of the "
+                  f"device count ({num_devices}).")
+  if cc.num_train_steps < 0:
+    errors.append(f"classifier.num_train_steps must be >= 0, got {cc.num_train_steps}.")
+  if not cc.learning_rate > 0:
+    errors.append(f"classifier.learning_rate must be > 0, got {cc.learning_rate}.")
+  schedules.check_logsnr_range(config.diffusion.logsnr_min, config.diffusion.logsnr_max)
+  if errors:
+    raise ValueError(" ".join(errors))
+
+
+def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> ClassifierState:
+  """Trains the noise-conditional classifier; events and checkpoints in `<workdir>/classifier`.
+
+  Resumes from the latest intact checkpoint there. At the end it writes the accuracy on noised
+  test images per λ bin (`noised_accuracy`) to TensorBoard and the log. Returns the state.
+  """
+  from cfg_jax import data  # lazily: TF import
+
+  mesh = sharding_lib.make_mesh()
+  _check(config, mesh.size)
+  spec = data.check_available(config.data)
+  cc = classifier_config(config)
+  cdir = os.path.join(workdir, SUBDIR)
+  os.makedirs(cdir, exist_ok=True)
+  model, tx = create_classifier(config), create_optimizer(config)
+  state, state_sharding = create_state(config, model, tx, mesh, spec.image_shape)
+  ckpt = checkpointing.Checkpointer(cdir)
+  restored = ckpt.restore_latest_valid(checkpointing.abstract_like(state))
+  if restored is not None:
+    state = restored
+    logging.info("Classifier: resumed from checkpoint step %d.", int(state.step))
+  start_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(cdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in cc.items()})
+  step_fn = make_train_step(model, tx, config, mesh, state_sharding)
+  train_iter = data.train_iterator(config.data, global_batch_size=cc.batch_size,
+                                   seed=config.seed, start_step=start_step,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  report = periodic_actions.ReportProgress(num_train_steps=cc.num_train_steps, writer=writer,
+                                           every_steps=cc.log_every_steps or None)
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 1)
+  meta = {"config": config.to_json(), "classifier": cc.to_json()}
+  pending, t0, last_step = [], time.time(), start_step
+
+  with metric_writers.ensure_flushes(writer), preemption.PreemptionWatcher() as watcher:
+    for step in range(start_step + 1, cc.num_train_steps + 1):
+      batch = sharding_lib.global_batch(next(train_iter), mesh)
+      state, metrics = step_fn(state, batch, rng)
+      pending.append(metrics)
+      report(step)
+      last = step == cc.num_train_steps
+      if last or (cc.log_every_steps and step % cc.log_every_steps == 0):
+        summary = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+        now = time.time()
+        summary["images_per_sec"] = (step - last_step) * cc.batch_size / (now - t0)
+        t0, last_step, pending = now, step, []
+        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+      if last or (cc.checkpoint_every_steps and step % cc.checkpoint_every_steps == 0):
+        ckpt.save(step, state, metadata=meta)
+      if not last and watcher.should_stop(step):
+        if ckpt.latest_step() != step:
+          ckpt.save(step, state, metadata=meta)
+        ckpt.close()
+        logging.warning("Preempted: saved classifier checkpoint step %d; run the same command "
+                        "again to resume.", step)
+        return state
+    if int(state.step) > 0:
+      images, labels = data.eval_arrays(config.data)
+      acc = noised_accuracy(model.apply, state.params, images=images, labels=labels,
+                            rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 2),
+                            logsnr_max=config.diffusion.logsnr_max)
+      writer.write_scalars(int(state.step), {accuracy_tag(*k): v for k, v in acc.items()})
+      logging.info("Classifier step %d, accuracy on noised %s images per λ bin: %s",
+                   int(state.step), spec.eval_split,
+                   ", ".join(f"[{lo:g},{hi:g}): {a:.3f}" for (lo, hi), a in acc.items()))
+    ckpt.close()
+  return state
+
+
+def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,
+                           step: int | None = None, mesh=None) -> Any:
+  """The classifier params of the checkpoint at `step` (None: latest) in `<workdir>/classifier`.
+
+  Raises checkpointing.CheckpointError when there is none (train it first).
+  """
+  from cfg_jax import data
+
+  mesh = mesh or sharding_lib.make_mesh()
+  model, tx = create_classifier(config), create_optimizer(config)
+  shape = tuple(data.dataset_spec(config.data).image_shape)
+  abstract = jax.eval_shape(functools.partial(init_state, model=model, tx=tx, shape=shape),
+                            jax.random.key(0))
+  shardings = sharding_lib.state_shardings(abstract, mesh)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+  try:
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, SUBDIR), max_to_keep=None,
+                                      read_only=True)
+  except checkpointing.CheckpointError as e:
+    raise checkpointing.CheckpointError(
+        f"no classifier checkpoint in {os.path.join(workdir, SUBDIR)}: train one first with "
+        f"python -m cfg_jax.tools.train_classifier --config=... --workdir={workdir}") from e
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise checkpointing.CheckpointError(
+        f"no complete classifier checkpoint in {ckpt.directory}: train one first with "
+        f"python -m cfg_jax.tools.train_classifier --config=... --workdir={workdir}")
+  return ckpt.restore(step, abstract).params
