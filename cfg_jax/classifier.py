@@ -238,10 +238,8 @@ def train_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Arr
 def make_train_step(model: Classifier, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh, state_sharding):
   """`train_step` jitted over `mesh`: batch split over `data`, state donated and replicated."""
-  step = functools.partial(train_step, model=model, tx=tx, config=config)
-  rep, dat = sharding_lib.replicated(mesh), sharding_lib.batch_sharded(mesh)
-  return jax.jit(step, in_shardings=(state_sharding, dat, rep),
-                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
+  return sharding_lib.jit_train_step(
+      functools.partial(train_step, model=model, tx=tx, config=config), mesh, state_sharding)
 
 
 def create_state(config: ml_collections.ConfigDict, model: Classifier,

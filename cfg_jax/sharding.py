@@ -40,6 +40,14 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda _: replicated(mesh), abstract_state)
 
 
+def jit_train_step(step_fn, mesh: Mesh, state_sharding: Any):
+  """jit of step_fn(state, batch, rng) -> (state, metrics): batch split over `data`, rng and
+  metrics replicated, the state in `state_sharding` and donated (updated in place)."""
+  rep, dat = replicated(mesh), batch_sharded(mesh)
+  return jax.jit(step_fn, in_shardings=(state_sharding, dat, rep),
+                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's local batch into global arrays sharded over `data`."""
   sharding = batch_sharded(mesh)
