@@ -16,10 +16,11 @@ checkpoints in `<workdir>/classifier/checkpoints` (exact resume: the noise of st
 fold_in(seed, s), the batch of step s a function of (seed, s)). At the end it reports the accuracy
 on noised test images per λ bin (`noised_accuracy`).
 
-The classifier's settings come from `config.classifier` when the config has that section, else
-from `default_classifier_config()` (sized for the 8×8 digits).
+The classifier's settings are the config's `classifier` section (configs/default.py takes it from
+`default_classifier_config()`, sized for the 8×8 digits); a config without one gets the defaults.
 
-    python -m cfg_jax.tools.train_classifier --config=configs/digits.py --workdir=runs/digits
+    python -m cfg_jax.main --mode=train_classifier --config=configs/digits.py --workdir=runs/digits \
+        [--config.classifier.num_train_steps=2000 ...]
 """
 
 from __future__ import annotations
@@ -401,10 +402,10 @@ def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,
   except checkpointing.CheckpointError as e:
     raise checkpointing.CheckpointError(
         f"no classifier checkpoint in {os.path.join(workdir, SUBDIR)}: train one first with "
-        f"python -m cfg_jax.tools.train_classifier --config=... --workdir={workdir}") from e
+        f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}") from e
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise checkpointing.CheckpointError(
         f"no complete classifier checkpoint in {ckpt.directory}: train one first with "
-        f"python -m cfg_jax.tools.train_classifier --config=... --workdir={workdir}")
+        f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}")
   return ckpt.restore(step, abstract).params

@@ -184,6 +184,22 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if s.thresholding not in ("none", "static", "dynamic"):
     err(f"sampling.thresholding must be 'none', 'static' or 'dynamic', got {s.thresholding!r}.")
   if not 0.0 < s.dynamic_threshold_p <= 1.0:
+  if ev.guidance not in ("cfg", "classifier"):
+    err(f"evaluation.guidance must be 'cfg' (classifier-free, sweeps evaluation.w_values) or "
+        f"'classifier' (classifier guidance, sweeps evaluation.classifier_scales), got "
+        f"{ev.guidance!r}.")
+  for sc in ev.classifier_scales:
+    if not np.isfinite(sc) or sc < 0:
+      err(f"evaluation.classifier_scales holds {sc}: a classifier scale must be finite and >= 0.")
+  if ev.classifier_model_labels not in ("cond", "null"):
+    err(f"evaluation.classifier_model_labels must be 'cond' (eps(z, c), a conditional model) or "
+        f"'null' (eps(z, null), the unconditional model of p_uncond = 1), got "
+        f"{ev.classifier_model_labels!r}.")
+  elif (ev.guidance == "classifier" and ev.classifier_model_labels == "cond"
+        and g.p_uncond >= 1.0):
+    err("evaluation.classifier_model_labels='cond' with guidance.p_uncond=1: this model never saw "
+        "a class label, so eps(z, c) is meaningless; set "
+        "--config.evaluation.classifier_model_labels=null.")
     err(f"sampling.dynamic_threshold_p must be in (0, 1] (Imagen: 0.995), got "
         f"{s.dynamic_threshold_p}.")
 

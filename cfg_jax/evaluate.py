@@ -38,8 +38,9 @@ from cfg_jax import sharding as sharding_lib
 from cfg_jax import train
 from cfg_jax.evaluation import metrics
 
-RESULT_FIELDS = ("step", "num_steps", "w", "num_samples", "sampler", "feature_net", "fd", "is",
-                 "is_std", "precision", "recall", "class_accuracy", "seconds", "sampler_settings")
+RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "num_samples", "sampler", "feature_net",
+                 "fd", "is", "is_std", "precision", "recall", "class_accuracy", "seconds",
+                 "sampler_settings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +123,8 @@ def sample_metrics(x: np.ndarray, labels: np.ndarray, net: FeatureNet,
   return out
 
 
-def tradeoff_plot(rows: list[dict[str, Any]], *, title: str) -> np.ndarray:
-  """FD-vs-IS curve over w as an RGB uint8 image (one point per w, annotated)."""
+def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -> np.ndarray:
+  """FD-vs-IS curve over w (or `label`) as an RGB uint8 image (one point per value, annotated)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fig = Figure(figsize=(4.5, 3.5), dpi=100)  # no pyplot: leaves the caller's backend alone
@@ -133,7 +134,7 @@ def tradeoff_plot(rows: list[dict[str, Any]], *, title: str) -> np.ndarray:
   score = [r["is"] for r in rows]
   ax.plot(score, fd, "o-")
   for r in rows:
-    ax.annotate(f"w={r['w']:g}", (r["is"], r["fd"]), textcoords="offset points", xytext=(4, 4),
+    ax.annotate(f"{label}={r['w']:g}", (r["is"], r["fd"]), textcoords="offset points", xytext=(4, 4),
                 fontsize=7)
   ax.set_xlabel("IS" if rows and rows[0]["feature_net"] == "inception" else "IS (digits classifier)")
   ax.set_ylabel("FID" if rows and rows[0]["feature_net"] == "inception" else "FD (digits classifier)")
@@ -173,10 +174,36 @@ def append_results(workdir: str, rows: list[dict[str, Any]]) -> None:
       w.writerow({k: r.get(k) for k in RESULT_FIELDS})
 
 
+def guidance_values(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The swept guidance strengths: w (classifier-free) or the classifier scale s."""
+  ev = config.evaluation
+  return tuple(ev.classifier_scales if ev.guidance == "classifier" else ev.w_values)
+
+
+def sampler_config(config: ml_collections.ConfigDict, num_steps: int) -> sampling.SamplerConfig:
+  """The sampler of one sweep; classifier guidance runs the conditional half only."""
+  scfg = sampling.SamplerConfig.from_config(config, num_steps=num_steps)
+  if config.evaluation.guidance == "classifier":
+    scfg = dataclasses.replace(scfg, guided=False)
+  return scfg
+
+
 def settings_key(config: ml_collections.ConfigDict, num_steps: int) -> str:
-  """The sampler settings of one sweep, as the JSON stored in results rows."""
-  return json.dumps(sampling.SamplerConfig.from_config(config, num_steps=num_steps).describe(),
-                    sort_keys=True)
+  """The sampler and guidance settings of one sweep, as the JSON stored in results rows."""
+  ev = config.evaluation
+  settings = sampler_config(config, num_steps).describe()
+  if ev.guidance == "classifier":
+    settings["classifier_guidance"] = {
+        "model_labels": ev.classifier_model_labels,
+        "classifier_workdir": ev.classifier_workdir or "<workdir>"}
+  return json.dumps(settings, sort_keys=True)
+
+
+def tag_prefix(config: ml_collections.ConfigDict, num_steps: int) -> tuple[str, str]:
+  """TensorBoard tag prefix and the name of the swept value ('w' or 's') of a sweep."""
+  if config.evaluation.guidance == "classifier":
+    return f"eval/classifier_guidance/T{num_steps}", "s"
+  return f"eval/T{num_steps}", "w"
 
 
 def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bool:
@@ -186,11 +213,21 @@ def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bo
           for r in load_results(workdir)}
   ev = config.evaluation
   return all((step, float(w), ev.num_samples, settings_key(config, t)) in have
-             for t in num_steps_values(config) for w in ev.w_values)
+             for t in num_steps_values(config) for w in guidance_values(config))
 
 
 def num_steps_values(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return tuple(config.evaluation.num_steps_values) or (config.sampling.num_steps,)
+
+
+def load_guidance_classifier(config: ml_collections.ConfigDict, workdir: str, mesh
+                             ) -> tuple[Callable[..., Any], Any]:
+  """(apply, params) of the latest classifier in `<classifier_workdir or workdir>/classifier`;
+  a clear CheckpointError (train it with --mode=train_classifier) when there is none."""
+  from cfg_jax import classifier as classifier_lib
+  cdir = config.evaluation.classifier_workdir or workdir
+  params = classifier_lib.load_classifier_params(config, cdir, mesh=mesh)
+  return classifier_lib.create_classifier(config).apply, params
 
 
 class Evaluator:
@@ -204,6 +241,9 @@ class Evaluator:
                         dataset_spec=data.dataset_spec(config.data))
     data.check_available(config.data)
     self.net = feature_net(config, self.mesh)  # before any compile: missing weights fail fast
+    self.classifier = None
+    if config.evaluation.guidance == "classifier":  # likewise a missing classifier checkpoint
+      self.classifier = load_guidance_classifier(config, workdir, self.mesh)
     self.ref = reference_features(config, self.net, workdir)
     self.shape = train.image_shape(config)
     self.apply_fn = train.create_model(config).apply
@@ -212,11 +252,22 @@ class Evaluator:
         os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0)
 
   def sampler(self, num_steps: int):
+    """f(params, rng, ids, labels, w) of `sampling.generate`; with classifier guidance the
+    per-sample w slot carries the classifier scale s (one compile for the whole sweep)."""
     if num_steps not in self._samplers:
       c = self.config
-      self._samplers[num_steps] = sampling.make_sampler(
-          self.apply_fn, shape=self.shape, null_label=c.data.num_classes, mesh=self.mesh,
-          config=sampling.SamplerConfig.from_config(c, num_steps=num_steps))
+      kw = dict(shape=self.shape, null_label=c.data.num_classes, mesh=self.mesh,
+                config=sampler_config(c, num_steps))
+      if self.classifier is None:
+        fn = sampling.make_sampler(self.apply_fn, **kw)
+      else:
+        from cfg_jax import classifier_guidance
+        apply, params = self.classifier
+        fn = classifier_guidance.bind_classifier_params(
+            classifier_guidance.make_classifier_guided_sampler(
+                self.apply_fn, apply, model_labels=c.evaluation.classifier_model_labels, **kw),
+            params)
+      self._samplers[num_steps] = fn
     return self._samplers[num_steps]
 
   def evaluate_step(self, step: int) -> list[dict[str, Any]]:
@@ -228,31 +279,34 @@ class Evaluator:
     rows = []
     for t in num_steps_values(c):
       t_rows, grids = [], {}
-      for w in ev.w_values:
+      prefix, name = tag_prefix(c, t)
+      for w in guidance_values(c):
         start = time.time()
         x = sampling.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
                               batch_size=ev.batch_size, num_devices=self.mesh.size)
         m = sample_metrics(x, labels, self.net, self.ref, pr_k=ev.pr_k)
-        row = {"step": int(step), "num_steps": int(t), "w": float(w),
+        row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t), "w": float(w),
                "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,
                "feature_net": self.net.name, **m, "seconds": time.time() - start,
                "sampler_settings": settings_key(c, t)}
         t_rows.append(row)
-        logging.info("eval step %d T=%d w=%g: %s", step, t, w,
+        logging.info("eval (%s) step %d T=%d %s=%g: %s", ev.guidance, step, t, name, w,
                      ", ".join(f"{k}={row[k]:.4g}" for k in ("fd", "is", "precision", "recall",
                                                              "class_accuracy")))
         per_class = min(10, ev.num_samples // min(10, c.data.num_classes))
         first = np.concatenate([np.flatnonzero(labels == k)[:per_class]
                                 for k in range(min(10, c.data.num_classes))])
-        grids[f"eval/T{t}/samples/w={w:g}"] = images.make_grid(x[first], ncols=per_class)[None]
-      scalars = {f"eval/T{t}/{k}/w={r['w']:g}": r[k] for r in t_rows
+        grids[f"{prefix}/samples/{name}={w:g}"] = images.make_grid(x[first], ncols=per_class)[None]
+      scalars = {f"{prefix}/{k}/{name}={r['w']:g}": r[k] for r in t_rows
                  for k in ("fd", "is", "precision", "recall", "class_accuracy")
                  if np.isfinite(r[k])}
       self.writer.write_scalars(step, scalars)
-      plot = tradeoff_plot(t_rows, title=f"step {step}, T={t}: FD vs IS over w")
-      self.writer.write_images(step, {f"eval/T{t}/tradeoff": plot[None], **grids})
+      what = "classifier guidance, over s" if ev.guidance == "classifier" else "over w"
+      plot = tradeoff_plot(t_rows, title=f"step {step}, T={t}: FD vs IS {what}", label=name)
+      self.writer.write_images(step, {f"{prefix}/tradeoff": plot[None], **grids})
       if jax.process_index() == 0:
-        images.save_png(plot, os.path.join(self.workdir, "eval", f"tradeoff_step{step}_T{t}.png"))
+        stem = "tradeoff_cg" if ev.guidance == "classifier" else "tradeoff"
+        images.save_png(plot, os.path.join(self.workdir, "eval", f"{stem}_step{step}_T{t}.png"))
       rows += t_rows
     self.writer.flush()
     append_results(self.workdir, rows)

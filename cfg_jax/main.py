@@ -4,6 +4,7 @@
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=sample \
         --config.sampling.w_values='(0.,1.,3.)' --config.sampling.num_samples=100
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=evaluate
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=train_classifier
 
 Any config field can be overridden with --config.<section>.<key>=<value>; unknown keys are errors.
 """
@@ -23,7 +24,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events "
                                "and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate", "train_classifier"],
+                          "What to run (train_classifier: the noise-conditional classifier of "
+                          "classifier guidance, in <workdir>/classifier).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-process runs outside TPU pods and SLURM: host:port of "
     "process 0 (with --num_processes and --process_id).")
@@ -80,9 +83,12 @@ def main(argv):
   elif _MODE.value == "sample":
     from cfg_jax import sample
     sample.sample_from_checkpoint(config, workdir)
-  else:
+  elif _MODE.value == "evaluate":
     from cfg_jax import evaluate
     evaluate.evaluate(config, workdir)
+  else:
+    from cfg_jax import classifier
+    classifier.train_classifier(config, workdir)
 
 
 def run():

@@ -9,6 +9,8 @@ exist is an error (the config is locked).
 
 import ml_collections
 
+from cfg_jax import classifier as classifier_lib
+
 
 def get_config(arg=None):
   del arg
@@ -99,3 +101,14 @@ def get_config(arg=None):
   c.evaluation.judge_num_samples = 500
   c.evaluation.judge_w_values = (0.0, 1.0, 3.0)
   return c
+  # Which guidance the sweep evaluates: 'cfg' (classifier-free, over w_values) or 'classifier'
+  # (Dhariwal & Nichol's classifier guidance, over classifier_scales, with the noise-conditional
+  # classifier of --mode=train_classifier, read from <classifier_workdir>/classifier).
+  c.evaluation.guidance = "cfg"
+  c.evaluation.classifier_scales = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+  c.evaluation.classifier_model_labels = "cond"  # cond: eps(z, c) | null: eps(z, null), p_uncond=1
+  c.evaluation.classifier_workdir = ""   # '' = the evaluated workdir
+
+  # --mode=train_classifier: the noise-conditional classifier of classifier guidance
+  # (cfg_jax/classifier.py; defaults sized for the 8x8 digits).
+  c.classifier = classifier_lib.default_classifier_config()

@@ -4,6 +4,7 @@ exact classifier recovers the conditional distribution (Bayes) under every sampl
 separates the classes, and the CLI trains on the digits pipeline (its loss falls), logs to
 TensorBoard and writes a checkpoint that loads."""
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -239,21 +240,29 @@ def test_larger_scale_separates_classes_and_a_sweep_compiles_once(name, mesh_dev
   assert CALLS[(name, mesh_devices)] == calls  # the scale sweep did not trace again
 
 
-# --- the CLI: trains on the digits pipeline, logs, checkpoints ------------------------------------
+# --- the CLI: trains on the digits pipeline, logs, checkpoints; the evaluation job uses it --------
 
-TINY_CLI = ["--classifier.ch=8", "--classifier.head_channels=8", "--classifier.num_res_blocks=0",
-            "--classifier.batch_size=32", "--classifier.learning_rate=5e-3",
-            "--classifier.num_train_steps=150", "--classifier.log_every_steps=50",
-            "--classifier.checkpoint_every_steps=0"]  # 0: a checkpoint at the end only
+TINY_CLI = ["--config.classifier.ch=8", "--config.classifier.head_channels=8",
+            "--config.classifier.num_res_blocks=0", "--config.classifier.batch_size=32",
+            "--config.classifier.learning_rate=5e-3", "--config.classifier.num_train_steps=150",
+            "--config.classifier.log_every_steps=50",
+            "--config.classifier.checkpoint_every_steps=0"]  # 0: a checkpoint at the end only
+TINY_DIFFUSION = ["--config.training.batch_size=16", "--config.training.num_train_steps=4",
+                  "--config.training.checkpoint_every_steps=4",
+                  "--config.training.grid_samples_per_class=1",
+                  "--config.evaluation.judge_num_samples=20", "--config.sampling.num_steps=4"]
+TINY_EVAL = ["--mode=evaluate", "--config.evaluation.guidance=classifier",
+             "--config.evaluation.classifier_scales=(0.,4.)", "--config.evaluation.num_samples=20",
+             "--config.evaluation.batch_size=20", "--config.evaluation.reference_num_examples=200"]
 
 
-def run_cli(workdir, *args):
+def run_cli(workdir, *args, check=True):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run(
-      [sys.executable, "-m", "cfg_jax.tools.train_classifier", "--config=configs/digits.py",
-       f"--workdir={workdir}", *TINY_CLI, *args], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=600)
-  if proc.returncode != 0:
+      [sys.executable, "-m", "cfg_jax.main", "--config=configs/digits.py",
+       f"--workdir={workdir}", *TINY_CLI, *TINY_DIFFUSION, *args], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
     raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
   return proc
 
@@ -263,7 +272,7 @@ def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
   from tensorboard.util import tensor_util
 
   workdir = str(tmp_path)
-  proc = run_cli(workdir)
+  proc = run_cli(workdir, "--mode=train_classifier")
   assert "accuracy on noised test images" in proc.stderr
   cdir = os.path.join(workdir, "classifier")
   assert os.listdir(os.path.join(cdir, "checkpoints")) == ["150"]
@@ -290,3 +299,37 @@ def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
   assert jax.tree.structure(params) == jax.tree.structure(shapes)
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(params))
   assert np.abs(np.asarray(params["logits"]["kernel"])).max() > 0  # trained off the zero init
+
+
+def test_evaluation_job_sweeps_the_classifier_scale(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+
+  workdir = str(tmp_path)
+  run_cli(workdir)  # the diffusion model (4 steps)
+  # Before the classifier exists: a clear error naming the fix, and nothing written.
+  proc = run_cli(workdir, *TINY_EVAL, check=False)
+  assert proc.returncode != 0
+  assert "--mode=train_classifier" in proc.stderr and "no classifier checkpoint" in proc.stderr
+  assert not os.path.exists(os.path.join(workdir, "eval", "results.jsonl"))
+  run_cli(workdir, "--mode=train_classifier", "--config.classifier.num_train_steps=20")
+  run_cli(workdir, *TINY_EVAL)
+  with open(os.path.join(workdir, "eval", "results.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [(r["guidance"], r["w"], r["step"]) for r in rows] == [
+      ("classifier", 0.0, 4), ("classifier", 4.0, 4)]
+  settings = json.loads(rows[0]["sampler_settings"])
+  assert settings["guided"] is False and settings["classifier_guidance"]["model_labels"] == "cond"
+  assert all(np.isfinite(r["fd"]) and 0.0 <= r["class_accuracy"] <= 1.0 for r in rows)
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "eval"),
+                                           size_guidance={"tensors": 0})
+  acc.Reload()
+  tags = acc.Tags()["tensors"]
+  for tag in ("eval/classifier_guidance/T4/fd/s=0", "eval/classifier_guidance/T4/fd/s=4",
+              "eval/classifier_guidance/T4/tradeoff", "eval/classifier_guidance/T4/samples/s=4"):
+    assert tag in tags, (tag, tags)
+  # The classifier-free sweep of the same checkpoint sits beside it in the same results file.
+  run_cli(workdir, "--mode=evaluate", "--config.evaluation.w_values=(0.,1.)",
+          *TINY_EVAL[2:])
+  with open(os.path.join(workdir, "eval", "results.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["guidance"] for r in rows] == ["classifier", "classifier", "cfg", "cfg"]
