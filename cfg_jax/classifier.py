@@ -249,7 +249,8 @@ def create_state(config: ml_collections.ConfigDict, model: Classifier,
   diffusion model's params come from key(seed) itself)."""
   init = functools.partial(init_state, model=model, tx=tx, shape=tuple(shape))
   rng = jax.random.fold_in(jax.random.key(config.seed), 0xC1A5)
-  shardings = sharding_lib.state_shardings(jax.eval_shape(init, rng), mesh)
+  shardings = sharding_lib.state_shardings(jax.eval_shape(init, rng), mesh,
+                                           sharding_lib.mesh_config(config)[1])
   return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
@@ -316,8 +317,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
   """
   from cfg_jax import data  # lazily: TF import
 
-  mesh = sharding_lib.make_mesh()
-  _check(config, mesh.size)
+  _check(config, jax.device_count())
+  mesh = sharding_lib.make_mesh_from_config(config)
   spec = data.check_available(config.data)
   cc = classifier_config(config)
   cdir = os.path.join(workdir, SUBDIR)
@@ -388,12 +389,12 @@ def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,
   """
   from cfg_jax import data
 
-  mesh = mesh or sharding_lib.make_mesh()
+  mesh = mesh or sharding_lib.make_mesh_from_config(config)
   model, tx = create_classifier(config), create_optimizer(config)
   shape = tuple(data.dataset_spec(config.data).image_shape)
   abstract = jax.eval_shape(functools.partial(init_state, model=model, tx=tx, shape=shape),
                             jax.random.key(0))
-  shardings = sharding_lib.state_shardings(abstract, mesh)
+  shardings = sharding_lib.state_shardings(abstract, mesh, sharding_lib.mesh_config(config)[1])
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   try:

@@ -28,9 +28,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from cfg_jax import sampling, schedules
+from cfg_jax import sampling, schedules, sharding
 from cfg_jax.guidance import EpsFn
 
 MODEL_LABELS = ("cond", "null")
@@ -133,12 +133,14 @@ def make_classifier_guided_sampler(apply_fn: Callable[..., jax.Array],
 
   if mesh is None:
     return jax.jit(f)
-  rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  rep, dat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(f, in_shardings=(rep, rep, rep, dat, dat, dat), out_shardings=dat)
 
 
 def bind_classifier_params(sampler, classifier_params: Any):
   """f(params, classifier_params, rng, ids, labels, w) → g(params, rng, ids, labels, w), the
-  signature `sampling.generate` calls (w: the per-sample scale when the sampler's scale=None)."""
+  signature `sampling.generate` calls (w: the per-sample scale when the sampler's scale=None).
+  fsdp-sharded classifier params are gathered to replicated here, once."""
+  classifier_params = sharding.gather_replicated(classifier_params)
   return lambda params, rng, ids, labels, w: sampler(params, classifier_params, rng, ids, labels,
                                                      w)

@@ -118,12 +118,30 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if m.dtype not in ("float32", "bfloat16", "float16"):
     err(f"model.dtype must be 'float32', 'bfloat16' or 'float16', got {m.dtype!r}.")
 
+  # Mesh (cfg_jax/sharding.py): data = devices / fsdp rows by fsdp columns.
+  mesh_shape = ""
+  if "mesh" in config:
+    fsdp = config.mesh.fsdp
+    if fsdp < 1:
+      err(f"mesh.fsdp must be >= 1 (1 = data parallel, everything replicated), got {fsdp}.")
+    elif num_devices and num_devices % fsdp:
+      divisors = [k for k in range(1, num_devices + 1) if num_devices % k == 0]
+      err(f"mesh.fsdp={fsdp} does not divide the {num_devices} devices (the mesh is data = "
+          f"devices / fsdp by fsdp); use one of {divisors}, e.g. --config.mesh.fsdp="
+          f"{max(k for k in divisors if k <= fsdp)}.")
+    elif num_devices:
+      mesh_shape = f" of the mesh (data={num_devices // fsdp} x fsdp={fsdp})"
+    if config.mesh.fsdp_min_size < 0:
+      err(f"mesh.fsdp_min_size must be >= 0 (arrays with fewer elements stay replicated), got "
+          f"{config.mesh.fsdp_min_size}.")
+
   # Training.
   if t.batch_size < 1:
     err(f"training.batch_size must be >= 1, got {t.batch_size}.")
   elif num_devices and t.batch_size % num_devices:
-    err(f"training.batch_size={t.batch_size} is not divisible by the {num_devices} devices; use "
-        f"a multiple of {num_devices}, e.g. {math.ceil(t.batch_size / num_devices) * num_devices}.")
+    err(f"training.batch_size={t.batch_size} is not divisible by the {num_devices} devices"
+        f"{mesh_shape}: the batch splits over every device; use a multiple of {num_devices}, "
+        f"e.g. {math.ceil(t.batch_size / num_devices) * num_devices}.")
   elif t.batch_size % process_count:
     err(f"training.batch_size={t.batch_size} is not divisible by the {process_count} processes.")
   if t.num_train_steps < 0:
@@ -166,6 +184,22 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
       err(f"evaluation.num_steps_values holds {t_}; every T must be >= 2.")
   if ev.pr_k < 1 or ev.batch_size < 1:
     err(f"evaluation.pr_k ({ev.pr_k}) and evaluation.batch_size ({ev.batch_size}) must be >= 1.")
+  if ev.guidance not in ("cfg", "classifier"):
+    err(f"evaluation.guidance must be 'cfg' (classifier-free, sweeps evaluation.w_values) or "
+        f"'classifier' (classifier guidance, sweeps evaluation.classifier_scales), got "
+        f"{ev.guidance!r}.")
+  for sc in ev.classifier_scales:
+    if not np.isfinite(sc) or sc < 0:
+      err(f"evaluation.classifier_scales holds {sc}: a classifier scale must be finite and >= 0.")
+  if ev.classifier_model_labels not in ("cond", "null"):
+    err(f"evaluation.classifier_model_labels must be 'cond' (eps(z, c), a conditional model) or "
+        f"'null' (eps(z, null), the unconditional model of p_uncond = 1), got "
+        f"{ev.classifier_model_labels!r}.")
+  elif (ev.guidance == "classifier" and ev.classifier_model_labels == "cond"
+        and g.p_uncond >= 1.0):
+    err("evaluation.classifier_model_labels='cond' with guidance.p_uncond=1: this model never saw "
+        "a class label, so eps(z, c) is meaningless; set "
+        "--config.evaluation.classifier_model_labels=null.")
 
   # Sampling: samplers and guidance variants (see cfg_jax/sampling.py).
   samplers = ("ancestral", "ddim", "euler", "heun")
@@ -184,22 +218,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if s.thresholding not in ("none", "static", "dynamic"):
     err(f"sampling.thresholding must be 'none', 'static' or 'dynamic', got {s.thresholding!r}.")
   if not 0.0 < s.dynamic_threshold_p <= 1.0:
-  if ev.guidance not in ("cfg", "classifier"):
-    err(f"evaluation.guidance must be 'cfg' (classifier-free, sweeps evaluation.w_values) or "
-        f"'classifier' (classifier guidance, sweeps evaluation.classifier_scales), got "
-        f"{ev.guidance!r}.")
-  for sc in ev.classifier_scales:
-    if not np.isfinite(sc) or sc < 0:
-      err(f"evaluation.classifier_scales holds {sc}: a classifier scale must be finite and >= 0.")
-  if ev.classifier_model_labels not in ("cond", "null"):
-    err(f"evaluation.classifier_model_labels must be 'cond' (eps(z, c), a conditional model) or "
-        f"'null' (eps(z, null), the unconditional model of p_uncond = 1), got "
-        f"{ev.classifier_model_labels!r}.")
-  elif (ev.guidance == "classifier" and ev.classifier_model_labels == "cond"
-        and g.p_uncond >= 1.0):
-    err("evaluation.classifier_model_labels='cond' with guidance.p_uncond=1: this model never saw "
-        "a class label, so eps(z, c) is meaningless; set "
-        "--config.evaluation.classifier_model_labels=null.")
     err(f"sampling.dynamic_threshold_p must be in (0, 1] (Imagen: 0.995), got "
         f"{s.dynamic_threshold_p}.")
 

@@ -24,12 +24,17 @@ def sample_labels(config: ml_collections.ConfigDict) -> np.ndarray:
 
 def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: int | None = None,
                 use_ema: bool = True):
-  """Restores a checkpoint (latest when step is None) and returns (params, step)."""
+  """Restores a checkpoint (latest when step is None) and returns (params, step).
+
+  The state is restored in its training shardings on `mesh` (sharded over `fsdp` per
+  config.mesh, so the optimizer state never needs to fit on one device); the returned params are
+  then gathered to replicated, which is what the samplers take.
+  """
   model, tx = train.create_model(config), train.create_optimizer(config)
   shape = train.image_shape(config)
   abstract = jax.eval_shape(lambda r: train.init_state(r, model=model, tx=tx, shape=shape),
                             jax.random.key(0))
-  shardings = sharding_lib.state_shardings(abstract, mesh)
+  shardings = sharding_lib.state_shardings(abstract, mesh, sharding_lib.mesh_config(config)[1])
   abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
   ckpt = checkpointing.Checkpointer(workdir, read_only=True)
@@ -38,15 +43,16 @@ def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: 
     raise checkpointing.CheckpointError(
         f"no complete checkpoint in {ckpt.directory}: train first with --mode=train.")
   state = ckpt.restore(step, abstract)
-  return (state.ema_params if use_ema else state.params), step
+  return sharding_lib.gather_replicated(state.ema_params if use_ema else state.params), step
 
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Samples num_samples images for every w in sampling.w_values; returns the .npz path."""
   from cfg_jax import data
 
-  mesh = sharding_lib.make_mesh()
-  config_lib.validate(config, num_devices=mesh.size, dataset_spec=data.dataset_spec(config.data))
+  config_lib.validate(config, num_devices=jax.device_count(),
+                      dataset_spec=data.dataset_spec(config.data))
+  mesh = sharding_lib.make_mesh_from_config(config)
   s = config.sampling
   params, step = load_params(config, workdir, mesh,
                              step=None if s.checkpoint_step < 0 else s.checkpoint_step,

@@ -52,7 +52,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from cfg_jax import diffusion, guidance, schedules, sharding
 from cfg_jax.guidance import EpsFn
@@ -290,14 +290,15 @@ def unet_eps_fn(apply_fn: Callable[..., jax.Array], params: Any) -> EpsFn:
 
 def make_sampler(apply_fn: Callable[..., jax.Array], *, shape: tuple[int, ...], null_label: int,
                  config: SamplerConfig, mesh: Mesh | None = None):
-  """Returns jitted f(params, rng, sample_ids, labels, w) -> x, batch-sharded over `mesh`."""
+  """Returns jitted f(params, rng, sample_ids, labels, w) -> x, batch-sharded over all devices of
+  `mesh` with replicated params (`generate` gathers fsdp-sharded params first)."""
   def f(params, rng, sample_ids, labels, w):
     return sample(unet_eps_fn(apply_fn, params), rng=rng, sample_ids=sample_ids, labels=labels,
                   w=w, shape=tuple(shape), null_label=null_label, config=config)
 
   if mesh is None:
     return jax.jit(f)
-  rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  rep, dat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return jax.jit(f, in_shardings=(rep, rep, dat, dat, dat), out_shardings=dat)
 
 
@@ -306,7 +307,9 @@ def generate(sampler, params, rng: jax.Array, *, labels: np.ndarray, w: np.ndarr
   """Runs `sampler` over all `labels` in batches; pads each batch to a multiple of num_devices.
 
   Sample i uses id first_id + i, so the result does not depend on batch_size or devices.
+  Params sharded over a mesh axis (fsdp training) are gathered to replicated once per call.
   """
+  params = sharding.gather_replicated(params)
   labels = np.asarray(labels, np.int32)
   n = labels.shape[0]
   w = np.broadcast_to(np.asarray(w, np.float32), (n,))

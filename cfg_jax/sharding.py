@@ -1,12 +1,27 @@
-"""Device mesh and shardings: data parallelism over a `data` axis with explicit NamedShardings.
+"""Device mesh and shardings: a 2-D (`data`, `fsdp`) mesh with explicit NamedShardings.
 
 The same code runs on 1 CPU, on 8 fake CPU devices
-(XLA_FLAGS=--xla_force_host_platform_device_count=8) and on a pod slice: the batch is split over the
-`data` axis; parameters and optimizer state are replicated.
+(XLA_FLAGS=--xla_force_host_platform_device_count=8) and on a pod slice. The mesh has
+`data` = devices / fsdp rows and `fsdp` columns (config section `mesh`):
+
+- the batch is split over both axes, P(("data", "fsdp")): every device takes batch / devices
+  examples, whatever the fsdp size;
+- parameters, EMA parameters and optimizer state shard their largest dimension that the fsdp
+  size divides over `fsdp` when the array has at least `mesh.fsdp_min_size` elements (ZeRO-3
+  style: XLA all-gathers each weight where it is used and reduce-scatters its gradient);
+  smaller arrays, scalars and arrays with no such dimension are replicated. With fsdp = 1 this
+  is plain data parallelism (everything replicated);
+- metrics and rngs are replicated; the train state is donated.
+
+Devices are laid out in `jax.devices()` order, which lists each process's devices together, so an
+fsdp group never spans processes when fsdp divides the local device count (gathers stay on the
+fast intra-host links) and each process's share of the batch is one contiguous block (what
+`jax.make_array_from_process_local_data` needs).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -14,16 +29,44 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+# Arrays with fewer elements stay replicated under fsdp (biases, norms: gathering them costs
+# more latency than the memory they take). configs/default.py sets mesh.fsdp_min_size to this.
+DEFAULT_FSDP_MIN_SIZE = 2**16
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (default: all, across all processes)."""
+def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
+  """A (data, fsdp) mesh over the first `num_devices` devices (default: all, across all
+  processes), with data = num_devices / fsdp."""
   devices = jax.devices()
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
       raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are visible.")
     devices = devices[:num_devices]
-  return Mesh(np.asarray(devices).reshape(-1), (DATA_AXIS,))
+  n = len(devices)
+  if fsdp < 1 or n % fsdp:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    raise ValueError(f"mesh.fsdp={fsdp} does not divide the {n} devices: the mesh is (data = "
+                     f"devices / fsdp, fsdp); use one of {divisors}.")
+  return Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), BATCH_AXES)
+
+
+def mesh_config(config: Any) -> tuple[int, int]:
+  """(fsdp, fsdp_min_size) of a config; a config without a `mesh` section is data-parallel."""
+  m = config.get("mesh") if hasattr(config, "get") else None
+  if m is None:
+    return 1, DEFAULT_FSDP_MIN_SIZE
+  return int(m.fsdp), int(m.fsdp_min_size)
+
+
+def make_mesh_from_config(config: Any, num_devices: int | None = None) -> Mesh:
+  """The mesh of `config.mesh` (fsdp size) over all devices (or the first `num_devices`)."""
+  return make_mesh(num_devices, fsdp=mesh_config(config)[0])
+
+
+def fsdp_size(mesh: Mesh) -> int:
+  return dict(mesh.shape).get(FSDP_AXIS, 1)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -31,27 +74,66 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over `data`."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Leading (batch) axis split over every device: over `data` and `fsdp` (those in the mesh)."""
+  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  return NamedSharding(mesh, P(axes))
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
-  """Shardings of the train state: replicated (pure data parallelism)."""
-  return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+def param_spec(shape: tuple[int, ...], fsdp: int, min_size: int = DEFAULT_FSDP_MIN_SIZE) -> P:
+  """P() or the spec that puts `fsdp` on the largest dimension divisible by the fsdp size
+  (ties: the last such dimension, e.g. a kernel's output channels)."""
+  if fsdp <= 1 or math.prod(shape) < max(min_size, 1):
+    return P()
+  candidates = [i for i, d in enumerate(shape) if d % fsdp == 0]
+  if not candidates:
+    return P()
+  axis = max(candidates, key=lambda i: (shape[i], i))
+  return P(*([None] * axis + [FSDP_AXIS]))
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh,
+                    min_size: int = DEFAULT_FSDP_MIN_SIZE) -> Any:
+  """Shardings of a train state (params, EMA, optimizer state, step, ...), leaf by leaf: see
+  `param_spec`. Everything is replicated on a mesh whose fsdp axis has size 1."""
+  fsdp = fsdp_size(mesh)
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, param_spec(tuple(np.shape(x)), fsdp, min_size)),
+      abstract_state)
 
 
 def jit_train_step(step_fn, mesh: Mesh, state_sharding: Any):
-  """jit of step_fn(state, batch, rng) -> (state, metrics): batch split over `data`, rng and
-  metrics replicated, the state in `state_sharding` and donated (updated in place)."""
+  """jit of step_fn(state, batch, rng) -> (state, metrics): batch split over all devices, rng
+  and metrics replicated, the state in `state_sharding` and donated (updated in place)."""
   rep, dat = replicated(mesh), batch_sharded(mesh)
   return jax.jit(step_fn, in_shardings=(state_sharding, dat, rep),
                  out_shardings=(state_sharding, rep), donate_argnums=(0,))
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles each process's local batch into global arrays sharded over `data`."""
+  """Assembles each process's local batch into global arrays split over all devices."""
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def gather_replicated(tree: Any) -> Any:
+  """`tree` with every array that is sharded over a mesh axis (e.g. fsdp-sharded params) copied
+  to a fully replicated array on the same mesh; other leaves unchanged.
+
+  Sampling and evaluation take replicated params: an all-gather once per call is cheap next to a
+  sampling loop, and the EMA params alone fit on any device that trained the model.
+  """
+  leaves = jax.tree.leaves(tree)
+  meshes = {id(x.sharding.mesh): x.sharding.mesh for x in leaves
+            if isinstance(getattr(x, "sharding", None), NamedSharding)
+            and not x.sharding.is_fully_replicated}
+  if not meshes:
+    return tree
+  if len(meshes) > 1:
+    raise ValueError("gather_replicated: the arrays live on different meshes.")
+  rep = replicated(next(iter(meshes.values())))
+  return jax.tree.map(
+      lambda x: jax.device_put(x, rep) if isinstance(getattr(x, "sharding", None), NamedSharding)
+      and not x.sharding.is_fully_replicated else x, tree)
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -63,14 +145,14 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 def sharded_batch_fn(fn, params: Any, mesh: Mesh):
-  """Wraps fn(params, x) -> pytree of [N, ...] arrays to run with x split over `data`.
+  """Wraps fn(params, x) -> pytree of [N, ...] arrays to run with x split over all devices.
 
   The returned callable takes a host batch of any size N (padded to a multiple of the device
-  count and trimmed back) and returns numpy arrays.
+  count and trimmed back) and returns numpy arrays. `params` are replicated.
   """
   jitted = jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                    out_shardings=batch_sharded(mesh))
-  params = jax.device_put(params, replicated(mesh))
+  params = jax.device_put(gather_replicated(params), replicated(mesh))
 
   def apply(x: np.ndarray):
     n = len(x)

@@ -129,18 +129,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
 
 def make_train_step(model: UNet, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh, state_sharding):
-  """`train_step` jitted over `mesh`: batch split over `data`, state donated and replicated."""
+  """`train_step` jitted over `mesh`: batch split over all devices, state donated and sharded as
+  `state_sharding` (from `create_train_state`)."""
   return sharding_lib.jit_train_step(
       functools.partial(train_step, model=model, tx=tx, config=config), mesh, state_sharding)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: UNet,
                        tx: optax.GradientTransformation, mesh, shape) -> tuple[TrainState, Any]:
-  """Initialises the state directly into its shardings (shapes from jax.eval_shape first)."""
+  """Initialises the state directly into its shardings (shapes from jax.eval_shape first):
+  replicated, or sharded over the mesh's `fsdp` axis per config.mesh (sharding.state_shardings)."""
   init = functools.partial(init_state, model=model, tx=tx, shape=tuple(shape))
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(init, rng)
-  shardings = sharding_lib.state_shardings(abstract, mesh)
+  shardings = sharding_lib.state_shardings(abstract, mesh,
+                                           sharding_lib.mesh_config(config)[1])
   state = jax.jit(init, out_shardings=shardings)(rng)
   return state, shardings
 
@@ -207,10 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains per `config`, resuming from the latest checkpoint in `workdir`; returns the state."""
   from cfg_jax import data  # lazily: TF import
 
-  mesh = sharding_lib.make_mesh()
   spec = data.dataset_spec(config.data)
-  config_lib.validate(config, num_devices=mesh.size, process_count=jax.process_count(),
+  config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count(),
                       dataset_spec=spec)
+  mesh = sharding_lib.make_mesh_from_config(config)
   data.check_available(config.data)  # clear error before anything is compiled
 
   os.makedirs(workdir, exist_ok=True)

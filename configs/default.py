@@ -64,6 +64,13 @@ def get_config(arg=None):
   # row training stops with an error (0: never stop).
   c.training.max_consecutive_nonfinite = 100
 
+  # Device mesh (cfg_jax/sharding.py): (data, fsdp) with data = devices / fsdp. The batch splits
+  # over all devices; with fsdp > 1, params, EMA and optimizer state are sharded over `fsdp`
+  # (arrays of at least fsdp_min_size elements, on their largest dimension fsdp divides).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = 1                 # 1 = data parallel (everything replicated)
+  c.mesh.fsdp_min_size = 2**16    # smaller arrays stay replicated
+
   c.sampling = ml_collections.ConfigDict()
   c.sampling.num_steps = 64       # T (paper: 256)
   c.sampling.v = 0.3              # paper: 0.3 at 64x64, 0.2 at 128x128
@@ -100,7 +107,6 @@ def get_config(arg=None):
   # digits train split (a digits-only sanity metric, not an Inception score).
   c.evaluation.judge_num_samples = 500
   c.evaluation.judge_w_values = (0.0, 1.0, 3.0)
-  return c
   # Which guidance the sweep evaluates: 'cfg' (classifier-free, over w_values) or 'classifier'
   # (Dhariwal & Nichol's classifier guidance, over classifier_scales, with the noise-conditional
   # classifier of --mode=train_classifier, read from <classifier_workdir>/classifier).
@@ -112,3 +118,4 @@ def get_config(arg=None):
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
   # (cfg_jax/classifier.py; defaults sized for the 8x8 digits).
   c.classifier = classifier_lib.default_classifier_config()
+  return c

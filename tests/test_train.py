@@ -1,4 +1,5 @@
-"""The sharded train step: 8 devices match 1, non-finite steps are skipped, EMA starts as a copy."""
+"""The sharded train step: 8 devices (data parallel or fsdp) match 1, non-finite steps are skipped,
+EMA starts as a copy."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +15,8 @@ def _batches(n, batch_size, seed=0):
            "label": rs.randint(0, 10, (batch_size,)).astype(np.int32)} for _ in range(n)]
 
 
-def _run(config, num_devices, batches):
-  mesh = sharding.make_mesh(num_devices)
+def _run(config, num_devices, batches, fsdp=1):
+  mesh = sharding.make_mesh(num_devices, fsdp=fsdp)
   model, tx = train.create_model(config), train.create_optimizer(config)
   state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
   step = train.make_train_step(model, tx, config, mesh, shardings)
@@ -26,18 +27,28 @@ def _run(config, num_devices, batches):
   return state, losses
 
 
-def test_eight_devices_match_one():
+@pytest.fixture(scope="module")
+def one_device_run():
+  config = tiny_config(**{"training.batch_size": 16, "mesh.fsdp_min_size": 1024})
+  batches = _batches(4, 16)
+  return config, batches, _run(config, 1, batches)
+
+
+@pytest.mark.parametrize("fsdp", [1, 2, 8])
+def test_eight_devices_match_one(one_device_run, fsdp):
+  """data 8 x fsdp 1, data 4 x fsdp 2 and data 1 x fsdp 8 all give the 1-device losses, params,
+  EMA and Adam moments after 4 steps (fsdp_min_size 1024 shards most of the tiny U-Net)."""
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
-  config = tiny_config(**{"training.batch_size": 16})
-  batches = _batches(3, 16)
-  s1, l1 = _run(config, 1, batches)
-  s8, l8 = _run(config, 8, batches)
+  config, batches, (s1, l1) = one_device_run
+  s8, l8 = _run(config, 8, batches, fsdp=fsdp)
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
-  assert int(s8.step) == int(s1.step) == 3
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               s8.params, s1.params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               s8.ema_params, s1.ema_params)
+  assert int(s8.step) == int(s1.step) == 4
+  for tree8, tree1 in ((s8.params, s1.params), (s8.ema_params, s1.ema_params),
+                       (s8.opt_state, s1.opt_state)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 tree8, tree1)
+  sharded = [x for x in jax.tree.leaves(s8.params) if not x.sharding.is_fully_replicated]
+  assert bool(sharded) == (fsdp > 1)
   assert l1[0] > 0 and np.isfinite(l1).all()
 
 

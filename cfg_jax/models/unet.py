@@ -310,7 +310,10 @@ class UNet(nn.Module):
             self._heads(m * self.ch)
         out_channels = self.out_channels or in_ch
 
+        # remat: every res-block and attention block recomputes its activations in the backward
+        # pass instead of storing them (the 32x32 attention maps are the largest of them).
         res_cls = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        attn_cls = nn.remat(AttnBlock) if self.remat else AttnBlock
         common = dict(num_groups=self.num_groups, dtype=self.dtype)
 
         def res_block(h, out_ch, name, up=False, down=False):
@@ -318,7 +321,7 @@ class UNet(nn.Module):
             return block(h, emb, train)
 
         def attn_block(h, name):
-            return AttnBlock(num_heads=self._heads(h.shape[-1]), name=name, **common)(h)
+            return attn_cls(num_heads=self._heads(h.shape[-1]), name=name, **common)(h)
 
         def maybe_attn(h, name):
             return attn_block(h, name) if h.shape[1] in self.attn_resolutions else h

@@ -83,6 +83,8 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
       ("attention at a resolution the U-Net lacks",
        lambda: _validate(**{"model.attn_resolutions": (3,)})),
       ("batch size not divisible by the devices", lambda: _validate(**{"training.batch_size": 12})),
+      ("fsdp size that does not divide the devices (`--config.mesh.fsdp=3` on 8)",
+       lambda: _validate(**{"mesh.fsdp": 3})),
       ("num_classes ≠ the dataset's", lambda: _validate(**{"data.num_classes": 12})),
       ("sample labels out of range", lambda: _validate(**{"sampling.labels": (3, 10)})),
       ("sampler variance v outside [0, 1]", lambda: _validate(**{"sampling.v": 2.0})),
