@@ -283,7 +283,7 @@ class Evaluator:
       for w in guidance_values(c):
         start = time.time()
         x = sampling.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
-                              batch_size=ev.batch_size, num_devices=self.mesh.size)
+                              batch_size=ev.batch_size, mesh=self.mesh)
         m = sample_metrics(x, labels, self.net, self.ref, pr_k=ev.pr_k)
         row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t), "w": float(w),
                "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,

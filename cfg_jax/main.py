@@ -32,27 +32,39 @@ _COORDINATOR = flags.DEFINE_string(
     "process 0 (with --num_processes and --process_id).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed.initialize(): 'auto' calls it with the flags above, in a multi-task SLURM job "
+    "and on TPU VMs (it finds the pod's workers itself; a single host is a 1-process cluster); "
+    "'on' always (any cluster JAX auto-detects, e.g. Open MPI); 'off' never.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+TPU_DEVICE_FILES = ("/dev/accel0", "/dev/vfio/0")  # a Cloud TPU VM's chips
+
+
 def _cluster_detected() -> bool:
-  """A multi-host TPU slice or a multi-task SLURM job, where jax.distributed auto-configures."""
+  """A TPU VM (pod slice or single host), a TPU pod on GKE, or a multi-task SLURM job: places
+  where jax.distributed.initialize() configures itself."""
   env = os.environ
   if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
     return True
-  hosts = env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS")
-  return bool(hosts) and "," in env.get("TPU_WORKER_HOSTNAMES", ",")
+  if env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return True
+  return any(os.path.exists(f) for f in TPU_DEVICE_FILES)
 
 
 def initialize_distributed() -> None:
   """jax.distributed.initialize: explicit flags, or auto-detected on TPU pods and SLURM."""
   import jax
+  if _DISTRIBUTED.value == "off":
+    return
   if _COORDINATOR.value:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
       raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
     jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  elif _cluster_detected():
+  elif _DISTRIBUTED.value == "on" or _cluster_detected():
     jax.distributed.initialize()
 
 

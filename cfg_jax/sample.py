@@ -68,7 +68,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
   results = []
   for w in s.w_values:
     x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=s.batch_size, num_devices=mesh.size)
+                          batch_size=s.batch_size, mesh=mesh)
     results.append(images.to_uint8(x))
     if jax.process_index() == 0:
       order = np.argsort(labels, kind="stable")  # one class after another in the grid

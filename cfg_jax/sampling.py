@@ -303,15 +303,23 @@ def make_sampler(apply_fn: Callable[..., jax.Array], *, shape: tuple[int, ...], 
 
 
 def generate(sampler, params, rng: jax.Array, *, labels: np.ndarray, w: np.ndarray | float,
-             batch_size: int, num_devices: int = 1, first_id: int = 0) -> np.ndarray:
+             batch_size: int, num_devices: int = 1, first_id: int = 0,
+             mesh: Mesh | None = None) -> np.ndarray:
   """Runs `sampler` over all `labels` in batches; pads each batch to a multiple of num_devices.
 
-  Sample i uses id first_id + i, so the result does not depend on batch_size or devices.
+  Sample i uses id first_id + i, so the result does not depend on batch_size or devices. With
+  `mesh` (the sampler's; needed when it spans several processes) num_devices is its size and
+  each batch is placed as global arrays split over it; every process returns all samples.
   Params sharded over a mesh axis (fsdp training) are gathered to replicated once per call.
   """
   params = sharding.gather_replicated(params)
   labels = np.asarray(labels, np.int32)
   n = labels.shape[0]
+  if mesh is not None:
+    num_devices, dat = mesh.size, sharding.batch_sharded(mesh)
+    put = lambda a: sharding.host_to_global(a, dat)
+  else:
+    put = lambda a: a
   w = np.broadcast_to(np.asarray(w, np.float32), (n,))
   batch_size = int(np.ceil(batch_size / num_devices) * num_devices)
   out = []
@@ -321,6 +329,6 @@ def generate(sampler, params, rng: jax.Array, *, labels: np.ndarray, w: np.ndarr
     ids = np.arange(first_id + start, first_id + stop + pad, dtype=np.int32)
     lab = np.concatenate([labels[start:stop], np.repeat(labels[stop - 1:stop], pad)])
     ww = np.concatenate([w[start:stop], np.repeat(w[stop - 1:stop], pad)])
-    x = sampler(params, rng, ids, lab, ww)
+    x = sampler(params, rng, put(ids), put(lab), put(ww))
     out.append(sharding.to_host(x)[: stop - start])
   return np.concatenate(out, axis=0)

@@ -115,6 +115,17 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
+def host_to_global(x: Any, sharding: NamedSharding) -> jax.Array:
+  """A host array that every process holds in full (sample ids, labels, eval images, weights read
+  from a file) as a global jax.Array in `sharding`: each process fills only its own devices'
+  shards, so nothing crosses processes. jit refuses plain numpy for shardings that span several
+  processes; on one process this equals jax.device_put."""
+  if isinstance(x, jax.Array):
+    return x if x.sharding == sharding else jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def gather_replicated(tree: Any) -> Any:
   """`tree` with every array that is sharded over a mesh axis (e.g. fsdp-sharded params) copied
   to a fully replicated array on the same mesh; other leaves unchanged.
@@ -152,13 +163,14 @@ def sharded_batch_fn(fn, params: Any, mesh: Mesh):
   """
   jitted = jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                    out_shardings=batch_sharded(mesh))
-  params = jax.device_put(gather_replicated(params), replicated(mesh))
+  rep, dat = replicated(mesh), batch_sharded(mesh)
+  params = jax.tree.map(lambda p: host_to_global(p, rep), gather_replicated(params))
 
   def apply(x: np.ndarray):
     n = len(x)
     pad = (-n) % mesh.size
     if pad:
       x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-    out = jitted(params, x)
+    out = jitted(params, host_to_global(x, dat))
     return jax.tree.map(lambda y: to_host(y)[:n], out)
   return apply

@@ -155,7 +155,7 @@ def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
 
 
 def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, config,
-                       num_devices: int) -> dict[float, str]:
+                       mesh) -> dict[float, str]:
   """Samples a class-per-row grid for each w in guidance.w_values; writes PNGs and TB images."""
   per_class = config.training.grid_samples_per_class
   labels = grid_labels(config.data.num_classes, per_class)
@@ -163,7 +163,7 @@ def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, conf
   paths, tb_images = {}, {}
   for w in config.guidance.w_values:
     x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=config.sampling.batch_size, num_devices=num_devices)
+                          batch_size=config.sampling.batch_size, mesh=mesh)
     grid = images.make_grid(x, ncols=per_class)
     if jax.process_index() == 0:
       path = os.path.join(workdir, "samples", f"step_{step:08d}_w{w:g}.png")
@@ -174,8 +174,7 @@ def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, conf
   return paths
 
 
-def judge_digits(*, writer, step: int, sampler, params, config, num_devices: int
-                 ) -> dict[float, float]:
+def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[float, float]:
   """Class accuracy of guided digits samples per w, judged by an SVM on pixels (digits only)."""
   from cfg_jax.evaluation import digits_judge
 
@@ -185,7 +184,7 @@ def judge_digits(*, writer, step: int, sampler, params, config, num_devices: int
   acc = {}
   for w in config.evaluation.judge_w_values:
     x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=config.sampling.batch_size, num_devices=num_devices)
+                          batch_size=config.sampling.batch_size, mesh=mesh)
     acc[float(w)] = digits_judge.class_accuracy(x, labels, data_dir=config.data.data_dir)
     logging.info("step %d: SVM class accuracy of %d samples at w=%g: %.3f", step, n, w,
                  acc[float(w)])
@@ -272,11 +271,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return state
       if last or (t.sample_every_steps and step % t.sample_every_steps == 0):
         paths = write_sample_grids(writer=writer, workdir=workdir, step=step, sampler=sampler,
-                                   params=state.ema_params, config=config, num_devices=mesh.size)
+                                   params=state.ema_params, config=config, mesh=mesh)
         for w, p in paths.items():
           logging.info("Wrote samples for w=%g to %s", w, p)
       if last and config.data.name == "digits" and config.evaluation.judge_num_samples > 0:
         judge_digits(writer=writer, step=step, sampler=sampler, params=state.ema_params,
-                     config=config, num_devices=mesh.size)
+                     config=config, mesh=mesh)
     ckpt.close()
   return state
