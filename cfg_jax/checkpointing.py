@@ -121,6 +121,16 @@ class Checkpointer:
                             "\n  ".join(errors) + "\nMove the directory away to start afresh.")
     return None
 
+  def restore_or(self, state: Any, *, what: str = "") -> Any:
+    """Resume-or-start: the newest intact checkpoint restored into `state`'s shapes and
+    shardings, or `state` itself when there is none. Logs the step it resumes from."""
+    restored = self.restore_latest_valid(abstract_like(state))
+    if restored is None:
+      return state
+    logging.info("%sResumed from checkpoint step %d.", f"{what}: " if what else "",
+                 int(restored.step))
+    return restored
+
   def metadata(self, step: int) -> dict | None:
     try:
       return self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[

@@ -113,7 +113,7 @@ class Classifier(nn.Module):
   def _embed(self, logsnr: jax.Array) -> jax.Array:
     """λ embedding [B, 4ch]: MLP(sinusoidal(1000 u(λ))), as the U-Net's (no label term)."""
     dense = functools.partial(nn.Dense, 4 * self.ch, dtype=self.dtype,
-                              kernel_init=unet._torch_default_init)
+                              kernel_init=unet.torch_default_init)
     u = unet.logsnr_to_unit_time(logsnr, self.logsnr_min, self.logsnr_max)
     emb = unet.sinusoidal_embedding(1000.0 * u, self.ch).astype(self.dtype)
     emb = dense(name="logsnr_dense_0")(emb)
@@ -140,7 +140,7 @@ class Classifier(nn.Module):
       return unet.AttnBlock(num_heads=self._heads(h.shape[-1]), name=name, **common)(h)
 
     h = nn.Conv(self.ch_mult[0] * self.ch, (3, 3), padding=1, dtype=self.dtype,
-                kernel_init=unet._torch_default_init, name="conv_in")(z.astype(self.dtype))
+                kernel_init=unet.torch_default_init, name="conv_in")(z.astype(self.dtype))
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
         h = res_block(h, mult * self.ch, f"down_{level}_res_{i}")
@@ -326,10 +326,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
   model, tx = create_classifier(config), create_optimizer(config)
   state, state_sharding = create_state(config, model, tx, mesh, spec.image_shape)
   ckpt = checkpointing.Checkpointer(cdir)
-  restored = ckpt.restore_latest_valid(checkpointing.abstract_like(state))
-  if restored is not None:
-    state = restored
-    logging.info("Classifier: resumed from checkpoint step %d.", int(state.step))
+  state = ckpt.restore_or(state, what="Classifier")
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(cdir, just_logging=jax.process_index() > 0)

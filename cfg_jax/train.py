@@ -220,10 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model, tx = create_model(config), create_optimizer(config)
   state, state_sharding = create_train_state(config, model, tx, mesh, spec.image_shape)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=t.max_checkpoints_to_keep)
-  restored = ckpt.restore_latest_valid(checkpointing.abstract_like(state))
-  if restored is not None:
-    state = restored
-    logging.info("Resumed from checkpoint step %d.", int(state.step))
+  state = ckpt.restore_or(state)
   start_step = int(state.step)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

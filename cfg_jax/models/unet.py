@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 # PyTorch's default (kaiming_uniform with a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-_torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 _zeros = nn.initializers.zeros_init()
 
 GN_EPSILON = 1e-5
@@ -168,7 +168,7 @@ class ResBlock(nn.Module):
     def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
         assert not (self.up and self.down), "ResBlock cannot both upsample and downsample"
         conv = functools.partial(
-            nn.Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype, kernel_init=_torch_default_init
+            nn.Conv, kernel_size=(3, 3), padding=1, dtype=self.dtype, kernel_init=torch_default_init
         )
         h = nn.silu(group_norm(x, self.num_groups, "norm_in"))
         if self.up:
@@ -178,7 +178,7 @@ class ResBlock(nn.Module):
         h = conv(self.out_ch, name="conv_in")(h)
 
         emb_out = nn.Dense(
-            2 * self.out_ch, dtype=self.dtype, kernel_init=_torch_default_init, name="emb_proj"
+            2 * self.out_ch, dtype=self.dtype, kernel_init=torch_default_init, name="emb_proj"
         )(nn.silu(emb))
         scale, shift = jnp.split(emb_out[:, None, None, :], 2, axis=-1)
         h = group_norm(h, self.num_groups, "norm_out") * (1 + scale) + shift
@@ -191,7 +191,7 @@ class ResBlock(nn.Module):
                 self.out_ch,
                 kernel_size=(1, 1),
                 dtype=self.dtype,
-                kernel_init=_torch_default_init,
+                kernel_init=torch_default_init,
                 name="skip",
             )(x)
         return x + h
@@ -208,7 +208,7 @@ class AttnBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
         head_dim = c // self.num_heads
-        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=_torch_default_init)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=torch_default_init)
 
         h = group_norm(x, self.num_groups, "norm")
         qkv = dense(3 * c, name="qkv")(h).reshape(b, height * width, 3, self.num_heads, head_dim)
@@ -229,7 +229,7 @@ class Downsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.Conv(
             x.shape[-1], (3, 3), strides=(2, 2), padding=1, dtype=self.dtype,
-            kernel_init=_torch_default_init, name="conv",
+            kernel_init=torch_default_init, name="conv",
         )(x)
 
 
@@ -242,7 +242,7 @@ class Upsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return nn.Conv(
             x.shape[-1], (3, 3), padding=1, dtype=self.dtype,
-            kernel_init=_torch_default_init, name="conv",
+            kernel_init=torch_default_init, name="conv",
         )(nearest_upsample_2x(x))
 
 
@@ -283,7 +283,7 @@ class UNet(nn.Module):
     def _embed(self, logsnr: jax.Array, labels: jax.Array) -> jax.Array:
         """Conditioning vector [B, 4ch]: MLP(sinusoidal(1000 u(lambda))) + Embed(label)."""
         emb_dim = 4 * self.ch
-        dense = functools.partial(nn.Dense, emb_dim, dtype=self.dtype, kernel_init=_torch_default_init)
+        dense = functools.partial(nn.Dense, emb_dim, dtype=self.dtype, kernel_init=torch_default_init)
         u = logsnr_to_unit_time(logsnr, self.logsnr_min, self.logsnr_max)
         emb = sinusoidal_embedding(1000.0 * u, self.ch).astype(self.dtype)
         emb = dense(name="logsnr_dense_0")(emb)
@@ -331,7 +331,7 @@ class UNet(nn.Module):
         # Down path: keep every intermediate activation as a skip connection.
         h = nn.Conv(
             self.ch_mult[0] * self.ch, (3, 3), padding=1, dtype=self.dtype,
-            kernel_init=_torch_default_init, name="conv_in",
+            kernel_init=torch_default_init, name="conv_in",
         )(z.astype(self.dtype))
         skips = [h]
         for level, mult in enumerate(self.ch_mult):
