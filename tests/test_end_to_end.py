@@ -120,6 +120,7 @@ def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
       (4, 4, 0.0), (4, 4, 2.0), (4, 8, 0.0), (4, 8, 2.0)]
   for r in rows:
     assert r["sampler"] == "ancestral" and '"v": 0.3' in r["sampler_settings"]
+    assert r["guidance"] == "cfg"
     assert r["feature_net"].startswith("digits_classifier") and r["num_samples"] == 20
     assert np.isfinite(r["fd"]) and r["fd"] >= 0 and 1.0 <= r["is"] <= 10.0
     assert 0.0 <= r["class_accuracy"] <= 1.0 and 0.0 <= r["precision"] <= 1.0
@@ -131,7 +132,7 @@ def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
   assert [e.step for e in acc.Tensors("eval/T4/fd/w=0")] == [4]
   assert acc.SummaryMetadata("eval/T4/tradeoff").plugin_data.plugin_name == "images"
   with open(os.path.join(workdir, "eval", "results.csv")) as f:
-    assert f.readline().startswith("step,num_steps,w,")
+    assert f.readline().startswith("step,guidance,num_steps,w,")
   assert os.path.exists(os.path.join(workdir, "eval", "tradeoff_step4_T4.png"))
 
 
