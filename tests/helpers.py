@@ -28,3 +28,33 @@ def tiny_config(**overrides):
       section, _, field = key.partition(".")
       c[section][field] = value
   return c
+
+
+def mixture_moment_error(toy, x, labels) -> float:
+  """Σ over classes of L1 errors of the mean, covariance and nearest-component weights of the
+  samples x [N, 2] with `labels` against the exact per-class moments of the 2D mixture `toy`."""
+  import numpy as np
+
+  from cfg_jax import toy2d
+  err = 0.0
+  for c in range(toy.num_classes):
+    xc = x[labels == c]
+    mean, cov = toy2d.class_moments(toy, label=c)
+    comps = np.flatnonzero(toy.classes == c)
+    nearest = toy2d.nearest_component(toy, x=xc)
+    weights = np.array([np.mean(nearest == k) for k in comps])
+    err += (np.abs(xc.mean(0) - mean).sum() + np.abs(np.cov(xc.T) - cov).sum()
+            + np.abs(weights - toy.weights[comps]).sum())
+  return float(err)
+
+
+def class_separation_and_spread(toy, x, labels) -> tuple[float, float]:
+  """Mean over classes of (the mean distance of a class's samples to the nearest component of the
+  other classes, the trace of the class's sample covariance)."""
+  import numpy as np
+  d, s = [], []
+  for c in range(toy.num_classes):
+    xc, others = x[labels == c], toy.means[toy.classes != c]
+    d.append(np.min(np.linalg.norm(xc[:, None] - others[None], axis=-1), axis=1).mean())
+    s.append(np.trace(np.cov(xc.T)))
+  return float(np.mean(d)), float(np.mean(s))

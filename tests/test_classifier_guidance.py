@@ -16,7 +16,7 @@ import pytest
 
 from cfg_jax import classifier, sampling, schedules, sharding, toy2d
 from cfg_jax import classifier_guidance as cg
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, class_separation_and_spread, load_config, mixture_moment_error
 
 TOY = toy2d.default_toy()
 K = TOY.num_classes
@@ -197,18 +197,8 @@ def draw_conditional(name: str) -> np.ndarray:
 
 
 def moment_error(x: np.ndarray) -> float:
-  """Σ over classes of L1 errors of the mean, covariance and nearest-component weights (as in
-  test_toy2d: exact samples of this size give ~0.15)."""
-  err = 0.0
-  for c in range(K):
-    xc = x[LABELS == c]
-    mean, cov = toy2d.class_moments(TOY, label=c)
-    comps = np.flatnonzero(TOY.classes == c)
-    nearest = toy2d.nearest_component(TOY, x=xc)
-    weights = np.array([np.mean(nearest == k) for k in comps])
-    err += (np.abs(xc.mean(0) - mean).sum() + np.abs(np.cov(xc.T) - cov).sum()
-            + np.abs(weights - TOY.weights[comps]).sum())
-  return float(err)
+  """helpers.mixture_moment_error on this module's mixture (exact samples of this size: ~0.15)."""
+  return mixture_moment_error(TOY, x, LABELS)
 
 
 @pytest.mark.parametrize("name", sampling.SAMPLERS)
@@ -228,13 +218,9 @@ def test_larger_scale_separates_classes_and_a_sweep_compiles_once(name, mesh_dev
     x = draw_cg(name, scale, mesh_devices)
     if scale == 1.0:
       calls = CALLS[(name, mesh_devices)]
-    d, s = [], []
-    for c in range(K):
-      xc, others = x[LABELS == c], TOY.means[TOY.classes != c]
-      d.append(np.min(np.linalg.norm(xc[:, None] - others[None], axis=-1), axis=1).mean())
-      s.append(np.trace(np.cov(xc.T)))
-    dist.append(np.mean(d))
-    spread.append(np.mean(s))
+    d, s = class_separation_and_spread(TOY, x, LABELS)
+    dist.append(d)
+    spread.append(s)
   assert all(b > a + 0.005 for a, b in zip(dist, dist[1:])), dist
   assert spread[-1] < 0.9 * spread[0], spread
   assert CALLS[(name, mesh_devices)] == calls  # the scale sweep did not trace again

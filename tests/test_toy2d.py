@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cfg_jax import sampling, schedules, toy2d
+from tests.helpers import class_separation_and_spread, mixture_moment_error
 
 TOY = toy2d.default_toy()
 N = 1500                                   # 500 per class
@@ -39,17 +40,7 @@ def draw(name: str, num_steps: int, w: float) -> np.ndarray:
 
 
 def moment_error(x: np.ndarray) -> float:
-  """Σ over classes of L1 errors of the mean, covariance and nearest-component weights."""
-  err = 0.0
-  for c in range(TOY.num_classes):
-    xc = x[LABELS == c]
-    mean, cov = toy2d.class_moments(TOY, label=c)
-    comps = np.flatnonzero(TOY.classes == c)
-    nearest = toy2d.nearest_component(TOY, x=xc)
-    weights = np.array([np.mean(nearest == k) for k in comps])
-    err += (np.abs(xc.mean(0) - mean).sum() + np.abs(np.cov(xc.T) - cov).sum()
-            + np.abs(weights - TOY.weights[comps]).sum())
-  return float(err)
+  return mixture_moment_error(TOY, x, LABELS)
 
 
 def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -133,14 +124,9 @@ def test_samplers_agree_in_distribution():
 def test_guidance_moves_away_from_other_classes_and_sharpens(name):
   dist, spread = [], []
   for w in W_SWEEP:
-    x = draw(name, T_LARGE, w)
-    d, s = [], []
-    for c in range(TOY.num_classes):
-      xc, others = x[LABELS == c], TOY.means[TOY.classes != c]
-      d.append(np.min(np.linalg.norm(xc[:, None] - others[None], axis=-1), axis=1).mean())
-      s.append(np.trace(np.cov(xc.T)))
-    dist.append(np.mean(d))
-    spread.append(np.mean(s))
+    d, s = class_separation_and_spread(TOY, draw(name, T_LARGE, w), LABELS)
+    dist.append(d)
+    spread.append(s)
   assert all(b > a + 0.005 for a, b in zip(dist, dist[1:])), dist
   assert all(b < a * 1.01 for a, b in zip(spread, spread[1:])), spread
   assert spread[-1] < 0.85 * spread[0], spread
