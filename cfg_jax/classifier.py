@@ -356,12 +356,8 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
         summary["images_per_sec"] = (step - last_step) * cc.batch_size / (now - t0)
         t0, last_step, pending = now, step, []
         writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-      if last or (cc.checkpoint_every_steps and step % cc.checkpoint_every_steps == 0):
-        ckpt.save(step, state, metadata=meta)
-      if not last and watcher.should_stop(step):
-        if ckpt.latest_step() != step:
-          ckpt.save(step, state, metadata=meta)
-        ckpt.close()
+      if ckpt.save_or_stop(step, state, last=last, every=cc.checkpoint_every_steps,
+                           watcher=watcher, metadata=meta):
         logging.warning("Preempted: saved classifier checkpoint step %d; run the same command "
                         "again to resume.", step)
         return state

@@ -257,12 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
         pending = []
         check_nonfinite_streak(state, config, ckpt)
-      if last or (t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0):
-        ckpt.save(step, state, metadata=meta)
-      if not last and watcher.should_stop(step):
-        if ckpt.latest_step() != step:
-          ckpt.save(step, state, metadata=meta)
-        ckpt.close()
+      if ckpt.save_or_stop(step, state, last=last, every=t.checkpoint_every_steps,
+                           watcher=watcher, metadata=meta):
         logging.warning("Preempted: saved checkpoint step %d and stopped; run the same command "
                         "again to resume.", step)
         return state
