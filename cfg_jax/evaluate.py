@@ -66,14 +66,14 @@ def feature_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet:
   Inception runs with each batch split over the `data` axis of `mesh` (default: all devices).
   """
   bs = config.evaluation.batch_size
-  if config.data.name == "digits":
-    from cfg_jax.evaluation import digits_classifier
+  from cfg_jax.evaluation import digits_classifier
+  if config.data.name in digits_classifier.RECIPES:
     clf = digits_classifier.load_or_train(config.data)
 
     def apply_clf(b):
       out = clf.outputs(b)
       return out["features"], out["logits"]
-    return FeatureNet(f"digits_classifier_v{digits_classifier.VERSION}",
+    return FeatureNet(digits_classifier.feature_net_name(config.data),
                       lambda x: _batched(apply_clf, x, bs), True)
   from cfg_jax.evaluation import inception
   params = inception.load_params(config.evaluation.inception_weights)  # clear error if missing

@@ -23,6 +23,7 @@ from clu import metric_writers, periodic_actions
 from cfg_jax import checkpointing, config_lib, diffusion, guidance, images, preemption, sampling
 from cfg_jax import schedules
 from cfg_jax import sharding as sharding_lib
+from cfg_jax.evaluation import digits_judge
 from cfg_jax.models import UNet
 
 
@@ -175,9 +176,7 @@ def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, conf
 
 
 def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[float, float]:
-  """Class accuracy of guided digits samples per w, judged by an SVM on pixels (digits only)."""
-  from cfg_jax.evaluation import digits_judge
-
+  """Class accuracy of guided samples per w, judged by an SVM on pixels (embedded digits only)."""
   n = config.evaluation.judge_num_samples
   labels = np.resize(np.arange(config.data.num_classes, dtype=np.int32), n)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_033)
@@ -185,7 +184,8 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   for w in config.evaluation.judge_w_values:
     x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
                           batch_size=config.sampling.batch_size, mesh=mesh)
-    acc[float(w)] = digits_judge.class_accuracy(x, labels, data_dir=config.data.data_dir)
+    acc[float(w)] = digits_judge.class_accuracy(x, labels, data_dir=config.data.data_dir,
+                                                name=config.data.name)
     logging.info("step %d: SVM class accuracy of %d samples at w=%g: %.3f", step, n, w,
                  acc[float(w)])
   writer.write_scalars(step, {f"eval/svm_class_accuracy/w={w:g}": a for w, a in acc.items()})
@@ -267,7 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                    params=state.ema_params, config=config, mesh=mesh)
         for w, p in paths.items():
           logging.info("Wrote samples for w=%g to %s", w, p)
-      if last and config.data.name == "digits" and config.evaluation.judge_num_samples > 0:
+      if (last and config.data.name in digits_judge.DATASETS
+          and config.evaluation.judge_num_samples > 0):
         judge_digits(writer=writer, step=step, sampler=sampler, params=state.ema_params,
                      config=config, mesh=mesh)
     ckpt.close()

@@ -1,8 +1,8 @@
-"""In-domain feature network for the 8x8 digits: digits-classifier Fréchet distance, score, acc.
+"""In-domain feature network for the embedded digits datasets: classifier FD, score and accuracy.
 
 These are *digits-classifier metrics*, NOT Inception FID or the Inception score. A small CNN
-(`DigitsNet`) is trained deterministically on the 1,497 `cfg_digits` train images; for generated
-8x8 digits
+(`DigitsNet`) is trained deterministically on the train split of an embedded dataset (`RECIPES`:
+the 1,497 8x8 `cfg_digits` images, or the 4,000 28x28 `cfg_mnist` images); for generated digits
 
 * its 128-d penultimate activations (`features`) replace Inception pool_3 in the Fréchet distance
   (`metrics.feature_statistics` + `metrics.frechet_distance`),
@@ -14,9 +14,9 @@ Numbers computed this way are only comparable with numbers from the same network
 `VERSION`, same training recipe); they are not comparable with any published FID or IS. The
 scikit-learn SVM of `digits_judge` is an independent pixel-space accuracy check.
 
-Architecture (input NHWC float32 [B, 8, 8, 1] in [-1, 1], as everywhere in cfg_jax):
-conv 3x3 32 -> GELU -> conv 3x3 64 stride 2 -> GELU -> flatten -> Dense 128 -> GELU (`features`)
--> Dense 10 (`logits`).
+Architecture (input NHWC float32 [B, H, W, 1] in [-1, 1], as everywhere in cfg_jax):
+conv 3x3 32 -> GELU -> (conv 3x3 64 stride 2 -> GELU) x num_downsamples (1 for digits, 2 for
+mnist) -> flatten -> Dense 128 -> GELU (`features`) -> Dense 10 (`logits`).
 
 Training (`train_classifier`): Adam with a cosine-decayed learning rate, softmax cross-entropy,
 batches drawn epoch by epoch from `np.random.RandomState(seed)` permutations of the train split,
@@ -24,7 +24,7 @@ each image shifted by a random -1/0/+1 pixel in each direction (from the same Ra
 border filled with the background value -1), initialisation from `jax.random.key(seed)`. The run
 is deterministic: same inputs, seed and environment give bitwise identical params.
 
-Cache (`load_or_train`): ``<resolve_data_dir(data)>/cfg_digits_classifier/<VERSION>/`` holds
+Cache (`load_or_train`): ``<resolve_data_dir(data)>/cfg_<name>_classifier/<version>/`` holds
 ``params.npz`` (flat float32 arrays, keys like ``Conv_0/kernel``, read with
 ``allow_pickle=False``) and ``info.json`` (version, training recipe, train/test accuracy and the
 sha256 of ``params.npz``). Both are written atomically (temp file + ``os.replace``). On load the
@@ -52,41 +52,62 @@ import optax
 from cfg_jax import fileio
 
 __all__ = [
-    "CACHE_DIRNAME",
     "DigitsClassifier",
     "DigitsNet",
     "FEATURE_DIM",
+    "RECIPES",
+    "Recipe",
     "NUM_CLASSES",
     "TRAIN_RECIPE",
     "VERSION",
     "cache_dir",
+    "feature_net_name",
     "clear_memory_cache",
     "load_or_train",
     "train_classifier",
 ]
 
-# Bump VERSION whenever the architecture, TRAIN_RECIPE or the dataset changes: it names the cache
-# directory, so old caches are simply ignored.
-VERSION = "1.0.0"
-CACHE_DIRNAME = "cfg_digits_classifier"
 PARAMS_FILE = "params.npz"
 INFO_FILE = "info.json"
-IMAGE_SHAPE = (8, 8, 1)
 NUM_CLASSES = 10
 FEATURE_DIM = 128
 BACKGROUND = -1.0  # pixel value of an empty (0) digits pixel in [-1, 1]
-TRAIN_RECIPE = {"seed": 0, "steps": 600, "batch_size": 64, "learning_rate": 3e-3,
-                "augment": True}
 _EVAL_BATCH = 1024
 
 
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """One dataset's judge: input shape, depth, training recipe and the cache's version.
+
+  Bump `version` whenever the architecture, the recipe or the dataset changes: it names the
+  cache directory, so old caches are simply ignored.
+  """
+  version: str
+  image_shape: tuple[int, int, int]
+  num_downsamples: int
+  train: Mapping[str, Any]  # keyword arguments of `train_classifier`
+
+
+RECIPES = {
+    "digits": Recipe("1.0.0", (8, 8, 1), 1, {"seed": 0, "steps": 600, "batch_size": 64,
+                                              "learning_rate": 3e-3, "augment": True}),
+    "mnist": Recipe("1.0.0", (28, 28, 1), 2, {"seed": 0, "steps": 1500, "batch_size": 64,
+                                               "learning_rate": 2e-3, "augment": True}),
+}
+VERSION = RECIPES["digits"].version
+IMAGE_SHAPE = RECIPES["digits"].image_shape
+TRAIN_RECIPE = dict(RECIPES["digits"].train)
+
+
 class DigitsNet(nn.Module):
-  """Small CNN: [B, 8, 8, 1] in [-1, 1] -> {'features': [B, 128], 'logits': [B, 10]}."""
+  """Small CNN: [B, H, W, 1] in [-1, 1] -> {'features': [B, 128], 'logits': [B, 10]}."""
+  num_downsamples: int = 1
 
   @nn.compact
   def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
     h = nn.gelu(nn.Conv(32, (3, 3))(x))
-    h = nn.gelu(nn.Conv(64, (3, 3), strides=2)(h))
+    for _ in range(self.num_downsamples):
+      h = nn.gelu(nn.Conv(64, (3, 3), strides=2)(h))
     h = h.reshape(h.shape[0], -1)
     features = nn.gelu(nn.Dense(FEATURE_DIM)(h))
     return {"features": features, "logits": nn.Dense(NUM_CLASSES)(features)}
@@ -96,11 +117,12 @@ class DigitsNet(nn.Module):
 # Training.
 
 
-def _check_images(images: Any, name: str = "images") -> np.ndarray:
-  """float32 [N, 8, 8, 1] numpy array, or ValueError."""
+def _check_images(images: Any, shape: tuple[int, int, int] = IMAGE_SHAPE) -> np.ndarray:
+  """float32 [N, *shape] numpy array, or ValueError."""
   images = np.asarray(images, np.float32)
-  if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
-    raise ValueError(f"{name} must have shape [N, 8, 8, 1], got {images.shape}.")
+  if images.ndim != 4 or images.shape[1:] != tuple(shape):
+    raise ValueError(f"images must have shape [N, {', '.join(map(str, shape))}], "
+                     f"got {images.shape}.")
   return images
 
 
@@ -130,15 +152,20 @@ def _shift(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
   return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-@jax.jit
-def _init_params(key: jax.Array) -> Any:
+@functools.partial(jax.jit, static_argnames=("shape", "num_downsamples"))
+def _init_params(key: jax.Array, *, shape=IMAGE_SHAPE, num_downsamples: int = 1) -> Any:
   """Initial `DigitsNet` params (jitted: much faster than op-by-op flax init on CPU)."""
-  return DigitsNet().init(key, jnp.zeros((1, *IMAGE_SHAPE)))["params"]
+  return DigitsNet(num_downsamples).init(key, jnp.zeros((1, *shape)))["params"]
 
 
 def _loss(params: Any, images: jax.Array, labels: jax.Array) -> jax.Array:
-  logits = DigitsNet().apply({"params": params}, images)["logits"]
+  logits = DigitsNet(_num_downsamples(params)).apply({"params": params}, images)["logits"]
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def _num_downsamples(params: Mapping[str, Any]) -> int:
+  """The depth of a `DigitsNet` from its params (one conv per level besides the first)."""
+  return sum(k.startswith("Conv_") for k in params) - 1
 
 
 def _optimizer(learning_rate: float, steps: int) -> optax.GradientTransformation:
@@ -159,13 +186,15 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *,
                      steps: int = TRAIN_RECIPE["steps"],
                      batch_size: int = TRAIN_RECIPE["batch_size"],
                      learning_rate: float = TRAIN_RECIPE["learning_rate"],
-                     augment: bool = TRAIN_RECIPE["augment"]) -> dict[str, Any]:
-  """Trains `DigitsNet` on images [N, 8, 8, 1] in [-1, 1] and int labels [N]; returns params.
+                     augment: bool = TRAIN_RECIPE["augment"],
+                     num_downsamples: int = 1) -> dict[str, Any]:
+  """Trains `DigitsNet` on images [N, H, W, 1] in [-1, 1] and int labels [N]; returns params.
 
   Deterministic: batch order and shifts come from `np.random.RandomState(seed)`, the
   initialisation from `jax.random.key(seed)`. Returns nested float32 numpy params.
   """
-  images = _check_images(images)
+  images = np.asarray(images, np.float32)
+  images = _check_images(images, images.shape[1:] if images.ndim == 4 else IMAGE_SHAPE)
   labels = _check_labels(labels, len(images))
   if len(images) < batch_size or steps < 1:
     raise ValueError(f"need >= batch_size={batch_size} images and steps >= 1, got "
@@ -174,7 +203,8 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *,
   order = _batch_order(len(images), steps, batch_size, rng)
   offsets = (rng.randint(0, 3, size=(steps, batch_size, 2)) if augment
              else np.ones((steps, batch_size, 2), np.int64))
-  params = _init_params(jax.random.key(seed))
+  params = _init_params(jax.random.key(seed), shape=images.shape[1:],
+                        num_downsamples=num_downsamples)
   opt_state = _optimizer(learning_rate, steps).init(params)
   for s in range(steps):
     x = _shift(images[order[s]], offsets[s])
@@ -189,7 +219,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, *,
 
 @jax.jit
 def _apply(params: Any, images: jax.Array) -> dict[str, jax.Array]:
-  return DigitsNet().apply({"params": params}, images)
+  return DigitsNet(_num_downsamples(params)).apply({"params": params}, images)
 
 
 def _padded_size(n: int, batch_size: int) -> int:
@@ -203,8 +233,9 @@ class DigitsClassifier:
 
   Attributes:
     params: nested `DigitsNet` params.
-    train_accuracy: accuracy on the digits train split when trained (None if unknown).
-    test_accuracy: accuracy on the 300 test digits when trained (None if unknown).
+    train_accuracy: accuracy on the dataset's train split when trained (None if unknown).
+    test_accuracy: accuracy on its test split when trained (None if unknown).
+    image_shape: (H, W, 1) of the images it classifies.
     batch_size: rows per jitted call; inputs are padded to it (one compilation per size).
   """
 
@@ -212,19 +243,20 @@ class DigitsClassifier:
   train_accuracy: float | None = None
   test_accuracy: float | None = None
   batch_size: int = _EVAL_BATCH
+  image_shape: tuple[int, int, int] = IMAGE_SHAPE
 
   def __post_init__(self):
     object.__setattr__(self, "_device_params", jax.device_put(self.params))
 
   def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
-    """{'features': float32 [N, 128], 'logits': float32 [N, 10]} of images [N, 8, 8, 1]."""
-    images = _check_images(images)
+    """{'features': float32 [N, 128], 'logits': float32 [N, 10]} of images [N, H, W, 1]."""
+    images = _check_images(images, self.image_shape)
     out = {"features": [np.zeros((0, FEATURE_DIM), np.float32)],
            "logits": [np.zeros((0, NUM_CLASSES), np.float32)]}
     for start in range(0, len(images), self.batch_size):
       chunk = images[start:start + self.batch_size]
       pad = _padded_size(len(chunk), self.batch_size) - len(chunk)
-      chunk = np.concatenate([chunk, np.zeros((pad, *IMAGE_SHAPE), np.float32)])
+      chunk = np.concatenate([chunk, np.zeros((pad, *self.image_shape), np.float32)])
       result = _apply(self._device_params, chunk)
       for key in out:
         out[key].append(np.asarray(result[key])[:len(chunk) - pad])
@@ -244,7 +276,7 @@ class DigitsClassifier:
 
   def accuracy(self, images: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of images classified as their label (class accuracy of guided samples)."""
-    images = _check_images(images)
+    images = _check_images(images, self.image_shape)
     labels = _check_labels(labels, len(images))
     if not len(images):
       raise ValueError("accuracy of zero images is undefined.")
@@ -256,38 +288,52 @@ class DigitsClassifier:
 
 
 def cache_dir(data_config: Any) -> str:
-  """``<resolve_data_dir(data_config)>/cfg_digits_classifier/<VERSION>``."""
+  """``<resolve_data_dir(data_config)>/cfg_<name>_classifier/<version>``."""
   from cfg_jax import data  # Local: keeps TFDS out of plain inference imports.
-  return os.path.join(data.resolve_data_dir(data_config), CACHE_DIRNAME, VERSION)
+  name = _dataset_name(data_config)
+  return os.path.join(data.resolve_data_dir(data_config), f"cfg_{name}_classifier",
+                      RECIPES[name].version)
 
 
-def _save(directory: str, classifier: DigitsClassifier) -> None:
+def _dataset_name(data_config: Any) -> str:
+  """`data_config.name` if it has a judge in RECIPES, else ValueError."""
+  name = getattr(data_config, "name", None)
+  if name not in RECIPES:
+    raise ValueError(f"no digits classifier for data.name={name!r}; it exists for "
+                     f"{', '.join(RECIPES)}.")
+  return name
+
+
+def _save(directory: str, classifier: DigitsClassifier, recipe: Recipe) -> None:
   """Writes params.npz, then info.json (with the npz sha256), each atomically."""
   flat = traverse_util.flatten_dict(classifier.params, sep="/")
   params_path = os.path.join(directory, PARAMS_FILE)
   fileio.write_atomic(params_path, lambda f: np.savez(f, **flat))
-  info = {"version": VERSION, "recipe": TRAIN_RECIPE, "sha256": fileio.sha256_file(params_path),
+  info = {"version": recipe.version, "recipe": dict(recipe.train),
+          "sha256": fileio.sha256_file(params_path),
           "train_accuracy": classifier.train_accuracy,
           "test_accuracy": classifier.test_accuracy}
   fileio.write_atomic(os.path.join(directory, INFO_FILE),
-                lambda f: f.write(json.dumps(info, indent=2, sort_keys=True).encode()))
+                      lambda f: f.write(json.dumps(info, indent=2, sort_keys=True).encode()))
 
 
-def _load(directory: str) -> DigitsClassifier:
+def _load(directory: str, recipe: Recipe) -> DigitsClassifier:
   """Reads and verifies the cache in `directory`; raises ValueError/OSError if unusable."""
   with open(os.path.join(directory, INFO_FILE), "rb") as f:
     info = json.loads(f.read().decode())
   if not isinstance(info, dict):
     raise ValueError("info.json is not a JSON object")
-  if info.get("version") != VERSION or info.get("recipe") != TRAIN_RECIPE:
+  if info.get("version") != recipe.version or info.get("recipe") != dict(recipe.train):
     raise ValueError(f"version/recipe {info.get('version')}/{info.get('recipe')} != "
-                     f"{VERSION}/{TRAIN_RECIPE}")
+                     f"{recipe.version}/{dict(recipe.train)}")
   params_path = os.path.join(directory, PARAMS_FILE)
   if fileio.sha256_file(params_path) != info.get("sha256"):
     raise ValueError("sha256 of params.npz does not match info.json")
   with np.load(params_path, allow_pickle=False) as npz:
     flat = {k: np.asarray(npz[k]) for k in npz.files}
-  expected = traverse_util.flatten_dict(jax.eval_shape(_init_params, jax.random.key(0)), sep="/")
+  expected = traverse_util.flatten_dict(jax.eval_shape(
+      functools.partial(_init_params, shape=recipe.image_shape,
+                        num_downsamples=recipe.num_downsamples), jax.random.key(0)), sep="/")
   got = {k: (v.shape, v.dtype) for k, v in flat.items()}
   if got != {k: (v.shape, np.dtype(v.dtype)) for k, v in expected.items()}:
     raise ValueError(f"params.npz arrays {got} do not match DigitsNet")
@@ -295,57 +341,65 @@ def _load(directory: str) -> DigitsClassifier:
     raise ValueError("params.npz contains NaN or inf")
   return DigitsClassifier(traverse_util.unflatten_dict(flat, sep="/"),
                           train_accuracy=info.get("train_accuracy"),
-                          test_accuracy=info.get("test_accuracy"))
+                          test_accuracy=info.get("test_accuracy"),
+                          image_shape=recipe.image_shape)
 
 
-def _train_on_digits(data_dir: str) -> DigitsClassifier:
-  """Trains with TRAIN_RECIPE on the digits in `data_dir` and measures train/test accuracy."""
+def _train_on(name: str, data_dir: str) -> DigitsClassifier:
+  """Trains with RECIPES[name] on that dataset in `data_dir`; measures train/test accuracy."""
   import ml_collections  # Local: only needed to address the dataset.
   from cfg_jax import data
-  data_config = ml_collections.ConfigDict({"name": "digits", "data_dir": data_dir})
+  recipe = RECIPES[name]
+  data_config = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
   x_train, y_train = data.eval_arrays(data_config, split="train")
   x_test, y_test = data.eval_arrays(data_config, split="test")
-  params = train_classifier(x_train, y_train, **TRAIN_RECIPE)
-  classifier = DigitsClassifier(params)
+  params = train_classifier(x_train, y_train, num_downsamples=recipe.num_downsamples,
+                            **recipe.train)
+  classifier = DigitsClassifier(params, image_shape=recipe.image_shape)
   return dataclasses.replace(classifier, train_accuracy=classifier.accuracy(x_train, y_train),
                              test_accuracy=classifier.accuracy(x_test, y_test))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_or_train_cached(data_dir: str) -> DigitsClassifier:
-  """`load_or_train` for a resolved data dir (cached per process by lru_cache)."""
+def _load_or_train_cached(name: str, data_dir: str) -> DigitsClassifier:
+  """`load_or_train` for a dataset name and resolved data dir (cached per process)."""
   if "://" in data_dir:
     logging.warning("Digits classifier: remote data dir %s, training without a disk cache.",
                     data_dir)
-    return _train_on_digits(data_dir)
-  directory = os.path.join(data_dir, CACHE_DIRNAME, VERSION)
+    return _train_on(name, data_dir)
+  recipe = RECIPES[name]
+  directory = os.path.join(data_dir, f"cfg_{name}_classifier", recipe.version)
   os.makedirs(directory, exist_ok=True)
   with fileio.file_lock(os.path.join(directory, ".lock")):
     present = [f for f in (PARAMS_FILE, INFO_FILE) if os.path.exists(os.path.join(directory, f))]
     if present:
       try:
-        return _load(directory)
+        return _load(directory, recipe)
       except Exception as e:  # pylint: disable=broad-except  (BadZipFile, ValueError, OSError..)
         logging.warning("Digits classifier cache in %s is unusable (%s: %s); retraining.",
                         directory, type(e).__name__, e)
-    classifier = _train_on_digits(data_dir)
-    _save(directory, classifier)
-    logging.info("Digits classifier trained (train %.4f, test %.4f), cached in %s.",
+    classifier = _train_on(name, data_dir)
+    _save(directory, classifier, recipe)
+    logging.info("%s classifier trained (train %.4f, test %.4f), cached in %s.", name,
                  classifier.train_accuracy, classifier.test_accuracy, directory)
     return classifier
 
 
 def load_or_train(data_config: Any) -> DigitsClassifier:
-  """The digits classifier for `data_config` (name='digits'): from the cache, else trained.
+  """The classifier of `data_config`'s embedded dataset (digits or mnist): cached, else trained.
 
-  See the module docstring for the cache layout and verification. Building the digits dataset
+  See the module docstring for the cache layout and verification. Building the dataset
   (offline, via `cfg_jax.data`) happens only when training is needed.
   """
   from cfg_jax import data
-  if data.dataset_spec(data_config).config_name != "digits":
-    raise ValueError(f"the digits classifier needs data.name='digits', got "
-                     f"{getattr(data_config, 'name', None)!r}.")
-  return _load_or_train_cached(data.resolve_data_dir(data_config))
+  name = _dataset_name(data_config)
+  return _load_or_train_cached(name, data.resolve_data_dir(data_config))
+
+
+def feature_net_name(data_config: Any) -> str:
+  """The name results rows record for this judge, e.g. 'digits_classifier_v1.0.0'."""
+  name = _dataset_name(data_config)
+  return f"{name}_classifier_v{RECIPES[name].version}"
 
 
 def clear_memory_cache() -> None:

@@ -1,7 +1,8 @@
-"""A digits-only sanity metric: class accuracy of samples judged by an RBF SVM on pixels.
+"""A sanity metric of the embedded digits datasets: class accuracy judged by an RBF SVM on pixels.
 
-The SVM (scikit-learn `SVC`, default RBF kernel) is fit on the 1,497 training digits and scores
-99.0% on the 300 held-out test digits (`test_accuracy`). It is a quick check that guided samples show the requested
+The SVM (scikit-learn `SVC`, default RBF kernel) is fit on the train split of `digits` (1,497
+8×8 images; 99.0% on the 300 test digits) or `mnist` (4,000 28×28 images; `test_accuracy` gives
+its score on the 1,000 test digits). It is a quick check that guided samples show the requested
 class; it is not an Inception score and says nothing about ImageNet-scale quality.
 """
 
@@ -12,32 +13,37 @@ import functools
 import numpy as np
 
 
+DATASETS = ("digits", "mnist")
+
+
 @functools.lru_cache(maxsize=4)
-def _fit(data_dir: str):
+def _fit(data_dir: str, name: str):
   from sklearn.svm import SVC
 
   from cfg_jax import data
   import ml_collections
-  cfg = ml_collections.ConfigDict({"name": "digits", "data_dir": data_dir})
+  cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
   x, y = data.eval_arrays(cfg, split="train")
   return SVC().fit(x.reshape(len(x), -1), y)
 
 
-def judge(data_dir: str = ""):
-  """The fitted SVM for the digits dataset in `data_dir` ('' = default), cached per process."""
-  return _fit(data_dir)
+def judge(data_dir: str = "", name: str = "digits"):
+  """The fitted SVM for dataset `name` in `data_dir` ('' = default), cached per process."""
+  return _fit(data_dir, name)
 
 
-def class_accuracy(samples: np.ndarray, labels: np.ndarray, *, data_dir: str = "") -> float:
-  """Fraction of samples ([N, 8, 8, 1] in [−1, 1]) the SVM assigns to their requested label."""
-  pred = judge(data_dir).predict(np.asarray(samples, np.float32).reshape(len(samples), -1))
+def class_accuracy(samples: np.ndarray, labels: np.ndarray, *, data_dir: str = "",
+                   name: str = "digits") -> float:
+  """Fraction of samples ([N, H, W, 1] in [−1, 1]) the SVM assigns to their requested label."""
+  pred = judge(data_dir, name).predict(
+      np.asarray(samples, np.float32).reshape(len(samples), -1))
   return float(np.mean(pred == np.asarray(labels)))
 
 
-def test_accuracy(data_dir: str = "") -> float:
-  """The SVM's own accuracy on the real held-out test digits (the judge's ceiling)."""
+def test_accuracy(data_dir: str = "", name: str = "digits") -> float:
+  """The SVM's own accuracy on the real held-out test split (the judge's ceiling)."""
   from cfg_jax import data
   import ml_collections
-  cfg = ml_collections.ConfigDict({"name": "digits", "data_dir": data_dir})
+  cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
   x, y = data.eval_arrays(cfg, split="test")
-  return class_accuracy(x, y, data_dir=data_dir)
+  return class_accuracy(x, y, data_dir=data_dir, name=name)
