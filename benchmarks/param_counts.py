@@ -7,7 +7,7 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ("digits", "cifar10", "imagenet64", "imagenet128")
+CONFIGS = ("digits", "mnist", "cifar10", "imagenet64", "imagenet128")
 # guided-diffusion's create_model with its README flags, 3 output channels, without the ∅ row.
 ADM_REFERENCE = {"imagenet64": 295_899_267, "imagenet128": 421_522_691}
 

@@ -5,7 +5,7 @@ from cfg_jax import config_lib
 from tests.helpers import load_config, tiny_config
 
 
-@pytest.mark.parametrize("name", ["default", "digits", "cifar10", "imagenet64", "imagenet128"])
+@pytest.mark.parametrize("name", ["default", "digits", "mnist", "cifar10", "imagenet64", "imagenet128"])
 def test_configs_load_and_validate(name):
   c = load_config(name)
   config_lib.validate(c, num_devices=8)

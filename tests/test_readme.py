@@ -31,7 +31,7 @@ def test_two_commands_and_ci():
 
 
 def test_config_docstrings_hold_launch_commands():
-  for name in ("digits", "cifar10", "imagenet64", "imagenet128"):
+  for name in ("digits", "mnist", "cifar10", "imagenet64", "imagenet128"):
     with open(os.path.join(REPO, "configs", f"{name}.py")) as f:
       assert f"python -m cfg_jax.main --config=configs/{name}.py" in f.read()
 
