@@ -209,3 +209,22 @@ def test_precision_recall_errors():
     metrics.precision_recall(np.zeros((3, 2)), np.zeros((10, 2)), k=3)
   with pytest.raises(ValueError, match="dimension"):
     metrics.precision_recall(np.zeros((10, 2)), np.zeros((10, 3)))
+
+
+def test_bootstrap_frechet_distances_small_n_trick_and_pairing():
+  rng = np.random.default_rng(0)
+  ref = rng.normal(size=(300, 40))
+  mu, sigma = metrics.feature_statistics(ref)
+  a = rng.normal(size=(25, 40)) + 0.3   # n < d: the n×n route
+  b = a + 0.05 * rng.normal(size=a.shape)
+  boot = metrics.bootstrap_frechet_distances({"a": a, "b": b}, mu, sigma, num_rounds=30, seed=1)
+  assert boot["a"].shape == (30,)
+  # Each round equals the direct FD of the resampled rows (same indices for both sets).
+  idx = np.random.default_rng(1).integers(0, 25, 25)
+  for key, x in (("a", a), ("b", b)):
+    direct = metrics.frechet_distance(*metrics.feature_statistics(x[idx]), mu, sigma)
+    np.testing.assert_allclose(boot[key][0], direct, rtol=1e-9)
+  # Pairing: the spread of the difference is far below the spread of either FD.
+  assert np.std(boot["a"] - boot["b"]) < 0.3 * np.std(boot["a"])
+  with pytest.raises(ValueError, match="one size"):
+    metrics.bootstrap_frechet_distances({"a": a, "c": a[:5]}, mu, sigma, num_rounds=1)
