@@ -8,6 +8,7 @@ that lacks its commit marker is never listed as complete).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -147,11 +148,21 @@ class Checkpointer:
     return True
 
   def metadata(self, step: int) -> dict | None:
+    """The JSON written beside step `step`; None when the step has none or it is not a JSON
+    object (not written by cfg_jax). A file that cannot be read is a CheckpointError, so an I/O
+    fault is never mistaken for a foreign checkpoint."""
     try:
-      return self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-          "metadata"]
-    except Exception:  # metadata is optional; a checkpoint without it is still usable
+      meta = self._manager.restore(
+          step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+    except KeyError:  # orbax: the step has no 'metadata' item
       return None
+    except (json.JSONDecodeError, UnicodeDecodeError):  # not JSON text
+      return None
+    except OSError as e:
+      where = getattr(e, "filename", None) or os.path.join(self.directory, str(step), "metadata")
+      raise CheckpointError(f"cannot read the metadata of checkpoint step {step} at {where}: "
+                            f"{type(e).__name__}: {e}") from e
+    return meta if isinstance(meta, dict) else None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
