@@ -3,11 +3,13 @@
 A checkpoint is a step directory under `<workdir>/checkpoints` holding the train state (params, EMA
 params, optimizer state, step) and a small JSON of metadata (the config it was trained with). Every
 process writes its own shards of sharded arrays; orbax commits a step atomically (a step directory
-that lacks its commit marker is never listed as complete).
+that lacks its commit marker is never listed as complete). Training restores the whole state;
+sampling and evaluation restore only the params they use (`Checkpointer.restore_fields`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -86,24 +88,55 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no complete checkpoint in {self.directory}.")
+    state = _read_state(self._manager, step, ocp.args.StandardRestore(abstract_state),
+                        where=self.directory)
+    if not fingerprints_match(fingerprint(state), self._fingerprint(step)):
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} is corrupt: its arrays "
+                            "do not match the fingerprint written with them.")
+    return state
+
+  def restore_fields(self, step: int, abstract_state: Any, fields: tuple[str, ...]
+                     ) -> dict[str, Any]:
+    """Restores only the top-level `fields` (e.g. ('ema_params',)) of the state saved at `step`,
+    into the shapes and shardings they have in `abstract_state` (the whole state the checkpoint
+    was saved from, e.g. from jax.eval_shape): the other leaves, such as the optimizer state,
+    are never read. The restored leaves are checked against their entries of the fingerprint."""
+    target = {f: _field(abstract_state, f) for f in fields}
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)
+    # A manager of its own: one that saved this item with StandardSave refuses PyTreeRestore.
+    reader = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
     try:
-      restored = self._manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    except FileNotFoundError as e:
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} is missing: {e}") from e
-    except Exception as e:  # orbax / tensorstore raise many types for unreadable data
+      restored = _read_state(reader, step, args, where=self.directory)
+    finally:
+      reader.close()
+    missing = [jax.tree_util.keystr(p) for p, x in jax.tree.leaves_with_path(restored)
+               if isinstance(x, jax.ShapeDtypeStruct)]  # partial restore leaves these as given
+    if missing:
+      raise CheckpointError(f"checkpoint step {step} in {self.directory} lacks {len(missing)} "
+                            f"arrays of this config's state, e.g. {missing[0]}: trained with "
+                            "another config?")
+    expected = self._fingerprint(step)
+    paths = [p for p, _ in jax.tree.leaves_with_path(abstract_state)]
+    if len(expected) != len(paths):
       raise CheckpointError(
-          f"checkpoint step {step} in {self.directory} cannot be read into this config's train "
-          f"state (corrupt, or trained with another config?): {type(e).__name__}: {e}") from e
-    state = restored["state"]
+          f"checkpoint step {step} in {self.directory} holds {len(expected)} arrays, this "
+          f"config's state {len(paths)}: trained with another config?")
+    for f in fields:
+      entries = [expected[i] for i, p in enumerate(paths) if _key_name(p[0]) == f]
+      if not fingerprints_match(fingerprint(restored[f]), entries):
+        raise CheckpointError(f"checkpoint step {step} in {self.directory} is corrupt: its "
+                              f"'{f}' arrays do not match the fingerprint written with them.")
+    return restored
+
+  def _fingerprint(self, step: int) -> list[list[float]]:
     meta = self.metadata(step)
     if meta is None or "fingerprint" not in meta:
       raise CheckpointError(f"checkpoint step {step} in {self.directory} has no metadata "
                             "fingerprint: it is incomplete or was not written by cfg_jax.")
-    if not fingerprints_match(fingerprint(state), meta["fingerprint"]):
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} is corrupt: its arrays "
-                            "do not match the fingerprint written with them.")
-    return state
+    return meta["fingerprint"]
 
   def restore_latest_valid(self, abstract_state: Any) -> Any | None:
     """Restores the newest checkpoint that reads back intact, falling back to older ones with
@@ -147,11 +180,21 @@ class Checkpointer:
     return True
 
   def metadata(self, step: int) -> dict | None:
+    """The JSON written beside step `step`; None when the step has none or it is not a JSON
+    object (not written by cfg_jax). A file that cannot be read is a CheckpointError, so an I/O
+    fault is never mistaken for a foreign checkpoint."""
     try:
-      return self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
-          "metadata"]
-    except Exception:  # metadata is optional; a checkpoint without it is still usable
+      meta = self._manager.restore(
+          step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+    except KeyError:  # orbax: the step has no 'metadata' item
       return None
+    except (json.JSONDecodeError, UnicodeDecodeError):  # not JSON text
+      return None
+    except OSError as e:
+      where = getattr(e, "filename", None) or os.path.join(self.directory, str(step), "metadata")
+      raise CheckpointError(f"cannot read the metadata of checkpoint step {step} at {where}: "
+                            f"{type(e).__name__}: {e}") from e
+    return meta if isinstance(meta, dict) else None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -159,6 +202,27 @@ class Checkpointer:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _read_state(manager: ocp.CheckpointManager, step: int, args: Any, *, where: str) -> Any:
+  """The 'state' item of `step`, restored with `args`; orbax's errors as CheckpointError."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+  except FileNotFoundError as e:
+    raise CheckpointError(f"checkpoint step {step} in {where} is missing: {e}") from e
+  except Exception as e:  # orbax / tensorstore raise many types for unreadable data
+    raise CheckpointError(
+        f"checkpoint step {step} in {where} cannot be read into this config's train "
+        f"state (corrupt, or trained with another config?): {type(e).__name__}: {e}") from e
+
+
+def _key_name(key: Any) -> Any:
+  """The name of a pytree key: a dataclass field (GetAttrKey) or a dict key (DictKey)."""
+  return getattr(key, "name", getattr(key, "key", None))
+
+
+def _field(tree: Any, name: str) -> Any:
+  return tree[name] if isinstance(tree, dict) else getattr(tree, name)
 
 
 def abstract_like(tree: Any) -> Any:

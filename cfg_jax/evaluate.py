@@ -236,9 +236,9 @@ class Evaluator:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     from cfg_jax import data
     self.config, self.workdir = config, workdir
-    self.mesh = sharding_lib.make_mesh()
-    config_lib.validate(config, num_devices=self.mesh.size,
+    config_lib.validate(config, num_devices=jax.device_count(),
                         dataset_spec=data.dataset_spec(config.data))
+    self.mesh = sharding_lib.make_mesh_from_config(config)  # fsdp as in training
     data.check_available(config.data)
     self.net = feature_net(config, self.mesh)  # before any compile: missing weights fail fast
     self.classifier = None

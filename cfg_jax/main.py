@@ -11,6 +11,7 @@ Any config field can be overridden with --config.<section>.<key>=<value>; unknow
 
 from __future__ import annotations
 
+import glob
 import logging as std_logging
 import os
 
@@ -40,7 +41,36 @@ _DISTRIBUTED = flags.DEFINE_enum(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-TPU_DEVICE_FILES = ("/dev/accel0", "/dev/vfio/0")  # a Cloud TPU VM's chips
+# A Cloud TPU VM is recognised by its chips, as jax itself does (it then finds the pod's workers
+# through the GCE metadata server): TPU PCI devices of Google's vendor id, or the TPU driver's
+# /dev/accel0... of v2-v4. Not by /dev/vfio/*: v5e and later chips are reached through VFIO, but
+# so is any device passed through to a VM (a GPU, a NIC).
+GOOGLE_PCI_VENDOR = "0x1ae0"
+# jax's table of Cloud TPU chips (v3, v4, v5p, v5e, v6e, TPU7x and one with no public name);
+# Google's vendor id alone also covers a GCE VM's virtual NIC and disks.
+TPU_PCI_DEVICE_IDS = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f",
+                                "0x0076"})
+PCI_DEVICES_DIR = "/sys/bus/pci/devices"
+TPU_ACCEL_DEVICES = "/dev/accel[0-9]*"  # not /dev/accel/accel0 (the kernel's accel subsystem)
+
+
+def _read_id(path: str) -> str:
+  try:
+    with open(path) as f:
+      return f.read().strip().lower()
+  except OSError:
+    return ""
+
+
+def tpu_pci_chips(pci_devices_dir: str) -> int:
+  """Number of Cloud TPU chips among the PCI devices under `pci_devices_dir` (sysfs layout)."""
+  return sum(_read_id(os.path.join(d, "vendor")) == GOOGLE_PCI_VENDOR
+             and _read_id(os.path.join(d, "device")) in TPU_PCI_DEVICE_IDS
+             for d in glob.glob(os.path.join(pci_devices_dir, "*")))
+
+
+def _tpu_vm_detected() -> bool:
+  return bool(glob.glob(TPU_ACCEL_DEVICES)) or tpu_pci_chips(PCI_DEVICES_DIR) > 0
 
 
 def _cluster_detected() -> bool:
@@ -51,7 +81,7 @@ def _cluster_detected() -> bool:
     return True
   if env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
     return True
-  return any(os.path.exists(f) for f in TPU_DEVICE_FILES)
+  return _tpu_vm_detected()
 
 
 def initialize_distributed() -> None:

@@ -22,28 +22,37 @@ def sample_labels(config: ml_collections.ConfigDict) -> np.ndarray:
   return np.resize(base, n).astype(np.int32)
 
 
-def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: int | None = None,
-                use_ema: bool = True):
-  """Restores a checkpoint (latest when step is None) and returns (params, step).
-
-  The state is restored in its training shardings on `mesh` (sharded over `fsdp` per
-  config.mesh, so the optimizer state never needs to fit on one device); the returned params are
-  then gathered to replicated, which is what the samplers take.
-  """
+def abstract_state(config: ml_collections.ConfigDict, mesh) -> train.TrainState:
+  """The train state of `config` as ShapeDtypeStructs in its training shardings on `mesh`
+  (sharded over `fsdp` per config.mesh); nothing is allocated."""
   model, tx = train.create_model(config), train.create_optimizer(config)
   shape = train.image_shape(config)
   abstract = jax.eval_shape(lambda r: train.init_state(r, model=model, tx=tx, shape=shape),
                             jax.random.key(0))
   shardings = sharding_lib.state_shardings(abstract, mesh, sharding_lib.mesh_config(config)[1])
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh, *,
+                   step: int | None = None, use_ema: bool = True):
+  """(params, step): the EMA (or raw) params of a checkpoint (latest when step is None) alone,
+  in their training shardings on `mesh`. The optimizer state is never read, so whatever trained
+  with fsdp restores with the same mesh.fsdp."""
   ckpt = checkpointing.Checkpointer(workdir, read_only=True)
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise checkpointing.CheckpointError(
         f"no complete checkpoint in {ckpt.directory}: train first with --mode=train.")
-  state = ckpt.restore(step, abstract)
-  return sharding_lib.gather_replicated(state.ema_params if use_ema else state.params), step
+  field = "ema_params" if use_ema else "params"
+  return ckpt.restore_fields(step, abstract_state(config, mesh), (field,))[field], step
+
+
+def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: int | None = None,
+                use_ema: bool = True):
+  """(params, step) of `restore_params`, gathered to replicated: what the samplers take."""
+  params, step = restore_params(config, workdir, mesh, step=step, use_ema=use_ema)
+  return sharding_lib.gather_replicated(params), step
 
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -72,6 +72,17 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return optax.chain(*parts)
 
 
+def schedule_count(opt_state: Any) -> jax.Array:
+  """The count the learning-rate schedule of `create_optimizer` reads in `opt_state`: the number
+  of updates applied, which skipped (non-finite) steps do not advance, unlike TrainState.step."""
+  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
+  counts = [x.count for x in jax.tree.leaves(opt_state, is_leaf=is_sched) if is_sched(x)]
+  if len(counts) != 1:
+    raise ValueError(f"expected one learning-rate schedule in the optimizer state, found "
+                     f"{len(counts)}.")
+  return counts[0]
+
+
 def init_state(rng: jax.Array, *, model: UNet, tx: optax.GradientTransformation,
                shape: tuple[int, ...]) -> TrainState:
   params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
@@ -92,7 +103,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   """One step of Algorithm 1: c ← ∅ w.p. p_uncond, u ~ U[0,1], λ = λ(u), loss ‖ε_θ(z_λ, c) − ε‖².
 
   Non-finite loss or gradients skip the update (params, optimizer state and EMA unchanged) and
-  are counted in metrics['nonfinite'].
+  are counted in metrics['nonfinite']; a skipped step does not advance the learning-rate
+  schedule, and metrics['learning_rate'] is the rate of the optimizer's count, not of state.step.
   """
   x, labels = batch["image"], batch["label"]
   rng = jax.random.fold_in(rng, state.step)
@@ -120,8 +132,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   decay = ema_decay_at(state.step, config.training.ema_decay)
   ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
   ema = keep(ema, state.ema_params)
+  # The rate this step's update is scaled by: the schedule at the optimizer's own count.
+  lr = learning_rate_schedule(config)(schedule_count(state.opt_state))
   metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": 1.0 - finite.astype(jnp.float32),
-             "learning_rate": learning_rate_schedule(config)(state.step)}
+             "learning_rate": lr}
   streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
   new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state,
                          nonfinite_streak=streak)

@@ -1,15 +1,18 @@
 """The (data, fsdp) mesh: which arrays shard how, that they really are sharded, that sampling
 works from fsdp-sharded params, the config errors, and `--config.mesh.fsdp` through the CLI."""
+import json
 import os
+import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cfg_jax import config_lib, sampling, sharding, train
+from cfg_jax import checkpointing, config_lib, evaluate, sample, sampling, sharding, train
 from tests.helpers import REPO, tiny_config
 
 FSDP_SPEC = P(None, None, None, "fsdp")
@@ -123,3 +126,113 @@ def test_cli_trains_and_samples_with_fsdp(tmp_path):
   assert (tmp_path / "samples" / "step_00000002_w1.png").stat().st_size > 100
   with np.load(tmp_path / "sample" / "step_00000002" / "samples.npz") as f:
     assert f["images"].shape == (3, 4, 8, 8, 1)
+
+
+@pytest.fixture(scope="module")
+def fsdp_checkpoint(fsdp_state, tmp_path_factory):
+  """fsdp_state saved at step 1 in a workdir, with EMA params that differ from the params."""
+  config, _, _, state = fsdp_state
+  state = state.replace(ema_params=jax.tree.map(lambda x: 0.5 * x + 0.25, state.ema_params))
+  workdir = str(tmp_path_factory.mktemp("fsdp_ckpt"))
+  ckpt = checkpointing.Checkpointer(workdir)
+  ckpt.save(1, state, metadata={"config": config.to_json()})
+  ckpt.close()
+  return workdir, state
+
+
+def _record_reads(monkeypatch) -> list[tuple[str, object]]:
+  """(name, requested sharding) of every array orbax deserialises from now on."""
+  reads, deserialize = [], ocp.type_handlers.ArrayHandler.deserialize
+
+  async def spy(self, infos, args=None):
+    reads.extend((i.name, getattr(a, "sharding", None)) for i, a in zip(infos, args or infos))
+    return await deserialize(self, infos, args)
+  monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "deserialize", spy)
+  return reads
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_load_params_reads_only_the_params_it_returns(fsdp_state, fsdp_checkpoint, monkeypatch,
+                                                      use_ema):
+  """Sampling and evaluation restore the EMA (or raw) params alone, in the fsdp plan of the
+  training mesh: the optimizer state (2x the params under Adam) is never read."""
+  config, mesh, _, _ = fsdp_state
+  workdir, saved = fsdp_checkpoint
+  want = saved.ema_params if use_ema else saved.params
+  reads = _record_reads(monkeypatch)
+  params, step = sample.load_params(config, workdir, mesh, step=None, use_ema=use_ema)
+  assert step == 1
+  field = "ema_params" if use_ema else "params"
+  assert {n for n, _ in reads} == {field + "." + ".".join(str(k.key) for k in p)
+                                   for p, _ in jax.tree.leaves_with_path(want)}
+  assert len(reads) == len(jax.tree.leaves(want))  # each once
+  assert dict(reads)[f"{field}.down_0_res_0.conv_in.kernel"].spec == FSDP_SPEC  # read as sharded
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(want))
+  assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(params))  # for the sampler
+
+
+def test_restore_params_keeps_the_fsdp_plan(fsdp_state, fsdp_checkpoint):
+  """restore_params gives the EMA params in the shardings training gave them (before the
+  samplers' gather): sharded over fsdp where the plan says so."""
+  config, mesh, _, state = fsdp_state
+  workdir, saved = fsdp_checkpoint
+  params, _ = sample.restore_params(config, workdir, mesh, step=1)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
+               jax.device_get(saved.ema_params))
+  for x, trained in zip(jax.tree.leaves(params), jax.tree.leaves(state.ema_params)):
+    assert x.sharding.is_equivalent_to(trained.sharding, x.ndim), (x.sharding, trained.sharding)
+  kernel = params["down_0_res_0"]["conv_in"]["kernel"]
+  assert kernel.sharding.spec == FSDP_SPEC
+  assert {s.data.shape for s in kernel.addressable_shards} == {(3, 3, 16, 8)}
+
+
+def test_restore_params_checks_the_fingerprint_of_what_it_reads(fsdp_state, fsdp_checkpoint,
+                                                              tmp_path):
+  """The fingerprint entries of the restored leaves (and only those) are checked: a tampered EMA
+  entry fails the EMA restore, not the raw-params restore, and vice versa."""
+  config, mesh, _, _ = fsdp_state
+  workdir, saved = fsdp_checkpoint
+  copy = tmp_path / "w"
+  shutil.copytree(workdir, copy)
+  meta_path = copy / "checkpoints" / "1" / "metadata" / "metadata"
+  meta = json.loads(meta_path.read_text())
+  n = len(jax.tree.leaves(saved.params))
+  assert len(meta["fingerprint"]) == len(jax.tree.leaves(saved))
+  first_ema = 1 + n  # leaves: step, params, ema_params, opt_state, nonfinite_streak
+  meta["fingerprint"][first_ema][1] += 1.0
+  meta_path.write_text(json.dumps(meta))
+  with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
+    sample.restore_params(config, str(copy), mesh, step=1, use_ema=True)
+  sample.restore_params(config, str(copy), mesh, step=1, use_ema=False)
+  meta["fingerprint"][first_ema][1] -= 1.0
+  meta["fingerprint"][1][0] += 1.0  # the first leaf of params
+  meta_path.write_text(json.dumps(meta))
+  sample.restore_params(config, str(copy), mesh, step=1, use_ema=True)
+  with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
+    sample.restore_params(config, str(copy), mesh, step=1, use_ema=False)
+
+
+def test_evaluator_uses_the_config_mesh(fsdp_state, fsdp_checkpoint, monkeypatch):
+  """The evaluator builds the (data, fsdp) mesh of config.mesh, restores the checkpoint's EMA
+  params into it without its optimizer state, and runs a sweep."""
+  config, _, _, _ = fsdp_state
+  workdir, _ = fsdp_checkpoint
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.evaluation.num_samples = 16
+    config.evaluation.batch_size = 16
+    config.evaluation.w_values = (1.0,)
+    config.evaluation.num_steps_values = (2,)
+  flat = lambda x: x.reshape(len(x), -1)
+  net = evaluate.FeatureNet("stub", lambda x: (flat(x), flat(x)[:, :10]), True)
+  monkeypatch.setattr(evaluate, "feature_net", lambda config, mesh=None: net)
+  monkeypatch.setattr(evaluate, "reference_features", lambda config, net, workdir: {})
+  monkeypatch.setattr(evaluate, "sample_metrics", lambda x, labels, net, ref, pr_k=3: {
+      k: float(np.mean(x)) for k in ("fd", "is", "is_std", "precision", "recall",
+                                     "class_accuracy")})
+  evaluator = evaluate.Evaluator(config, workdir)
+  assert dict(evaluator.mesh.shape) == {"data": 4, "fsdp": 2}
+  reads = _record_reads(monkeypatch)
+  rows = evaluator.evaluate_step(1)
+  assert [(r["step"], r["w"]) for r in rows] == [(1, 1.0)] and np.isfinite(rows[0]["fd"])
+  assert reads and {n.split(".")[0] for n, _ in reads} == {"ema_params"}

@@ -131,20 +131,62 @@ def test_two_processes_evaluate_like_one(runs):
   assert len(glob.glob(os.path.join(multi, "eval", "events.out.tfevents.*"))) == 1
 
 
-@pytest.mark.parametrize("env,files,expected", [
-    ({}, (), False),
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, (), False),   # one task: nothing to join
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, (), True),
-    ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, (), True),              # GKE TPU pod
-    ({}, ("/dev/accel0",), True),                              # Cloud TPU VM (v2-v4)
-    ({}, ("/dev/vfio/0",), True),                              # Cloud TPU VM (v5e and later)
-])
-def test_cluster_detection(monkeypatch, env, files, expected):
+NVIDIA_GPU = ("0x10de", "0x2330")  # an H100 (passed through with VFIO on some GPU hosts)
+GOOGLE_GVNIC = ("0x1ae0", "0x0042")  # a GCE VM's virtual NIC: Google's vendor id, not a TPU
+TPU_V5E = ("0x1ae0", "0x0063")
+
+
+def _fake_host(monkeypatch, tmp_path, env, pci=(), accel=False, vfio=False):
+  """A host with `env`, PCI devices `pci` ((vendor, device) ids), /dev/accel0 and /dev/vfio/0."""
   from cfg_jax import main
   for k in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
             "MEGASCALE_COORDINATOR_ADDRESS"):
     monkeypatch.delenv(k, raising=False)
   for k, v in env.items():
     monkeypatch.setenv(k, v)
+  for i, (vendor, device) in enumerate(pci):
+    d = tmp_path / "sys" / f"0000:00:{i:02x}.0"
+    d.mkdir(parents=True)
+    (d / "vendor").write_text(vendor + "\n")
+    (d / "device").write_text(device + "\n")
+  dev = tmp_path / "dev"
+  (dev / "vfio").mkdir(parents=True)
+  (dev / "accel").mkdir()  # the kernel's accel subsystem (/dev/accel/accel0: Intel, Habana)
+  if accel:
+    (dev / "accel0").touch()
+  if vfio:
+    (dev / "vfio" / "0").touch()
+  files = {str(p).replace(str(dev), "/dev") for p in dev.rglob("*")}
   monkeypatch.setattr(main.os.path, "exists", lambda p: p in files)
+  monkeypatch.setattr(main, "PCI_DEVICES_DIR", str(tmp_path / "sys"), raising=False)
+  monkeypatch.setattr(main, "TPU_ACCEL_DEVICES", str(dev / "accel[0-9]*"), raising=False)
+  return main
+
+
+@pytest.mark.parametrize("env,pci,accel,expected", [
+    ({}, (), False, False),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, (), False, False),   # one task: nothing to join
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, (), False, True),
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, (), False, True),              # GKE TPU pod
+    ({}, (GOOGLE_GVNIC,), True, True),                                 # Cloud TPU VM (v2-v4)
+    ({}, (GOOGLE_GVNIC, TPU_V5E, TPU_V5E), False, True),               # Cloud TPU VM (v5e+)
+    ({}, (GOOGLE_GVNIC, NVIDIA_GPU), False, False),                    # GCE GPU VM
+])
+def test_cluster_detection(monkeypatch, tmp_path, env, pci, accel, expected):
+  main = _fake_host(monkeypatch, tmp_path, env, pci=pci, accel=accel, vfio=bool(pci))
   assert main._cluster_detected() is expected
+
+
+def test_vfio_gpu_host_stays_single_process(monkeypatch, tmp_path):
+  """/dev/vfio/0 (a GPU passed through with VFIO) is no TPU: --distributed=auto must not call
+  jax.distributed.initialize(), which would fail there for want of a coordinator."""
+  main = _fake_host(monkeypatch, tmp_path, {}, pci=(GOOGLE_GVNIC, NVIDIA_GPU), vfio=True)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  monkeypatch.setattr(main, "_DISTRIBUTED", type("F", (), {"value": "auto"}))
+  monkeypatch.setattr(main, "_COORDINATOR", type("F", (), {"value": None}))
+  main.initialize_distributed()
+  assert calls == []
+  monkeypatch.setattr(main, "_DISTRIBUTED", type("F", (), {"value": "on"}))
+  main.initialize_distributed()  # 'on' still forces it
+  assert calls == [((), {})]

@@ -5,6 +5,7 @@ import sys
 
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from cfg_jax import checkpointing, train
@@ -64,6 +65,40 @@ def test_nan_state_is_never_checkpointed(tmp_path):
   with pytest.raises(checkpointing.CheckpointError, match="NaN or Inf"):
     ckpt.save(2, _tree(float("nan")))
   assert ckpt.all_steps() == [1]
+  ckpt.close()
+
+
+def test_metadata_io_error_is_not_mistaken_for_missing_metadata(tmp_path):
+  """No metadata item or a file that is not JSON: None (not cfg_jax's). A file that cannot be
+  read (here a directory where the JSON file should be): a CheckpointError naming the path."""
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt.save(1, _tree(1.0))
+  ckpt.wait()
+  path = os.path.join(ckpt.directory, "1", "metadata", "metadata")
+  with open(path, "w") as f:
+    f.write("not JSON")
+  assert ckpt.metadata(1) is None
+  with open(path, "wb") as f:
+    f.write(b"\xff\xfe\x00binary")
+  assert ckpt.metadata(1) is None
+  with open(path, "w") as f:
+    f.write("[1, 2]")
+  assert ckpt.metadata(1) is None
+  os.remove(path)
+  os.mkdir(path)
+  with pytest.raises(checkpointing.CheckpointError, match=f"{path}.*Is a directory"):
+    ckpt.metadata(1)
+  with pytest.raises(checkpointing.CheckpointError, match="Is a directory"):
+    ckpt.restore(1, checkpointing.abstract_like(_tree()))
+  ckpt.close()
+  other = os.path.join(str(tmp_path), "other")
+  manager = ocp.CheckpointManager(checkpointing.checkpoint_dir(other))  # no metadata item
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(1.0))))
+  manager.close()
+  ckpt = checkpointing.Checkpointer(other, read_only=True)
+  assert ckpt.metadata(1) is None
+  with pytest.raises(checkpointing.CheckpointError, match="not written by cfg_jax"):
+    ckpt.restore(1, checkpointing.abstract_like(_tree()))
   ckpt.close()
 
 

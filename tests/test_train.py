@@ -79,3 +79,22 @@ def test_learning_rate_warmup():
   assert float(lr(0)) == 0.0
   assert float(lr(5)) == pytest.approx(5e-4)
   assert float(lr(100)) == pytest.approx(1e-3)
+
+
+def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step():
+  """During warm-up a skipped (NaN) step does not advance the optimizer's schedule count, so the
+  rate logged for every later step must be the schedule at that count, not at state.step."""
+  config = tiny_config(**{"training.warmup_steps": 10, "training.learning_rate": 1e-3})
+  mesh = sharding.make_mesh(1)
+  model, tx = train.create_model(config), train.create_optimizer(config)
+  state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
+  step = train.make_train_step(model, tx, config, mesh, shardings)
+  batches = _batches(4, 16)
+  batches[1]["image"][0, 0, 0, 0] = np.nan
+  logged = []
+  for b in batches:
+    state, m = step(state, sharding.global_batch(b, mesh), jax.random.key(0))
+    logged.append(float(m["learning_rate"]))
+  # Updates applied at counts 0, (skipped), 1, 2 of the 10-step linear warm-up to 1e-3.
+  np.testing.assert_allclose(logged, [0.0, 1e-4, 1e-4, 2e-4], rtol=1e-6)
+  assert int(state.step) == 4 and int(train.schedule_count(state.opt_state)) == 3
