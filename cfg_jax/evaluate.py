@@ -176,28 +176,26 @@ def distribution_metrics(feats: np.ndarray, ref: dict[str, np.ndarray], *, pr_k:
   return metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), precision, recall
 
 
-def sample_metrics(x: np.ndarray, labels: np.ndarray, net: FeatureNet,
-                   ref: dict[str, np.ndarray], *, pr_k: int = 3) -> dict[str, float]:
-  """FD / IS / precision / recall (and class accuracy where the logits are dataset classes);
-  IS and class accuracy are NaN for a network without a classifier."""
-  feats, logits = net.apply(quantize(x))
+def sample_metrics(feats: np.ndarray, logits: np.ndarray | None, labels: np.ndarray,
+                   net: FeatureNet, ref: dict[str, np.ndarray], *, pr_k: int = 3
+                   ) -> dict[str, float]:
+  """FD / IS / precision / recall of sample features and logits from `net` (and class accuracy
+  where the logits are dataset classes); IS and class accuracy are NaN without a classifier."""
   fd, precision, recall = distribution_metrics(feats, ref, pr_k=pr_k)
   nan = float("nan")
   is_mean, is_std = ((nan, nan) if logits is None
-                     else metrics.inception_score(logits, num_splits=min(10, len(x))))
+                     else metrics.inception_score(logits, num_splits=min(10, len(feats))))
   out = {"fd": fd, "is": is_mean, "is_std": is_std, "precision": precision, "recall": recall}
   out["class_accuracy"] = (float(np.mean(np.argmax(logits, -1) == labels))
                            if net.logits_are_dataset_classes and logits is not None else nan)
   return out
 
 
-def fid_metrics(x: np.ndarray, net: FeatureNet | None, ref: dict[str, np.ndarray] | None, *,
-                pr_k: int = 3) -> dict[str, float]:
-  """The FID_FIELDS of samples x with the Inception `net` (all NaN when net is None)."""
-  if net is None:
-    return dict.fromkeys(FID_FIELDS, float("nan"))
-  feats, _ = net.apply(quantize(x))
-  return dict(zip(FID_FIELDS, distribution_metrics(feats, ref, pr_k=pr_k)))
+def features_path(workdir: str, *, step: int, num_steps: int, guidance: str, w: float,
+                  num_samples: int) -> str:
+  """Where `evaluation.save_features` puts the features of one (step, T, w) cell."""
+  return os.path.join(workdir, "eval", "features",
+                      f"step{step}_T{num_steps}_{guidance}_w{w:g}_n{num_samples}.npz")
 
 
 def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -> np.ndarray:
@@ -358,15 +356,30 @@ class Evaluator:
       self._samplers[num_steps] = fn
     return self._samplers[num_steps]
 
-  def fid_columns(self, x: np.ndarray, m: dict[str, float]) -> dict[str, Any]:
-    """FID_FIELDS and `fid_net` of samples x whose `sample_metrics` are m."""
+  def fid_columns(self, xq: np.ndarray, feats: np.ndarray, m: dict[str, float]
+                  ) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """(Inception features, FID_FIELDS and `fid_net`) of quantised samples xq whose
+    `sample_metrics` are m with features `feats`; (None, NaNs) without Inception weights."""
     if self.fid_net is None:
-      return {**fid_metrics(x, None, None), "fid_net": ""}
+      return None, {**dict.fromkeys(FID_FIELDS, float("nan")), "fid_net": ""}
     if self.fid_net is self.net:
-      fid = {"fid": m["fd"], "fid_precision": m["precision"], "fid_recall": m["recall"]}
+      fid_feats, fid = feats, (m["fd"], m["precision"], m["recall"])
     else:
-      fid = fid_metrics(x, self.fid_net, self.fid_ref, pr_k=self.config.evaluation.pr_k)
-    return {**fid, "fid_net": self.fid_net.cache_name}
+      fid_feats, _ = self.fid_net.apply(xq)
+      fid = distribution_metrics(fid_feats, self.fid_ref, pr_k=self.config.evaluation.pr_k)
+    return fid_feats, {**dict(zip(FID_FIELDS, fid)), "fid_net": self.fid_net.cache_name}
+
+  def save_features(self, *, step: int, num_steps: int, w: float, labels: np.ndarray,
+                    feats: np.ndarray, fid_feats: np.ndarray | None) -> None:
+    """The cell's sample features (evaluation.save_features), e.g. for a bootstrap of FID."""
+    ev = self.config.evaluation
+    arrays = {"labels": labels, "features": feats}
+    if fid_feats is not None:
+      arrays["inception"] = fid_feats
+    path = features_path(self.workdir, step=step, num_steps=num_steps, guidance=ev.guidance, w=w,
+                         num_samples=ev.num_samples)
+    if jax.process_index() == 0:
+      fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
 
   def evaluate_step(self, step: int) -> list[dict[str, Any]]:
     """Runs the whole (T, w) sweep on checkpoint `step`; returns and records its rows."""
@@ -382,10 +395,16 @@ class Evaluator:
         start = time.time()
         x = sampling.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
                               batch_size=ev.batch_size, mesh=self.mesh)
-        m = sample_metrics(x, labels, self.net, self.ref, pr_k=ev.pr_k)
+        xq = quantize(x)
+        feats, logits = self.net.apply(xq)
+        m = sample_metrics(feats, logits, labels, self.net, self.ref, pr_k=ev.pr_k)
+        fid_feats, fid = self.fid_columns(xq, feats, m)
+        if ev.save_features:
+          self.save_features(step=int(step), num_steps=int(t), w=float(w), labels=labels,
+                             feats=feats, fid_feats=fid_feats)
         row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t), "w": float(w),
                "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,
-               "feature_net": self.net.name, **m, **self.fid_columns(x, m),
+               "feature_net": self.net.name, **m, **fid,
                "seconds": time.time() - start, "sampler_settings": settings_key(c, t)}
         t_rows.append(row)
         shown = [k for k in SCALAR_FIELDS if self.fid_net is not None or k not in FID_FIELDS]

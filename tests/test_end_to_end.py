@@ -155,8 +155,26 @@ def test_evaluate_adds_inception_fid_on_digits(trained, tmp_path):
   proc = run_cli(workdir, "--mode=evaluate", "--config.evaluation.num_samples=10",
                  "--config.evaluation.w_values=(1.,)", "--config.evaluation.checkpoint_step=4",
                  "--config.evaluation.reference_num_examples=20",
-                 f"--config.evaluation.inception_weights={weights}")
+                 f"--config.evaluation.inception_weights={weights}",
+                 "--config.evaluation.save_features=true")
   [row] = _rows(workdir)[before:]
+  # The saved features give back the row's FID and FD (what benchmarks/fid_vs_w.py bootstraps).
+  from cfg_jax import evaluate
+  from cfg_jax.evaluation import metrics
+  path = evaluate.features_path(workdir, step=4, num_steps=4, guidance="cfg", w=1.0,
+                                num_samples=10)
+  with np.load(path) as f:
+    saved = {k: f[k] for k in f.files}
+  assert saved["inception"].shape == (10, 2048) and saved["labels"].tolist() == list(
+      np.resize(np.arange(10), 10))
+  for key, column, net in (("inception", "fid", "reference_inception-"),
+                           ("features", "fd", "reference_digits_classifier_v")):
+    [ref] = [n for n in os.listdir(os.path.join(workdir, "eval"))
+             if n.startswith(net) and n.endswith("_20.npz")]
+    with np.load(os.path.join(workdir, "eval", ref)) as f:
+      mu, sigma = f["mu"], f["sigma"]
+    got = metrics.frechet_distance(*metrics.feature_statistics(saved[key]), mu, sigma)
+    np.testing.assert_allclose(got, row[column], rtol=1e-6)
   assert row["feature_net"].startswith("digits_classifier") and np.isfinite(row["fd"])
   assert np.isfinite(row["fid"]) and row["fid"] >= 0 and row["fid_net"].startswith("inception-")
   assert 0.0 <= row["fid_precision"] <= 1.0 and 0.0 <= row["fid_recall"] <= 1.0

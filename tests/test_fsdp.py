@@ -227,8 +227,8 @@ def test_evaluator_uses_the_config_mesh(fsdp_state, fsdp_checkpoint, monkeypatch
   net = evaluate.FeatureNet("stub", lambda x: (flat(x), flat(x)[:, :10]), True)
   monkeypatch.setattr(evaluate, "feature_net", lambda config, mesh=None: net)
   monkeypatch.setattr(evaluate, "reference_features", lambda config, net, workdir: {})
-  monkeypatch.setattr(evaluate, "sample_metrics", lambda x, labels, net, ref, pr_k=3: {
-      k: float(np.mean(x)) for k in ("fd", "is", "is_std", "precision", "recall",
+  monkeypatch.setattr(evaluate, "sample_metrics", lambda feats, logits, labels, net, ref, pr_k=3: {
+      k: float(np.mean(feats)) for k in ("fd", "is", "is_std", "precision", "recall",
                                      "class_accuracy")})
   evaluator = evaluate.Evaluator(config, workdir)
   assert dict(evaluator.mesh.shape) == {"data": 4, "fsdp": 2}
