@@ -98,7 +98,9 @@ def get_config(arg=None):
   c.evaluation.reference_split = "train"
   c.evaluation.reference_num_examples = -1  # -1 = the whole split
   c.evaluation.pr_k = 3                  # k of the k-NN precision / recall
-  c.evaluation.inception_weights = ""    # .npz of the FID Inception-v3 (not needed for digits)
+  # .npz of the FID Inception-v3: "" = ~/.cache/cfg_jax/inception_fid.npz if it exists (`make
+  # fid-weights`); "none" = no Inception (digits keeps its classifier metrics only).
+  c.evaluation.inception_weights = ""
   c.evaluation.checkpoint_step = -1      # -1 = latest (ignored when polling)
   c.evaluation.poll = False              # keep evaluating new checkpoints as training runs
   c.evaluation.poll_interval_secs = 30
