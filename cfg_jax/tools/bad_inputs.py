@@ -88,7 +88,7 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
       ("num_classes ≠ the dataset's", lambda: _validate(**{"data.num_classes": 12})),
       ("sample labels out of range", lambda: _validate(**{"sampling.labels": (3, 10)})),
       ("sampler variance v outside [0, 1]", lambda: _validate(**{"sampling.v": 2.0})),
-      ("unknown dataset", lambda: data.dataset_spec(ml_collections.ConfigDict({"name": "mnist"}))),
+      ("unknown dataset", lambda: data.dataset_spec(ml_collections.ConfigDict({"name": "svhn"}))),
       ("dataset not prepared locally (cifar10)",
        lambda: data.check_available(ml_collections.ConfigDict(
            {"name": "cifar10", "data_dir": os.path.join(tmp, "tfds")}))),
