@@ -119,40 +119,46 @@ def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
   return [rows[float(w)] for w in w_values]
 
 
-def bootstrap(evaluator, workdir: str, step: int, w_values, rounds: int) -> dict[float, np.ndarray]:
-  """Paired-bootstrap Inception FIDs [rounds] per w (same resampled indices for every w)."""
+def bootstrap(evaluator, workdir: str, step: int, w_values, rounds: int
+              ) -> dict[str, dict[float, np.ndarray]]:
+  """Paired-bootstrap FDs [rounds] per w (the same resampled indices for every w), of the
+  Inception features ('fid') and of the dataset classifier's features ('fd')."""
   from cfg_jax.evaluation import metrics
   c = evaluator.config
-  feats = {}
+  feats = {"fid": {}, "fd": {}}
   for w in w_values:
     with np.load(feature_file(workdir, step, c.sampling.num_steps, w,
                               c.evaluation.num_samples)) as f:
-      feats[float(w)] = f["inception"]
-  ref = evaluator.fid_ref
-  return metrics.bootstrap_frechet_distances(feats, ref["mu"], ref["sigma"], num_rounds=rounds,
-                                             seed=step)
+      feats["fid"][float(w)], feats["fd"][float(w)] = f["inception"], f["features"]
+  refs = {"fid": evaluator.fid_ref, "fd": evaluator.ref}
+  return {k: metrics.bootstrap_frechet_distances(feats[k], refs[k]["mu"], refs[k]["sigma"],
+                                                 num_rounds=rounds, seed=step) for k in feats}
 
 
-def summarize(rows: list[dict], boot: dict[float, np.ndarray]) -> list[dict]:
-  """Per w: the metrics, the bootstrap std of FID, and FID(w) − FID(0) with its paired spread."""
-  base = boot[0.0]
+def summarize(rows: list[dict], boot: dict[str, dict[float, np.ndarray]]) -> list[dict]:
+  """Per w: the metrics and, for FID and FD, the bootstrap std, the difference to w = 0 with its
+  paired spread, and the fraction of rounds in which w beats w = 0."""
   out = []
   for r in rows:
-    b = boot[r["w"]]
-    d = b - base
-    out.append({**{k: r[k] for k in ("step", "w", "num_samples", "fid", "fid_precision",
-                                      "fid_recall", "fd", "is", "class_accuracy", "seconds")},
-                "fid_std": float(np.std(b)), "delta": r["fid"] - rows[0]["fid"],
-                "delta_std": float(np.std(d)), "p_better": float(np.mean(d < 0))})
+    cell = {k: r[k] for k in ("step", "w", "num_samples", "fid", "fid_precision", "fid_recall",
+                              "fd", "is", "class_accuracy", "seconds")}
+    for key, prefix in (("fid", ""), ("fd", "fd_")):
+      b, d = boot[key][r["w"]], boot[key][r["w"]] - boot[key][0.0]
+      cell.update({f"{key}_std": float(np.std(b)), f"{prefix}delta": r[key] - rows[0][key],
+                   f"{prefix}delta_std": float(np.std(d)), f"{prefix}p_better": float(np.mean(d < 0))})
+    out.append(cell)
   return out
 
 
-def verdict(cells: list[dict]) -> dict:
-  best = min(cells, key=lambda c: c["fid"])
-  beyond = best["w"] > 0 and best["p_better"] >= 0.95
-  return {"best_w": best["w"], "best_fid": best["fid"], "fid_w0": cells[0]["fid"],
-          "delta": best["delta"], "delta_std": best["delta_std"], "p_better": best["p_better"],
-          "minimum_at_w_gt_0_beyond_noise": bool(beyond)}
+def verdict(cells: list[dict], prefix: str = "") -> dict:
+  """Where the minimum of FID (prefix '') or of the classifier FD (prefix 'fd_') is, and whether
+  it beats w = 0 in ≥ 95% of the paired bootstrap rounds."""
+  key = "fid" if not prefix else "fd"
+  best = min(cells, key=lambda c: c[key])
+  beyond = best["w"] > 0 and best[f"{prefix}p_better"] >= 0.95
+  return {"best_w": best["w"], "best": best[key], "at_w0": cells[0][key],
+          "delta": best[f"{prefix}delta"], "delta_std": best[f"{prefix}delta_std"],
+          "p_better": best[f"{prefix}p_better"], "minimum_at_w_gt_0_beyond_noise": bool(beyond)}
 
 
 def markdown(report: dict) -> str:
@@ -167,33 +173,39 @@ def markdown(report: dict) -> str:
            "Δ = FID(w) − FID(0) with its paired bootstrap std; P(Δ<0) the fraction of rounds where "
            "w beats w = 0. FD / IS / accuracy are the digits-classifier metrics of the dataset "
            "(not Inception). Inception precision / recall with k = 3.", "",
-           "## Where is the FID minimum?", "",
-           "| dataset | p_uncond | step | best w | FID(best) | FID(0) | Δ ± std | P(Δ<0) | "
-           "minimum at w > 0 beyond noise |", "|---|---|---|---|---|---|---|---|---|"]
+           "## Where is the minimum?", "",
+           "A minimum at w > 0 counts as beyond noise when it beats w = 0 in ≥ 95% of the paired "
+           "bootstrap rounds.", "",
+           "| dataset | p_uncond | step | metric | best w | at best w | at w = 0 | Δ ± std | "
+           "P(Δ<0) | minimum at w > 0 beyond noise |", "|---|---|---|---|---|---|---|---|---|---|"]
   for s in report["sweeps"]:
-    v = s["verdict"]
-    lines.append(f"| {s['dataset']} | {s['p_uncond']:g} | {s['step']} | {v['best_w']:g} | "
-                 f"{v['best_fid']:.2f} | {v['fid_w0']:.2f} | {v['delta']:+.2f} ± "
-                 f"{v['delta_std']:.2f} | {v['p_better']:.2f} | "
-                 f"{'yes' if v['minimum_at_w_gt_0_beyond_noise'] else 'no'} |")
+    for name, v in (("Inception FID", s["verdict"]), ("FD (clf)", s["verdict_fd"])):
+      lines.append(f"| {s['dataset']} | {s['p_uncond']:g} | {s['step']} | {name} | "
+                   f"{v['best_w']:g} | {v['best']:.2f} | {v['at_w0']:.2f} | {v['delta']:+.2f} ± "
+                   f"{v['delta_std']:.2f} | {v['p_better']:.2f} | "
+                   f"{'yes' if v['minimum_at_w_gt_0_beyond_noise'] else 'no'} |")
   for s in report["sweeps"]:
     lines += ["", f"## {s['dataset']}, p_uncond = {s['p_uncond']:g}, step {s['step']} "
               f"({s['fraction']} of the training steps, T = {s['num_steps']})", "",
-              "| w | FID ± std | Δ ± std | P(Δ<0) | Incep. precision | Incep. recall | FD (clf) | "
-              "IS (clf) | accuracy | paper FID (ImageNet 64) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| w | FID ± std | Δ ± std | P(Δ<0) | Incep. precision | Incep. recall | "
+              "FD (clf) ± std | FD Δ ± std | IS (clf) | accuracy | paper FID (ImageNet 64) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in s["cells"]:
       paper = PAPER_FID.get(c["w"])
       paper = (f"{paper[PAPER_P.index(s['p_uncond'])]:g}"
                if paper and s["p_uncond"] in PAPER_P else "")
       lines.append(f"| {c['w']:g} | {c['fid']:.2f} ± {c['fid_std']:.2f} | {c['delta']:+.2f} ± "
                    f"{c['delta_std']:.2f} | {c['p_better']:.2f} | {c['fid_precision']:.3f} | "
-                   f"{c['fid_recall']:.3f} | {c['fd']:.2f} | {c['is']:.2f} | "
+                   f"{c['fid_recall']:.3f} | {c['fd']:.2f} ± {c['fd_std']:.2f} | "
+                   f"{c['fd_delta']:+.2f} ± {c['fd_delta_std']:.2f} | {c['is']:.2f} | "
                    f"{c['class_accuracy']:.3f} | {paper} |")
-  lines += ["", "Training: " + "; ".join(f"{k}: {v / 60:.1f} min" for k, v in
-                                         report["train_seconds"].items()), "",
-            "Commands (training; evaluation runs in-process through `cfg_jax.evaluate`):", "",
-            "```", *report["commands"], "```", ""]
+  if report["train_seconds"]:
+    lines += ["", "Training: " + "; ".join(f"{k}: {v / 60:.1f} min" for k, v in
+                                           report["train_seconds"].items())]
+  if report["commands"]:
+    lines += ["", "Training commands (evaluation runs in-process through `cfg_jax.evaluate`):",
+              "", "```", *report["commands"], "```"]
+  lines.append("")
   return "\n".join(lines)
 
 
@@ -265,7 +277,8 @@ def main(argv=None):
       cells = summarize(rows, bootstrap(evaluator, workdir, step, w_values, args.rounds))
       report["sweeps"].append({"dataset": dataset, "p_uncond": p_uncond, "step": step,
                                "fraction": fraction, "num_steps": config.sampling.num_steps,
-                               "cells": cells, "verdict": verdict(cells)})
+                               "cells": cells, "verdict": verdict(cells),
+                               "verdict_fd": verdict(cells, "fd_")})
       print(json.dumps(report["sweeps"][-1]["verdict"]), flush=True)
       write(report, args.out, start)  # after every sweep: a stopped run keeps what it measured
   write(report, args.out, start)

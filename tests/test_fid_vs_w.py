@@ -1,0 +1,50 @@
+"""benchmarks/fid_vs_w.py's analysis: paired bootstrap verdicts and the report, on known data."""
+import os
+import sys
+
+import numpy as np
+
+from cfg_jax.evaluation import metrics
+from tests.helpers import REPO
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import fid_vs_w  # noqa: E402
+
+
+def _rows_and_boot(shifts):
+  """Sample sets whose mean is shifted from the reference by `shifts[w]` (known FD ≈ shift²·d)."""
+  rng = np.random.default_rng(0)
+  ref = rng.normal(size=(2000, 8))
+  mu, sigma = metrics.feature_statistics(ref)
+  base = rng.normal(size=(400, 8))
+  feats = {w: base + s for w, s in shifts.items()}  # paired: same rows, shifted
+  rows = [{"step": 1, "w": w, "num_samples": 400, "fid_precision": 0.5, "fid_recall": 0.5,
+           "is": 9.0, "class_accuracy": 0.9, "seconds": 1.0,
+           "fid": metrics.frechet_distance(*metrics.feature_statistics(f), mu, sigma),
+           "fd": metrics.frechet_distance(*metrics.feature_statistics(f), mu, sigma)}
+          for w, f in feats.items()]
+  b = metrics.bootstrap_frechet_distances(feats, mu, sigma, num_rounds=100)
+  return rows, {"fid": b, "fd": b}
+
+
+def test_minimum_beyond_noise_and_not():
+  rows, boot = _rows_and_boot({0.0: 0.3, 0.3: 0.0, 1.0: 0.5})  # best at w = 0.3, far from noise
+  cells = fid_vs_w.summarize(rows, boot)
+  v = fid_vs_w.verdict(cells)
+  assert v["best_w"] == 0.3 and v["p_better"] == 1.0 and v["minimum_at_w_gt_0_beyond_noise"]
+  assert v["delta"] < 0 and abs(v["delta"] + 8 * 0.3**2) < 0.1  # FD gap = d·(0.3² − 0²)
+  rows, boot = _rows_and_boot({0.0: 0.0, 0.3: 0.1, 1.0: 0.5})  # best at w = 0
+  v = fid_vs_w.verdict(fid_vs_w.summarize(rows, boot), "fd_")
+  assert v["best_w"] == 0.0 and not v["minimum_at_w_gt_0_beyond_noise"]
+
+
+def test_report_renders_every_cell():
+  rows, boot = _rows_and_boot({0.0: 0.3, 0.3: 0.0})
+  cells = fid_vs_w.summarize(rows, boot)
+  sweep = {"dataset": "digits", "p_uncond": 0.1, "step": 1, "fraction": "all", "num_steps": 8,
+           "cells": cells, "verdict": fid_vs_w.verdict(cells),
+           "verdict_fd": fid_vs_w.verdict(cells, "fd_")}
+  md = fid_vs_w.markdown({"argv": "--quick", "machine": "m", "minutes": 1.0, "num_samples": 400,
+                          "rounds": 100, "sweeps": [sweep], "train_seconds": {}, "commands": []})
+  assert "| digits | 0.1 | 1 | Inception FID | 0.3 |" in md and "| 0.3 | " in md
+  assert "| 1.8 |" in md and "| 3.03 |" in md  # the paper's ImageNet 64 FID beside w = 0, 0.3
