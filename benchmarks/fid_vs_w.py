@@ -103,19 +103,23 @@ def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> s
 
 
 def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
-  """Rows of (step, w) from results.jsonl, running the evaluation job where they are missing."""
+  """Rows of (step, w) from results.jsonl, running the evaluation job for the w that are missing
+  (every w samples from the same noise and labels, so a partial sweep pairs with the rest)."""
   from cfg_jax import evaluate
   c = evaluator.config
-  c.evaluation.w_values = tuple(w_values)
-  t = c.sampling.num_steps
-  if not evaluate.sweep_done(workdir, step, c) or not all(
-      os.path.exists(feature_file(workdir, step, t, w, c.evaluation.num_samples))
-      for w in w_values):
-    evaluator.evaluate_step(step)
+  t, n = c.sampling.num_steps, c.evaluation.num_samples
   key = evaluate.settings_key(c, t)
-  rows = {r["w"]: r for r in evaluate.load_results(workdir)
-          if r["step"] == step and r["num_samples"] == c.evaluation.num_samples
-          and r.get("sampler_settings") == key}
+
+  def done() -> dict[float, dict]:
+    return {r["w"]: r for r in evaluate.load_results(workdir)
+            if r["step"] == step and r["num_samples"] == n and r.get("sampler_settings") == key
+            and os.path.exists(feature_file(workdir, step, t, r["w"], n))}
+
+  missing = [float(w) for w in w_values if float(w) not in done()]
+  if missing:
+    c.evaluation.w_values = tuple(missing)
+    evaluator.evaluate_step(step)
+  rows = done()
   return [rows[float(w)] for w in w_values]
 
 
