@@ -37,10 +37,6 @@ class PreemptionWatcher:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
 
-  def request_stop(self) -> None:
-    """What a SIGTERM does (for tests and for callers that manage signals themselves)."""
-    self._flag.set()
-
   def should_stop(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self._flag.is_set()

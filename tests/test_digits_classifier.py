@@ -23,7 +23,7 @@ def _assert_params_equal(a, b):
 
 
 def _no_training(*args, **kwargs):
-  raise AssertionError("train_classifier was called although a valid cache exists")
+  raise AssertionError("train_digits_net was called although a valid cache exists")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_accuracy(classifier, splits):
 
 
 def test_training_is_deterministic(classifier, splits):
-  params = dc.train_classifier(*splits["train"])  # Default recipe, as load_or_train uses.
+  params = dc.train_digits_net(*splits["train"])  # Default recipe, as load_or_train uses.
   _assert_params_equal(params, classifier.params)
 
 
@@ -79,7 +79,7 @@ def test_cache_layout_and_reload(data_dir, classifier, splits, monkeypatch):
   assert dc.load_or_train(_cfg(data_dir)) is classifier  # In-process cache.
 
   dc.clear_memory_cache()
-  monkeypatch.setattr(dc, "train_classifier", _no_training)
+  monkeypatch.setattr(dc, "train_digits_net", _no_training)
   reloaded = dc.load_or_train(_cfg(data_dir))
   assert reloaded is not classifier
   _assert_params_equal(reloaded.params, classifier.params)
@@ -95,8 +95,8 @@ def test_corrupt_params_retrain(data_dir, classifier, tmp_path, monkeypatch, cap
     f.seek(os.path.getsize(params_file) // 2)
     f.write(b"\x00\x01\x02\x03")
   calls = []
-  real_train = dc.train_classifier
-  monkeypatch.setattr(dc, "train_classifier",
+  real_train = dc.train_digits_net
+  monkeypatch.setattr(dc, "train_digits_net",
                       lambda *a, **k: calls.append(1) or real_train(*a, **k))
   with caplog.at_level(logging.WARNING):
     retrained = dc.load_or_train(_cfg(path))
@@ -104,7 +104,7 @@ def test_corrupt_params_retrain(data_dir, classifier, tmp_path, monkeypatch, cap
   assert any("retraining" in r.getMessage() for r in caplog.records)
   _assert_params_equal(retrained.params, classifier.params)
   dc.clear_memory_cache()  # The rewritten cache is valid again.
-  monkeypatch.setattr(dc, "train_classifier", _no_training)
+  monkeypatch.setattr(dc, "train_digits_net", _no_training)
   _assert_params_equal(dc.load_or_train(_cfg(path)).params, classifier.params)
 
 
@@ -131,7 +131,7 @@ def test_unusable_cache_is_rejected(damage, data_dir, classifier, tmp_path, monk
   else:
     os.remove(info_file)
   calls = []
-  monkeypatch.setattr(dc, "train_classifier",
+  monkeypatch.setattr(dc, "train_digits_net",
                       lambda *a, **k: calls.append(1) or classifier.params)
   _assert_params_equal(dc.load_or_train(_cfg(path)).params, classifier.params)
   assert calls == [1]

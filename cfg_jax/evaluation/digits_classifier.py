@@ -18,7 +18,7 @@ Architecture (input NHWC float32 [B, H, W, 1] in [-1, 1], as everywhere in cfg_j
 conv 3x3 32 -> GELU -> (conv 3x3 64 stride 2 -> GELU) x num_downsamples (1 for digits, 2 for
 mnist) -> flatten -> Dense 128 -> GELU (`features`) -> Dense 10 (`logits`).
 
-Training (`train_classifier`): Adam with a cosine-decayed learning rate, softmax cross-entropy,
+Training (`train_digits_net`): Adam with a cosine-decayed learning rate, softmax cross-entropy,
 batches drawn epoch by epoch from `np.random.RandomState(seed)` permutations of the train split,
 each image shifted by a random -1/0/+1 pixel in each direction (from the same RandomState, the
 border filled with the background value -1), initialisation from `jax.random.key(seed)`. The run
@@ -64,7 +64,7 @@ __all__ = [
     "feature_net_name",
     "clear_memory_cache",
     "load_or_train",
-    "train_classifier",
+    "train_digits_net",
 ]
 
 PARAMS_FILE = "params.npz"
@@ -85,7 +85,7 @@ class Recipe:
   version: str
   image_shape: tuple[int, int, int]
   num_downsamples: int
-  train: Mapping[str, Any]  # keyword arguments of `train_classifier`
+  train: Mapping[str, Any]  # keyword arguments of `train_digits_net`
 
 
 RECIPES = {
@@ -181,7 +181,7 @@ def _train_step(params, opt_state, images, labels, *, learning_rate, steps):
   return optax.apply_updates(params, updates), opt_state
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, *,
+def train_digits_net(images: np.ndarray, labels: np.ndarray, *,
                      seed: int = TRAIN_RECIPE["seed"],
                      steps: int = TRAIN_RECIPE["steps"],
                      batch_size: int = TRAIN_RECIPE["batch_size"],
@@ -353,7 +353,7 @@ def _train_on(name: str, data_dir: str) -> DigitsClassifier:
   data_config = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
   x_train, y_train = data.eval_arrays(data_config, split="train")
   x_test, y_test = data.eval_arrays(data_config, split="test")
-  params = train_classifier(x_train, y_train, num_downsamples=recipe.num_downsamples,
+  params = train_digits_net(x_train, y_train, num_downsamples=recipe.num_downsamples,
                             **recipe.train)
   classifier = DigitsClassifier(params, image_shape=recipe.image_shape)
   return dataclasses.replace(classifier, train_accuracy=classifier.accuracy(x_train, y_train),

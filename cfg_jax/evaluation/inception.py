@@ -283,7 +283,7 @@ class InceptionE(nn.Module):
     return jnp.concatenate([b1, *b3, *bd, bp], axis=-1)
 
 
-class Classifier(nn.Module):
+class LogitsHead(nn.Module):
   """The 2048 → num_classes layer `fc` (graph `softmax/weights`, `softmax/biases`).
 
   Both parameters always exist; `use_bias=False` leaves the bias out of the output (the reference
@@ -347,7 +347,7 @@ class InceptionV3(nn.Module):
     pool = jnp.mean(x, axis=(1, 2))  # graph `pool_3`: 8×8 average pool at 299×299
     if not self.with_logits:
       return {"pool": pool}
-    logits = Classifier(self.num_classes, self.logits_bias, name="fc", **p)(pool)
+    logits = LogitsHead(self.num_classes, self.logits_bias, name="fc", **p)(pool)
     return {"pool": pool, "logits": logits}
 
 
