@@ -76,12 +76,12 @@ def saved_activations_per_example(name: str, variant: str) -> int:
   import jax
   import jax.numpy as jnp
 
-  from cfg_jax import config_lib, train
+  from cfg_jax import config_lib, models
 
   config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
   with config.unlocked():
     config.model.dtype, config.model.remat = VARIANTS[variant]
-  model = train.create_model(config)
+  model = models.create_model(config)
   h = config.data.image_size
 
   def residual_bytes(b: int) -> int:
@@ -108,7 +108,7 @@ def measure(case: dict) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from cfg_jax import config_lib, sharding, train
+  from cfg_jax import config_lib, models, sharding, train, train_state
 
   config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
                                    case["config"]).get_config()
@@ -120,9 +120,9 @@ def measure(case: dict) -> dict:
     config.training.batch_size = n * b
   config_lib.validate(config, num_devices=n)
   mesh = sharding.make_mesh_from_config(config, num_devices=n)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   shape = (config.data.image_size, config.data.image_size, 3)
-  init = functools.partial(train.init_state, model=model, tx=tx, shape=shape)
+  init = functools.partial(train_state.init_state, model=model, tx=tx, shape=shape)
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

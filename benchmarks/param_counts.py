@@ -13,13 +13,12 @@ ADM_REFERENCE = {"imagenet64": 295_899_267, "imagenet128": 421_522_691}
 
 
 def counts() -> dict[str, tuple[int, tuple[int, int, int]]]:
-  from cfg_jax import config_lib, train
-  from cfg_jax.models import count_params
+  from cfg_jax import config_lib, models
   out = {}
   for name in CONFIGS:
     config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
-    shape = train.image_shape(config)
-    out[name] = (count_params(train.create_model(config), shape), shape)
+    shape = models.image_shape(config)
+    out[name] = (models.count_params(models.create_model(config), shape), shape)
   return out
 
 

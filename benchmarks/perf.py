@@ -172,11 +172,11 @@ def jax_train(arch: str, s: dict) -> tuple[dict, Callable[[], float]]:
   """Compiles the real train step; returns its figures and a timing closure."""
   import jax
   import jax.numpy as jnp
-  from cfg_jax import sharding, train
+  from cfg_jax import models, sharding, train, train_state
 
   shape, b = ARCHS[arch]["image_shape"], s["train_batch"]
   config = jax_config(arch, b)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   mesh = sharding.make_mesh(1)
   state, state_sharding = train.create_train_state(config, model, tx, mesh, shape)
   step = train.make_train_step(model, tx, config, mesh, state_sharding)
@@ -399,12 +399,12 @@ def bench_arch(arch: str, s: dict, *, peak_gflops: float, use_torch: bool, w: fl
   print(f"  {arch} train step: compiled in {train_info['compile_s']:.1f} s, "
         f"{train_info['params']:,} params", flush=True)
   import jax.numpy as jnp
-  from cfg_jax import train
+  from cfg_jax import models, train_state
   config = jax_config(arch, s["train_batch"])
-  params = jax.jit(lambda r: train.init_state(r, model=train.create_model(config),
-                                              tx=train.create_optimizer(config),
-                                              shape=ARCHS[arch]["image_shape"]).params)(
-                                                  jax.random.key(0))
+  params = jax.jit(lambda r: train_state.init_state(r, model=models.create_model(config),
+                                                    tx=train_state.create_optimizer(config),
+                                                    shape=ARCHS[arch]["image_shape"]).params)(
+                                                        jax.random.key(0))
   sample_info, sample_runs = jax_sampling(arch, s, params, w, fraction)
   torch_info, torch_fns, torch_error = None, {}, None
   if use_torch:

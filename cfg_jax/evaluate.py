@@ -42,9 +42,8 @@ from absl import logging
 from clu import metric_writers
 from flax import traverse_util
 
-from cfg_jax import checkpointing, config_lib, fileio, images, sample, sampling
+from cfg_jax import checkpointing, config_lib, fileio, images, models, sample, sampling
 from cfg_jax import sharding as sharding_lib
-from cfg_jax import train
 from cfg_jax.evaluation import metrics
 
 RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "num_samples", "sampler", "feature_net",
@@ -331,8 +330,8 @@ class Evaluator:
     self.fid_ref = None
     if self.fid_net is not None and self.fid_net is not self.net:
       self.fid_ref = reference_features(config, self.fid_net, workdir)
-    self.shape = train.image_shape(config)
-    self.apply_fn = train.create_model(config).apply
+    self.shape = models.image_shape(config)
+    self.apply_fn = models.create_model(config).apply
     self._samplers: dict[int, Any] = {}
     self.writer = metric_writers.create_default_writer(
         os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0)

@@ -10,9 +10,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cfg_jax import checkpointing, config_lib, images, sampling
+from cfg_jax import checkpointing, config_lib, images, models, sampling, train_state
 from cfg_jax import sharding as sharding_lib
-from cfg_jax import train
 
 
 def sample_labels(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -20,18 +19,6 @@ def sample_labels(config: ml_collections.ConfigDict) -> np.ndarray:
   n = config.sampling.num_samples
   base = np.asarray(config.sampling.labels or range(config.data.num_classes), np.int32)
   return np.resize(base, n).astype(np.int32)
-
-
-def abstract_state(config: ml_collections.ConfigDict, mesh) -> train.TrainState:
-  """The train state of `config` as ShapeDtypeStructs in its training shardings on `mesh`
-  (sharded over `fsdp` per config.mesh); nothing is allocated."""
-  model, tx = train.create_model(config), train.create_optimizer(config)
-  shape = train.image_shape(config)
-  abstract = jax.eval_shape(lambda r: train.init_state(r, model=model, tx=tx, shape=shape),
-                            jax.random.key(0))
-  shardings = sharding_lib.state_shardings(abstract, mesh, sharding_lib.mesh_config(config)[1])
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh, *,
@@ -45,7 +32,8 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh, *,
     raise checkpointing.CheckpointError(
         f"no complete checkpoint in {ckpt.directory}: train first with --mode=train.")
   field = "ema_params" if use_ema else "params"
-  return ckpt.restore_fields(step, abstract_state(config, mesh), (field,))[field], step
+  abstract = train_state.abstract_state(config, mesh)
+  return ckpt.restore_fields(step, abstract, (field,))[field], step
 
 
 def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: int | None = None,
@@ -66,10 +54,10 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
   params, step = load_params(config, workdir, mesh,
                              step=None if s.checkpoint_step < 0 else s.checkpoint_step,
                              use_ema=s.use_ema)
-  shape = train.image_shape(config)
+  shape = models.image_shape(config)
   sampler_config = sampling.SamplerConfig.from_config(config)
   sampler = sampling.make_sampler(
-      train.create_model(config).apply, shape=shape, null_label=config.data.num_classes,
+      models.create_model(config).apply, shape=shape, null_label=config.data.num_classes,
       mesh=mesh, config=sampler_config)
   labels = sample_labels(config)
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)

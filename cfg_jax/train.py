@@ -1,7 +1,8 @@
 """Training (Algorithm 1 of the paper) with a jitted, explicitly sharded train step.
 
 `train_step` is pure: (state, batch, rng) → (state, metrics). `train_and_evaluate` wires it to the
-data pipeline, clu metric writers (TensorBoard), orbax checkpoints and periodic sample grids.
+data pipeline, clu metric writers (TensorBoard), orbax checkpoints and periodic sample grids. The
+state and optimizer live in `train_state.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,74 +21,15 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from cfg_jax import checkpointing, config_lib, diffusion, guidance, images, preemption, sampling
-from cfg_jax import schedules
+from cfg_jax import models, schedules, train_state
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.evaluation import digits_judge
 from cfg_jax.models import UNet
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  ema_params: Any
-  opt_state: Any
-  nonfinite_streak: jax.Array  # consecutive skipped (non-finite) steps up to now
+from cfg_jax.train_state import TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
   """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-def create_model(config: ml_collections.ConfigDict) -> UNet:
-  m = config.model
-  return UNet(num_classes=config.data.num_classes, ch=m.ch, ch_mult=tuple(m.ch_mult),
-              num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-              head_channels=m.head_channels, num_heads=m.num_heads, dropout=m.dropout,
-              resblock_updown=m.resblock_updown, num_groups=m.num_groups,
-              logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
-              dtype=jnp.dtype(m.dtype), remat=m.remat)
-
-
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  from cfg_jax import data  # imported lazily: TF is heavy and only needed here
-  return tuple(data.dataset_spec(config.data).image_shape)
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warm-up from 0 to the learning rate, then constant (as in ADM)."""
-  t = config.training
-  if t.warmup_steps <= 0:
-    return optax.constant_schedule(t.learning_rate)
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
-       optax.constant_schedule(t.learning_rate)], [t.warmup_steps])
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  t = config.training
-  parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
-  parts.append(optax.adam(learning_rate_schedule(config), b1=t.adam_b1, b2=t.adam_b2))
-  return optax.chain(*parts)
-
-
-def schedule_count(opt_state: Any) -> jax.Array:
-  """The count the learning-rate schedule of `create_optimizer` reads in `opt_state`: the number
-  of updates applied, which skipped (non-finite) steps do not advance, unlike TrainState.step."""
-  is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
-  counts = [x.count for x in jax.tree.leaves(opt_state, is_leaf=is_sched) if is_sched(x)]
-  if len(counts) != 1:
-    raise ValueError(f"expected one learning-rate schedule in the optimizer state, found "
-                     f"{len(counts)}.")
-  return counts[0]
-
-
-def init_state(rng: jax.Array, *, model: UNet, tx: optax.GradientTransformation,
-               shape: tuple[int, ...]) -> TrainState:
-  params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
-                      jnp.zeros((1,), jnp.int32), train=False)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=tx.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -133,7 +74,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
   ema = keep(ema, state.ema_params)
   # The rate this step's update is scaled by: the schedule at the optimizer's own count.
-  lr = learning_rate_schedule(config)(schedule_count(state.opt_state))
+  lr = train_state.learning_rate_schedule(config)(train_state.schedule_count(state.opt_state))
   metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": 1.0 - finite.astype(jnp.float32),
              "learning_rate": lr}
   streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
@@ -154,7 +95,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
                        tx: optax.GradientTransformation, mesh, shape) -> tuple[TrainState, Any]:
   """Initialises the state directly into its shardings (shapes from jax.eval_shape first):
   replicated, or sharded over the mesh's `fsdp` axis per config.mesh (sharding.state_shardings)."""
-  init = functools.partial(init_state, model=model, tx=tx, shape=tuple(shape))
+  init = functools.partial(train_state.init_state, model=model, tx=tx, shape=tuple(shape))
   rng = jax.random.key(config.seed)
   abstract = jax.eval_shape(init, rng)
   shardings = sharding_lib.state_shardings(abstract, mesh,
@@ -231,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   os.makedirs(workdir, exist_ok=True)
   t = config.training
-  model, tx = create_model(config), create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, state_sharding = create_train_state(config, model, tx, mesh, spec.image_shape)
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=t.max_checkpoints_to_keep)
   state = ckpt.restore_or(state)

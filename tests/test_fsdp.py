@@ -12,7 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cfg_jax import checkpointing, config_lib, evaluate, sample, sampling, sharding, train
+from cfg_jax import checkpointing, config_lib, evaluate, models, sample, sampling, sharding, train
+from cfg_jax import train_state
 from tests.helpers import REPO, tiny_config
 
 FSDP_SPEC = P(None, None, None, "fsdp")
@@ -47,7 +48,7 @@ def test_mesh_shape_and_batch_split():
 def fsdp_state():
   config = tiny_config(**{"mesh.fsdp": 2, "mesh.fsdp_min_size": 1024})
   mesh = sharding.make_mesh_from_config(config)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
   return config, mesh, model, state
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import sampling, sharding, train
+from cfg_jax import models, sampling, sharding, train, train_state
 from tests.helpers import tiny_config
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -69,7 +69,7 @@ def test_train_loop_does_not_recompile_or_transfer():
   config = tiny_config()
   mesh = sharding.make_mesh()
   shape = (8, 8, 1)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, state_sharding = train.create_train_state(config, model, tx, mesh, shape)
   step_fn = train.make_train_step(model, tx, config, mesh, state_sharding)
   b = config.training.batch_size
@@ -93,7 +93,7 @@ def test_sampling_loop_does_not_recompile_or_transfer():
   config = tiny_config()
   mesh = sharding.make_mesh()
   shape = (8, 8, 1)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, _ = train.create_train_state(config, model, tx, mesh, shape)
   sampler = sampling.make_sampler(model.apply, shape=shape, null_label=10, mesh=mesh,
                                   config=sampling.SamplerConfig.from_config(config))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import sharding, train
+from cfg_jax import models, sharding, train, train_state
 from tests.helpers import tiny_config
 
 
@@ -17,7 +17,7 @@ def _batches(n, batch_size, seed=0):
 
 def _run(config, num_devices, batches, fsdp=1):
   mesh = sharding.make_mesh(num_devices, fsdp=fsdp)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
   step = train.make_train_step(model, tx, config, mesh, shardings)
   rng, losses = jax.random.key(7), []
@@ -55,7 +55,7 @@ def test_eight_devices_match_one(one_device_run, fsdp):
 def test_nonfinite_update_is_skipped():
   config = tiny_config()
   mesh = sharding.make_mesh(1)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
   before = jax.device_get(state.params)
   step = train.make_train_step(model, tx, config, mesh, shardings)
@@ -75,7 +75,7 @@ def test_ema_decay_schedule():
 
 def test_learning_rate_warmup():
   config = tiny_config(**{"training.warmup_steps": 10, "training.learning_rate": 1e-3})
-  lr = train.learning_rate_schedule(config)
+  lr = train_state.learning_rate_schedule(config)
   assert float(lr(0)) == 0.0
   assert float(lr(5)) == pytest.approx(5e-4)
   assert float(lr(100)) == pytest.approx(1e-3)
@@ -86,7 +86,7 @@ def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step():
   rate logged for every later step must be the schedule at that count, not at state.step."""
   config = tiny_config(**{"training.warmup_steps": 10, "training.learning_rate": 1e-3})
   mesh = sharding.make_mesh(1)
-  model, tx = train.create_model(config), train.create_optimizer(config)
+  model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
   step = train.make_train_step(model, tx, config, mesh, shardings)
   batches = _batches(4, 16)
@@ -97,4 +97,4 @@ def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step():
     logged.append(float(m["learning_rate"]))
   # Updates applied at counts 0, (skipped), 1, 2 of the 10-step linear warm-up to 1e-3.
   np.testing.assert_allclose(logged, [0.0, 1e-4, 1e-4, 2e-4], rtol=1e-6)
-  assert int(state.step) == 4 and int(train.schedule_count(state.opt_state)) == 3
+  assert int(state.step) == 4 and int(train_state.schedule_count(state.opt_state)) == 3

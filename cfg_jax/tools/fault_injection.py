@@ -83,12 +83,9 @@ def final_states_equal(workdir_a: str, workdir_b: str, steps: int) -> bool:
   import jax
   import numpy as np
 
-  from cfg_jax import checkpointing, config_lib, train
+  from cfg_jax import checkpointing, config_lib, sharding, train_state
   config = config_lib.load_sibling(os.path.join(REPO, "configs", "digits.py"), "digits").get_config()
-  model, tx = train.create_model(config), train.create_optimizer(config)
-  abstract = jax.eval_shape(lambda r: train.init_state(r, model=model, tx=tx,
-                                                       shape=train.image_shape(config)),
-                            jax.random.key(0))
+  abstract = train_state.abstract_state(config, sharding.make_mesh(1))
   a = checkpointing.Checkpointer(workdir_a, read_only=True).restore(steps, abstract)
   b = checkpointing.Checkpointer(workdir_b, read_only=True).restore(steps, abstract)
   same = jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b)
