@@ -164,21 +164,6 @@ class Checkpointer:
                  int(restored.step))
     return restored
 
-  def save_or_stop(self, step: int, state: Any, *, last: bool, every: int, watcher: Any,
-                   metadata: dict | None = None) -> bool:
-    """The per-step checkpoint duty of a training loop: saves at every `every` steps (0: never)
-    and at the last step; when `watcher` (a preemption.PreemptionWatcher; asked at every step on
-    every process) requests a stop before the last step, makes sure `step` is saved, closes, and
-    returns True: the caller stops."""
-    if last or (every and step % every == 0):
-      self.save(step, state, metadata=metadata)
-    if last or not watcher.should_stop(step):
-      return False
-    if self.latest_step() != step:
-      self.save(step, state, metadata=metadata)
-    self.close()
-    return True
-
   def metadata(self, step: int) -> dict | None:
     """The JSON written beside step `step`; None when the step has none or it is not a JSON
     object (not written by cfg_jax). A file that cannot be read is a CheckpointError, so an I/O

@@ -4,17 +4,18 @@ Classifier guidance is the baseline that classifier-free guidance (Ho & Salimans
 separate classifier, trained on noised data z_λ = α_λ x + σ_λ ε at every λ of the cosine schedule,
 whose gradient ∇_z log p_φ(c | z_λ, λ) steers the sampler (`cfg_jax/classifier_guidance.py`).
 
-`Classifier` is the encoder half of the ADM U-Net (`cfg_jax/models/unet.py`, whose blocks it
-imports): the same λ embedding (no class embedding), input conv, down path and middle block, then
+`NoisyClassifier` is the encoder half of the ADM U-Net (`cfg_jax/models/unet.py`, whose blocks
+it imports): the same λ embedding (no class embedding), input conv, down path and middle block, then
 ADM's `EncoderUNetModel` head with pool='adaptive': GroupNorm → SiLU → global average pool →
 zero-initialised Dense(num_classes), returning float32 logits [B, num_classes].
 
-Training (`train_classifier`) mirrors `cfg_jax/train.py`: a pure train step (u ~ U[0, 1],
-λ = λ(u) on the config's λ range, z = α x + σ ε, cross-entropy on the true label) jitted over the
-`data` mesh, the digits input pipeline, clu metric writers in `<workdir>/classifier` and orbax
-checkpoints in `<workdir>/classifier/checkpoints` (exact resume: the noise of step s is
-fold_in(seed, s), the batch of step s a function of (seed, s)). At the end it reports the accuracy
-on noised test images per λ bin (`noised_accuracy`).
+Training (`train_classifier`) runs a pure train step (u ~ U[0, 1], λ = λ(u) on the config's λ
+range, z = α x + σ ε, cross-entropy on the true label) jitted over the `data` mesh in the training
+loop of the diffusion model (`cfg_jax/train_loop.py`): the digits input pipeline, clu metric
+writers in `<workdir>/classifier` and orbax checkpoints in `<workdir>/classifier/checkpoints`
+(exact resume: the noise of step s is fold_in(seed, s), the batch of step s a function of
+(seed, s)). At the last step it reports the accuracy on noised test images per λ bin
+(`noised_accuracy`).
 
 The classifier's settings are the config's `classifier` section (configs/default.py takes it from
 `default_classifier_config()`, sized for the 8×8 digits); a config without one gets the defaults.
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import Any
 
 import flax
@@ -38,9 +38,8 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
-from cfg_jax import checkpointing, diffusion, preemption, schedules
+from cfg_jax import checkpointing, diffusion, schedules, train_loop
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.models import unet
 
@@ -84,8 +83,9 @@ def classifier_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
 # --------------------------------------------------------------------------------------------
 
 
-class Classifier(nn.Module):
-  """ADM encoder classifier: ``Classifier(...)(z, logsnr, train=...)`` → logits [B, num_classes].
+class NoisyClassifier(nn.Module):
+  """ADM encoder classifier of noisy images: ``NoisyClassifier(...)(z, logsnr, train=...)`` →
+  logits [B, num_classes].
 
   Args (call):
     z: [B, H, W, C] noisy images z_λ (NHWC).
@@ -163,16 +163,17 @@ class Classifier(nn.Module):
                     name="logits")(h)
 
 
-def create_classifier(config: ml_collections.ConfigDict) -> Classifier:
+def create_classifier(config: ml_collections.ConfigDict) -> NoisyClassifier:
   """The classifier of `config` (its classifier section, data.num_classes, the λ range)."""
   cc, m = classifier_config(config), config.model
-  return Classifier(num_classes=config.data.num_classes, ch=cc.ch, ch_mult=tuple(cc.ch_mult),
-                    num_res_blocks=cc.num_res_blocks,
-                    attn_resolutions=tuple(cc.attn_resolutions),
-                    head_channels=cc.head_channels, num_groups=cc.get("num_groups", m.num_groups),
-                    resblock_updown=m.resblock_updown,
-                    logsnr_min=config.diffusion.logsnr_min,
-                    logsnr_max=config.diffusion.logsnr_max)
+  return NoisyClassifier(num_classes=config.data.num_classes, ch=cc.ch,
+                         ch_mult=tuple(cc.ch_mult), num_res_blocks=cc.num_res_blocks,
+                         attn_resolutions=tuple(cc.attn_resolutions),
+                         head_channels=cc.head_channels,
+                         num_groups=cc.get("num_groups", m.num_groups),
+                         resblock_updown=m.resblock_updown,
+                         logsnr_min=config.diffusion.logsnr_min,
+                         logsnr_max=config.diffusion.logsnr_max)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +193,7 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return optax.adam(classifier_config(config).learning_rate)
 
 
-def init_state(rng: jax.Array, *, model: Classifier, tx: optax.GradientTransformation,
+def init_state(rng: jax.Array, *, model: NoisyClassifier, tx: optax.GradientTransformation,
                shape: tuple[int, ...]) -> ClassifierState:
   params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
                       train=False)["params"]
@@ -216,7 +217,7 @@ def cross_entropy(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def train_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               model: Classifier, tx: optax.GradientTransformation,
+               model: NoisyClassifier, tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict) -> tuple[ClassifierState, dict[str, jax.Array]]:
   """One step on noised data: z = α_λ x + σ_λ ε at λ(u), u ~ U[0, 1]; cross-entropy on the label."""
   x, labels = batch["image"], batch["label"]
@@ -236,22 +237,20 @@ def train_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Arr
   return ClassifierState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
-def make_train_step(model: Classifier, tx: optax.GradientTransformation,
+def make_train_step(model: NoisyClassifier, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, mesh, state_sharding):
   """`train_step` jitted over `mesh`: batch split over `data`, state donated and replicated."""
   return sharding_lib.jit_train_step(
       functools.partial(train_step, model=model, tx=tx, config=config), mesh, state_sharding)
 
 
-def create_state(config: ml_collections.ConfigDict, model: Classifier,
+def create_state(config: ml_collections.ConfigDict, model: NoisyClassifier,
                  tx: optax.GradientTransformation, mesh, shape) -> tuple[ClassifierState, Any]:
   """Initialises the state from fold_in(key(seed), 0xC1A5) directly into its shardings (the
   diffusion model's params come from key(seed) itself)."""
   init = functools.partial(init_state, model=model, tx=tx, shape=tuple(shape))
-  rng = jax.random.fold_in(jax.random.key(config.seed), 0xC1A5)
-  shardings = sharding_lib.state_shardings(jax.eval_shape(init, rng), mesh,
-                                           sharding_lib.mesh_config(config)[1])
-  return jax.jit(init, out_shardings=shardings)(rng), shardings
+  return train_loop.init_sharded(init, jax.random.fold_in(jax.random.key(config.seed), 0xC1A5),
+                                 mesh=mesh, config=config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,8 +311,8 @@ def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
 def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> ClassifierState:
   """Trains the noise-conditional classifier; events and checkpoints in `<workdir>/classifier`.
 
-  Resumes from the latest intact checkpoint there. At the end it writes the accuracy on noised
-  test images per λ bin (`noised_accuracy`) to TensorBoard and the log. Returns the state.
+  Resumes from the latest intact checkpoint there. At the last step it writes the accuracy on
+  noised test images per λ bin (`noised_accuracy`) to TensorBoard and the log. Returns the state.
   """
   from cfg_jax import data  # lazily: TF import
 
@@ -325,53 +324,30 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
   os.makedirs(cdir, exist_ok=True)
   model, tx = create_classifier(config), create_optimizer(config)
   state, state_sharding = create_state(config, model, tx, mesh, spec.image_shape)
-  ckpt = checkpointing.Checkpointer(cdir)
-  state = ckpt.restore_or(state, what="Classifier")
-  start_step = int(state.step)
 
-  writer = metric_writers.create_default_writer(cdir, just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams({k: str(v) for k, v in cc.items()})
-  step_fn = make_train_step(model, tx, config, mesh, state_sharding)
-  train_iter = data.train_iterator(config.data, global_batch_size=cc.batch_size,
-                                   seed=config.seed, start_step=start_step,
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count())
-  report = periodic_actions.ReportProgress(num_train_steps=cc.num_train_steps, writer=writer,
-                                           every_steps=cc.log_every_steps or None)
-  rng = jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 1)
-  meta = {"config": config.to_json(), "classifier": cc.to_json()}
-  pending, t0, last_step = [], time.time(), start_step
+  def periodic(step: int, state: ClassifierState, *, last: bool, writer) -> None:
+    if not last:
+      return
+    images, labels = data.eval_arrays(config.data)
+    acc = noised_accuracy(model.apply, state.params, images=images, labels=labels,
+                          rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 2),
+                          logsnr_max=config.diffusion.logsnr_max)
+    writer.write_scalars(step, {accuracy_tag(*k): v for k, v in acc.items()})
+    logging.info("Classifier step %d, accuracy on noised %s images per λ bin: %s", step,
+                 spec.eval_split,
+                 ", ".join(f"[{lo:g},{hi:g}): {a:.3f}" for (lo, hi), a in acc.items()))
 
-  with metric_writers.ensure_flushes(writer), preemption.PreemptionWatcher() as watcher:
-    for step in range(start_step + 1, cc.num_train_steps + 1):
-      batch = sharding_lib.global_batch(next(train_iter), mesh)
-      state, metrics = step_fn(state, batch, rng)
-      pending.append(metrics)
-      report(step)
-      last = step == cc.num_train_steps
-      if last or (cc.log_every_steps and step % cc.log_every_steps == 0):
-        summary = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-        now = time.time()
-        summary["images_per_sec"] = (step - last_step) * cc.batch_size / (now - t0)
-        t0, last_step, pending = now, step, []
-        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-      if ckpt.save_or_stop(step, state, last=last, every=cc.checkpoint_every_steps,
-                           watcher=watcher, metadata=meta):
-        logging.warning("Preempted: saved classifier checkpoint step %d; run the same command "
-                        "again to resume.", step)
-        return state
-    if int(state.step) > 0:
-      images, labels = data.eval_arrays(config.data)
-      acc = noised_accuracy(model.apply, state.params, images=images, labels=labels,
-                            rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 2),
-                            logsnr_max=config.diffusion.logsnr_max)
-      writer.write_scalars(int(state.step), {accuracy_tag(*k): v for k, v in acc.items()})
-      logging.info("Classifier step %d, accuracy on noised %s images per λ bin: %s",
-                   int(state.step), spec.eval_split,
-                   ", ".join(f"[{lo:g},{hi:g}): {a:.3f}" for (lo, hi), a in acc.items()))
-    ckpt.close()
-  return state
+  return train_loop.run(
+      state, make_train_step(model, tx, config, mesh, state_sharding), workdir=cdir,
+      loop=train_loop.LoopConfig(
+          num_steps=cc.num_train_steps, batch_size=cc.batch_size, log_every=cc.log_every_steps,
+          checkpoint_every=cc.checkpoint_every_steps, section=SUBDIR),
+      batches=functools.partial(data.train_iterator, config.data, global_batch_size=cc.batch_size,
+                                seed=config.seed, process_index=jax.process_index(),
+                                process_count=jax.process_count()),
+      mesh=mesh, rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 1), hparams=cc,
+      metadata={"config": config.to_json(), "classifier": cc.to_json()}, periodic=periodic,
+      what="NoisyClassifier")
 
 
 def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,

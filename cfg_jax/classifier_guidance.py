@@ -19,7 +19,7 @@ mirrors `sampling.make_sampler`, with the scale traced per sample (a scale sweep
 Classifier functions are Flax-style: ``classifier_apply({'params': p}, z, logsnr, train=False)``
 → logits [B, K] with K = num_classes, so ∅ = K. The gradient is taken of Σ_i log p_φ(c_i | z_i),
 which is the per-row gradient as long as the classifier has no cross-example terms (true of
-`Classifier` in inference mode: GroupNorm and attention act per example).
+`classifier.NoisyClassifier` in inference mode: GroupNorm and attention act per example).
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Training (Algorithm 1 of the paper) with a jitted, explicitly sharded train step.
 
-`train_step` is pure: (state, batch, rng) → (state, metrics). `train_and_evaluate` wires it to the
-data pipeline, clu metric writers (TensorBoard), orbax checkpoints and periodic sample grids. The
-state and optimizer live in `train_state.py`.
+`train_step` is pure: (state, batch, rng) → (state, metrics). `train_and_evaluate` runs it in the
+loop of `train_loop.py` (data pipeline, TensorBoard, orbax checkpoints, preemption) and adds
+periodic sample grids and, at the end, the digits judge. The state and optimizer live in
+`train_state.py`.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import time
 from typing import Any
 
 import jax
@@ -18,18 +18,13 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
-from cfg_jax import checkpointing, config_lib, diffusion, guidance, images, preemption, sampling
-from cfg_jax import models, schedules, train_state
+from cfg_jax import config_lib, diffusion, guidance, images, models, sampling, schedules
 from cfg_jax import sharding as sharding_lib
+from cfg_jax import train_loop, train_state
 from cfg_jax.evaluation import digits_judge
 from cfg_jax.models import UNet
 from cfg_jax.train_state import TrainState
-
-
-class NonFiniteLossError(FloatingPointError):
-  """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -96,12 +91,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: UNet,
   """Initialises the state directly into its shardings (shapes from jax.eval_shape first):
   replicated, or sharded over the mesh's `fsdp` axis per config.mesh (sharding.state_shardings)."""
   init = functools.partial(train_state.init_state, model=model, tx=tx, shape=tuple(shape))
-  rng = jax.random.key(config.seed)
-  abstract = jax.eval_shape(init, rng)
-  shardings = sharding_lib.state_shardings(abstract, mesh,
-                                           sharding_lib.mesh_config(config)[1])
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  return state, shardings
+  return train_loop.init_sharded(init, jax.random.key(config.seed), mesh=mesh, config=config)
 
 
 def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
@@ -147,19 +137,6 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   return acc
 
 
-def check_nonfinite_streak(state: TrainState, config, ckpt) -> None:
-  """Raises NonFiniteLossError after training.max_consecutive_nonfinite skipped steps in a row
-  (checked at log steps; skipped steps never change the parameters, so nothing is lost)."""
-  limit = config.training.max_consecutive_nonfinite
-  streak = int(state.nonfinite_streak)
-  if limit > 0 and streak >= limit:
-    raise NonFiniteLossError(
-        f"{streak} consecutive steps up to step {int(state.step)} had a non-finite loss or "
-        f"gradient (limit training.max_consecutive_nonfinite={limit}); their updates were "
-        f"skipped and the last good checkpoint (step {ckpt.latest_step()}) is kept. Lower "
-        "training.learning_rate, enable training.grad_clip, or check the data.")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains per `config`, resuming from the latest checkpoint in `workdir`; returns the state."""
   from cfg_jax import data  # lazily: TF import
@@ -174,57 +151,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   t = config.training
   model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, state_sharding = create_train_state(config, model, tx, mesh, spec.image_shape)
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=t.max_checkpoints_to_keep)
-  state = ckpt.restore_or(state)
-  start_step = int(state.step)
-
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    writer.write_hparams({k: str(v) for k, v in config.items()})
-  step_fn = make_train_step(model, tx, config, mesh, state_sharding)
   sampler = sampling.make_sampler(
       model.apply, shape=spec.image_shape, null_label=config.data.num_classes, mesh=mesh,
       config=sampling.SamplerConfig.from_config(config))
-  train_iter = data.train_iterator(config.data, global_batch_size=t.batch_size, seed=config.seed,
-                                   start_step=start_step, process_index=jax.process_index(),
-                                   process_count=jax.process_count())
-  report = periodic_actions.ReportProgress(num_train_steps=t.num_train_steps, writer=writer,
-                                           every_steps=t.log_every_steps or None)
-  rng = jax.random.fold_in(jax.random.key(config.seed), 1)
-  pending: list[dict[str, jax.Array]] = []
-  last_log_time, last_log_step = time.time(), start_step
-  meta = {"config": config.to_json()}
+  judge = (config.data.name in digits_judge.DATASETS
+           and config.evaluation.judge_num_samples > 0)
 
-  with metric_writers.ensure_flushes(writer), preemption.PreemptionWatcher() as watcher:
-    for step in range(start_step + 1, t.num_train_steps + 1):
-      batch = sharding_lib.global_batch(next(train_iter), mesh)
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = step_fn(state, batch, rng)
-      pending.append(metrics)
-      report(step)
-      last = step == t.num_train_steps
-      if pending and (last or (t.log_every_steps and step % t.log_every_steps == 0)):
-        summary = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-        summary["nonfinite"] *= len(pending)  # a count, not a rate
-        now = time.time()
-        summary["images_per_sec"] = (step - last_log_step) * t.batch_size / (now - last_log_time)
-        last_log_time, last_log_step = now, step
-        writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-        pending = []
-        check_nonfinite_streak(state, config, ckpt)
-      if ckpt.save_or_stop(step, state, last=last, every=t.checkpoint_every_steps,
-                           watcher=watcher, metadata=meta):
-        logging.warning("Preempted: saved checkpoint step %d and stopped; run the same command "
-                        "again to resume.", step)
-        return state
-      if last or (t.sample_every_steps and step % t.sample_every_steps == 0):
-        paths = write_sample_grids(writer=writer, workdir=workdir, step=step, sampler=sampler,
-                                   params=state.ema_params, config=config, mesh=mesh)
-        for w, p in paths.items():
-          logging.info("Wrote samples for w=%g to %s", w, p)
-      if (last and config.data.name in digits_judge.DATASETS
-          and config.evaluation.judge_num_samples > 0):
-        judge_digits(writer=writer, step=step, sampler=sampler, params=state.ema_params,
-                     config=config, mesh=mesh)
-    ckpt.close()
-  return state
+  def periodic(step: int, state: TrainState, *, last: bool, writer) -> None:
+    if train_loop.every(step, t.sample_every_steps, last=last):
+      paths = write_sample_grids(writer=writer, workdir=workdir, step=step, sampler=sampler,
+                                 params=state.ema_params, config=config, mesh=mesh)
+      for w, p in paths.items():
+        logging.info("Wrote samples for w=%g to %s", w, p)
+    if last and judge:
+      judge_digits(writer=writer, step=step, sampler=sampler, params=state.ema_params,
+                   config=config, mesh=mesh)
+
+  return train_loop.run(
+      state, make_train_step(model, tx, config, mesh, state_sharding), workdir=workdir,
+      loop=train_loop.LoopConfig(
+          num_steps=t.num_train_steps, batch_size=t.batch_size, log_every=t.log_every_steps,
+          checkpoint_every=t.checkpoint_every_steps, max_to_keep=t.max_checkpoints_to_keep,
+          max_consecutive_nonfinite=t.max_consecutive_nonfinite),
+      batches=functools.partial(data.train_iterator, config.data, global_batch_size=t.batch_size,
+                                seed=config.seed, process_index=jax.process_index(),
+                                process_count=jax.process_count()),
+      mesh=mesh, rng=jax.random.fold_in(jax.random.key(config.seed), 1), hparams=config,
+      metadata={"config": config.to_json()}, periodic=periodic)

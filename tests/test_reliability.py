@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cfg_jax import checkpointing, train
+from cfg_jax import checkpointing, train_loop, train_state
 from tests.helpers import REPO, tiny_config
 
 
@@ -109,11 +109,14 @@ def test_nonfinite_streak_stops_with_clear_error():
     def latest_step(self):
       return 7
 
-  state = train.TrainState(step=jnp.array(9), params={}, ema_params={}, opt_state={},
-                           nonfinite_streak=jnp.array(2))
-  train.check_nonfinite_streak(state, config, _Ckpt())  # 2 < 3: carries on
-  with pytest.raises(train.NonFiniteLossError, match="last good checkpoint \\(step 7\\)"):
-    train.check_nonfinite_streak(state.replace(nonfinite_streak=jnp.array(3)), config, _Ckpt())
+  loop = train_loop.LoopConfig(num_steps=20, batch_size=16, log_every=1, checkpoint_every=1,
+                               max_consecutive_nonfinite=config.training.max_consecutive_nonfinite)
+  state = train_state.TrainState(step=jnp.array(9), params={}, ema_params={}, opt_state={},
+                                 nonfinite_streak=jnp.array(2))
+  train_loop.check_nonfinite_streak(state, loop, _Ckpt())  # 2 < 3: carries on
+  with pytest.raises(train_loop.NonFiniteLossError,
+                     match=r"max_consecutive_nonfinite=3\).*last good checkpoint \(step 7\)"):
+    train_loop.check_nonfinite_streak(state.replace(nonfinite_streak=jnp.array(3)), loop, _Ckpt())
 
 
 def test_fault_injection_harness_survives_kills(tmp_path):
