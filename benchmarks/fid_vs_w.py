@@ -39,7 +39,7 @@ PAPER_P = (0.1, 0.2, 0.5)
 
 def load_config(dataset: str, p_uncond: float, args):
   from cfg_jax import config_lib
-  c = config_lib.load_sibling(os.path.join(REPO, "configs", f"{dataset}.py"), dataset).get_config()
+  c = config_lib.load_config(os.path.join(REPO, "configs", f"{dataset}.py"))
   c.guidance.p_uncond = p_uncond
   c.training.checkpoint_every_steps = c.training.num_train_steps // 4
   c.training.max_checkpoints_to_keep = 4

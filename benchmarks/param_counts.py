@@ -17,7 +17,7 @@ def counts() -> dict[str, tuple[int, tuple[int, int, int]]]:
   from cfg_jax.models import count_params
   out = {}
   for name in CONFIGS:
-    config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
+    config = config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"))
     shape = train.image_shape(config)
     out[name] = (count_params(train.create_model(config), shape), shape)
   return out

@@ -157,9 +157,8 @@ def jax_config(arch: str, batch: int):
   the embedded default: Adam, clipping 1.0, EMA, p_uncond 0.1)."""
   from cfg_jax import config_lib
   a = ARCHS[arch]
-  c = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), "digits").get_config()
+  c = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   with c.unlocked():
-    c.data.image_size = a["image_shape"][0]
     c.model.ch, c.model.ch_mult = a["ch"], tuple(a["ch_mult"])
     c.model.num_res_blocks = a["num_res_blocks"]
     c.model.attn_resolutions = tuple(a["attn_resolutions"])

@@ -317,8 +317,7 @@ class Evaluator:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     from cfg_jax import data
     self.config, self.workdir = config, workdir
-    config_lib.validate(config, num_devices=jax.device_count(),
-                        dataset_spec=data.dataset_spec(config.data))
+    config_lib.validate(config)
     self.mesh = sharding_lib.make_mesh_from_config(config)  # fsdp as in training
     data.check_available(config.data)
     self.net = feature_net(config, self.mesh)  # before any compile: missing weights fail fast

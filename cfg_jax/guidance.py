@@ -28,6 +28,23 @@ def drop_labels(rng: jax.Array, labels: jax.Array, *, p_uncond: float | jax.Arra
   return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 
 
+def check_p_uncond(p_uncond: float) -> None:
+  """Raises ValueError unless p_uncond (guidance.p_uncond) is a probability."""
+  if not 0.0 <= p_uncond <= 1.0:
+    raise ValueError(f"guidance.p_uncond must be in [0, 1] (paper: 0.1, 0.2 or 0.5), got "
+                     f"{p_uncond}.")
+
+
+def check_w(w_values, *, field: str) -> None:
+  """Raises ValueError unless every guidance strength in `w_values` (the config field `field`) is
+  finite and >= −1."""
+  for w in w_values:
+    if not math.isfinite(w) or w < -1.0:
+      raise ValueError(f"{field} holds {w}: w must be finite and >= -1 (w = 0 is the conditional "
+                       "model, w = -1 the unconditional one; the paper sweeps 0..4). Note: "
+                       "w = s - 1 for codebases that use a guidance scale s.")
+
+
 def guided_eps(*, eps_cond: jax.Array, eps_uncond: jax.Array, w: jax.Array) -> jax.Array:
   """ε̃ = (1 + w) ε_c − w ε_∅, with w a scalar or one value per sample ([B])."""
   w = jnp.asarray(w, eps_cond.dtype)

@@ -57,10 +57,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: 
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Samples num_samples images for every w in sampling.w_values; returns the .npz path."""
-  from cfg_jax import data
-
-  config_lib.validate(config, num_devices=jax.device_count(),
-                      dataset_spec=data.dataset_spec(config.data))
+  config_lib.validate(config)
   mesh = sharding_lib.make_mesh_from_config(config)
   s = config.sampling
   params, step = load_params(config, workdir, mesh,

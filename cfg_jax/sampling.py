@@ -89,19 +89,14 @@ class SamplerConfig:
 
   @classmethod
   def from_config(cls, config, *, num_steps: int | None = None) -> "SamplerConfig":
-    """From a cfg_jax config's `sampling` and `diffusion` sections (num_steps overrides T).
-
-    Fields missing from an older config take their defaults here.
-    """
+    """From a cfg_jax config's `sampling` and `diffusion` sections (num_steps overrides T)."""
     s = config.sampling
     return cls(num_steps=num_steps or s.num_steps,
                logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
-               v=s.v, clip_x=s.clip_x, sampler=s.get("sampler", "ancestral"),
-               eta=s.get("eta", 0.0),
-               guidance_interval=_interval_or_none(s.get("guidance_interval", ())),
-               rescale_phi=s.get("rescale_phi", 0.0),
-               thresholding=s.get("thresholding", "static"),
-               dynamic_threshold_p=s.get("dynamic_threshold_p", 0.995))
+               v=s.v, clip_x=s.clip_x, sampler=s.sampler, eta=s.eta,
+               guidance_interval=_interval_or_none(s.guidance_interval),
+               rescale_phi=s.rescale_phi, thresholding=s.thresholding,
+               dynamic_threshold_p=s.dynamic_threshold_p)
 
   def __post_init__(self):
     schedules.check_logsnr_range(self.logsnr_min, self.logsnr_max)

@@ -19,7 +19,8 @@ LOGSNR_MAX = 20.0
 def check_logsnr_range(logsnr_min: float, logsnr_max: float) -> None:
   """Raises ValueError unless λ_min < λ_max are finite floats."""
   if not (np.isfinite(logsnr_min) and np.isfinite(logsnr_max)):
-    raise ValueError(f"λ range must be finite, got [{logsnr_min}, {logsnr_max}].")
+    raise ValueError(f"diffusion.logsnr_min and diffusion.logsnr_max must be finite (paper: -20 "
+                     f"and 20), got [{logsnr_min}, {logsnr_max}].")
   if logsnr_min >= logsnr_max:
     raise ValueError(
         f"diffusion.logsnr_min ({logsnr_min}) must be < diffusion.logsnr_max ({logsnr_max}); "

@@ -223,11 +223,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains per `config`, resuming from the latest checkpoint in `workdir`; returns the state."""
   from cfg_jax import data  # lazily: TF import
 
-  spec = data.dataset_spec(config.data)
-  config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count(),
-                      dataset_spec=spec)
+  config_lib.validate(config)
   mesh = sharding_lib.make_mesh_from_config(config)
-  data.check_available(config.data)  # clear error before anything is compiled
+  spec = data.check_available(config.data)  # clear error before anything is compiled
 
   os.makedirs(workdir, exist_ok=True)
   t = config.training

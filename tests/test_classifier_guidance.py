@@ -43,11 +43,8 @@ def toy_classifier_apply(variables, z, logsnr, *, train):
 def tiny_classifier_config(**overrides):
   """The digits config with a tiny classifier section (one 8×8 level: fast to compile)."""
   c = load_config("digits")
-  cc = classifier.default_classifier_config()
-  cc.update({**dict(ch=8, ch_mult=(1,), attn_resolutions=(), head_channels=8, num_groups=4,
-                    batch_size=32, learning_rate=5e-3), **overrides})
-  with c.unlocked():
-    c.classifier = cc
+  c.classifier.update({**dict(ch=8, ch_mult=(1,), attn_resolutions=(), head_channels=8,
+                              num_groups=4, batch_size=32, learning_rate=5e-3), **overrides})
   return c
 
 

@@ -36,8 +36,8 @@ Two training input paths, chosen by the file format the dataset is prepared in:
   ``SeedSequence([seed, 1, s])`` over the global batch, sliced the same way.
   (Exactness assumes the same NumPy ``Generator`` stream, i.e. no NumPy
   change that alters ``PCG64``/``permutation`` between the runs.)
-  Splits whose decoded uint8 images fit in ``data.in_memory_max_bytes``
-  (default 1 GiB; digits takes 96 KB) are decoded once and kept in memory;
+  Splits whose decoded uint8 images fit in ``IN_MEMORY_MAX_BYTES``
+  (1 GiB; digits takes 96 KB) are decoded once and kept in memory;
   larger ones are read per batch via ``tfds`` data sources (numpy/PIL
   decoding, a background thread prefetches).
 * **tf.data** (``tfrecord``, the ``tfds build`` default). Each process reads
@@ -95,8 +95,8 @@ __all__ = [
 ]
 
 VALUE_RANGE_TOLERANCE = 1e-3
-DEFAULT_IN_MEMORY_MAX_BYTES = 1 << 30
-DEFAULT_SHUFFLE_BUFFER = 10_000
+IN_MEMORY_MAX_BYTES = 1 << 30
+SHUFFLE_BUFFER = 10_000  # examples, tf.data path
 DEFAULT_TFDS_DATA_DIR = "~/tensorflow_datasets"
 DEFAULT_EMBEDDED_DATA_DIR = "~/.cache/cfg_jax/tensorflow_datasets"
 _READ_CHUNK = 1024  # Examples per data-source read when loading into memory.
@@ -173,7 +173,7 @@ VALID_NAMES = tuple(_SPECS)
 
 def dataset_spec(data_config: Any) -> DatasetSpec:
   """Returns the :class:`DatasetSpec` for ``data_config.name``."""
-  name = getattr(data_config, "name", None)
+  name = data_config.name
   if name not in _SPECS:
     raise ValueError(
         f"Unknown dataset data.name={name!r}; valid names are: "
@@ -464,13 +464,10 @@ def _is_random_access(builder) -> bool:
   return tfds.core.FileFormat.ARRAY_RECORD in formats
 
 
-def _random_access_reader(builder, split: str, spec: DatasetSpec, data_config):
+def _random_access_reader(builder, split: str, spec: DatasetSpec):
   """In-memory copy of the split if small enough, else a streaming reader."""
   count = builder.info.splits[split].num_examples
-  max_bytes = getattr(data_config, "in_memory_max_bytes", None)
-  if max_bytes is None:
-    max_bytes = DEFAULT_IN_MEMORY_MAX_BYTES
-  if count * int(np.prod(spec.image_shape)) <= max_bytes:
+  if count * int(np.prod(spec.image_shape)) <= IN_MEMORY_MAX_BYTES:
     return _load_in_memory(os.fspath(builder.data_dir), split, spec, count)
   return _SourceReader(builder, split, spec)
 
@@ -602,7 +599,7 @@ def _tf_options(tf):
 
 
 def _tfrecord_batches(
-    builder, spec: DatasetSpec, data_config, *, local_batch_size: int,
+    builder, spec: DatasetSpec, *, local_batch_size: int,
     seed: int, start_step: int, process_index: int, process_count: int,
     random_flip: bool,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -625,8 +622,7 @@ def _tfrecord_batches(
           shuffle_seed=process_seed, options=_tf_options(tf)
       ),
   )
-  buffer = int(getattr(data_config, "shuffle_buffer", 0) or DEFAULT_SHUFFLE_BUFFER)
-  ds = ds.repeat().shuffle(buffer, seed=process_seed, reshuffle_each_iteration=True)
+  ds = ds.repeat().shuffle(SHUFFLE_BUFFER, seed=process_seed, reshuffle_each_iteration=True)
   # Skip whole batches on still-encoded examples (cheaper than after decoding).
   ds = ds.skip(start_step * local_batch_size)
   ds = ds.map(
@@ -700,8 +696,8 @@ def train_iterator(
   """Endless training batches for this process, from `start_step` on.
 
   Args:
-    data_config: ``config.data`` (name, data_dir, random_flip; optional
-      in_memory_max_bytes, shuffle_buffer).
+    data_config: ``config.data``, or any object with a ``name`` (optional
+      ``data_dir``, ``random_flip``).
     global_batch_size: ``training.batch_size`` over all processes.
     seed: data seed; with the step it fully determines each batch on the
       random-access (array_record) path.
@@ -728,7 +724,7 @@ def train_iterator(
   spec, builder = _checked_builder(data_config)
   random_flip = _random_flip(data_config, spec)
   if _is_random_access(builder):
-    reader = _random_access_reader(builder, spec.train_split, spec, data_config)
+    reader = _random_access_reader(builder, spec.train_split, spec)
     batches = _random_access_batches(
         reader, global_batch_size=global_batch_size,
         local_batch_size=local_batch_size, seed=seed, start_step=start_step,
@@ -738,7 +734,7 @@ def train_iterator(
       batches = _Prefetch(batches)
   else:
     batches = _tfrecord_batches(
-        builder, spec, data_config, local_batch_size=local_batch_size,
+        builder, spec, local_batch_size=local_batch_size,
         seed=seed, start_step=start_step, process_index=process_index,
         process_count=process_count, random_flip=random_flip,
     )
@@ -765,7 +761,7 @@ def eval_arrays(
   total = builder.info.splits[split].num_examples
   count = total if max_examples is None else max(0, min(int(max_examples), total))
   if _is_random_access(builder):
-    reader = _random_access_reader(builder, split, spec, data_config)
+    reader = _random_access_reader(builder, split, spec)
     images_u8, labels = reader.get(np.arange(count))
     images = _to_float(images_u8)
   else:

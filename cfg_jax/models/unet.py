@@ -109,6 +109,22 @@ def resolve_num_heads(channels: int, head_channels: int, num_heads: int) -> int:
     return num_heads
 
 
+def check_hyperparameters(
+    ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, dropout: float, dtype: Any
+) -> None:
+    """Raise ValueError for widths or block counts below 1, dropout outside [0, 1) or a
+    computation dtype other than float32, bfloat16 and float16."""
+    if ch < 1 or not ch_mult or min(ch_mult) < 1 or num_res_blocks < 1:
+        raise ValueError(
+            f"ch={ch}, num_res_blocks={num_res_blocks} and every entry of "
+            f"ch_mult={tuple(ch_mult)} must be >= 1 (ch_mult non-empty)."
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    if jnp.dtype(dtype) not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {jnp.dtype(dtype)}.")
+
+
 def check_image_size(height: int, width: int, ch_mult: tuple[int, ...]) -> None:
     """Raise ValueError unless H and W can be halved len(ch_mult) - 1 times."""
     n_down = len(ch_mult) - 1
@@ -304,6 +320,9 @@ class UNet(nn.Module):
         assert labels.shape == (batch,), f"labels must have shape {(batch,)}, got {labels.shape}"
         assert jnp.issubdtype(labels.dtype, jnp.integer), f"labels must be ints, got {labels.dtype}"
         n_levels = len(self.ch_mult)
+        check_hyperparameters(
+            self.ch, self.ch_mult, self.num_res_blocks, self.dropout, self.dtype
+        )
         check_image_size(height, width, self.ch_mult)
         check_attn_resolutions(height, tuple(self.attn_resolutions), n_levels)
         for m in self.ch_mult:  # validate the head configuration up front

@@ -84,7 +84,7 @@ def final_states_equal(workdir_a: str, workdir_b: str, steps: int) -> bool:
   import numpy as np
 
   from cfg_jax import checkpointing, config_lib, train
-  config = config_lib.load_sibling(os.path.join(REPO, "configs", "digits.py"), "digits").get_config()
+  config = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   model, tx = train.create_model(config), train.create_optimizer(config)
   abstract = jax.eval_shape(lambda r: train.init_state(r, model=model, tx=tx,
                                                        shape=train.image_shape(config)),
