@@ -234,7 +234,7 @@ def sample(eps_fn: EpsFn, *, rng: jax.Array, sample_ids: jax.Array, labels: jax.
   """Algorithm 2: draws x ~ p(x | c) with guidance strength w; returns x̃ at λ_max, [B, *shape].
 
   z_1 ~ N(0, I) per sample (or `z_init` [B, *shape]; the other noise still comes from (rng,
-  sample_ids)); for t = 1..T: x̃_t from `denoise` (lines 3–4), and for t < T z_{t+1} from
+  sample_ids)); for t = 1..T: x̃_t from `denoise` (lines 3–4) and, for t < T, z_{t+1} from
   `config.sampler`'s step (line 5); the last step returns x̃_T.
   """
   if sample_ids.ndim != 1 or labels.shape != sample_ids.shape:
