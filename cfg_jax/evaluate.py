@@ -42,7 +42,7 @@ from absl import logging
 from clu import metric_writers
 from flax import traverse_util
 
-from cfg_jax import checkpointing, config_lib, fileio, images, sample, sampling
+from cfg_jax import checkpointing, config_lib, fileio, images, sample, sampling, sampling_runner
 from cfg_jax import sharding as sharding_lib
 from cfg_jax import train
 from cfg_jax.evaluation import metrics
@@ -337,14 +337,14 @@ class Evaluator:
         os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0)
 
   def sampler(self, num_steps: int):
-    """f(params, rng, ids, labels, w) of `sampling.generate`; with classifier guidance the
+    """f(params, rng, ids, labels, w) of `sampling_runner.generate`; with classifier guidance the
     per-sample w slot carries the classifier scale s (one compile for the whole sweep)."""
     if num_steps not in self._samplers:
       c = self.config
       kw = dict(shape=self.shape, null_label=c.data.num_classes, mesh=self.mesh,
                 config=sampler_config(c, num_steps))
       if self.classifier is None:
-        fn = sampling.make_sampler(self.apply_fn, **kw)
+        fn = sampling_runner.make_sampler(self.apply_fn, **kw)
       else:
         from cfg_jax import classifier_guidance
         apply, params = self.classifier
@@ -392,8 +392,8 @@ class Evaluator:
       prefix, name = tag_prefix(c, t)
       for w in guidance_values(c):
         start = time.time()
-        x = sampling.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
-                              batch_size=ev.batch_size, mesh=self.mesh)
+        x = sampling_runner.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
+                                     batch_size=ev.batch_size, mesh=self.mesh)
         xq = quantize(x)
         feats, logits = self.net.apply(xq)
         m = sample_metrics(feats, logits, labels, self.net, self.ref, pr_k=ev.pr_k)

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cfg_jax import checkpointing, config_lib, images, sampling
+from cfg_jax import checkpointing, config_lib, images, sampling, sampling_runner
 from cfg_jax import sharding as sharding_lib
 from cfg_jax import train
 
@@ -65,7 +65,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
                              use_ema=s.use_ema)
   shape = train.image_shape(config)
   sampler_config = sampling.SamplerConfig.from_config(config)
-  sampler = sampling.make_sampler(
+  sampler = sampling_runner.make_sampler(
       train.create_model(config).apply, shape=shape, null_label=config.data.num_classes,
       mesh=mesh, config=sampler_config)
   labels = sample_labels(config)
@@ -73,8 +73,8 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
   out_dir = os.path.join(workdir, "sample", f"step_{step:08d}")
   results = []
   for w in s.w_values:
-    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=s.batch_size, mesh=mesh)
+    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
+                                 batch_size=s.batch_size, mesh=mesh)
     results.append(images.to_uint8(x))
     if jax.process_index() == 0:
       order = np.argsort(labels, kind="stable")  # one class after another in the grid

@@ -21,7 +21,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from cfg_jax import checkpointing, config_lib, diffusion, guidance, images, preemption, sampling
-from cfg_jax import schedules
+from cfg_jax import sampling_runner, schedules
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.evaluation import digits_judge
 from cfg_jax.models import UNet
@@ -177,8 +177,8 @@ def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, conf
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   paths, tb_images = {}, {}
   for w in config.guidance.w_values:
-    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=config.sampling.batch_size, mesh=mesh)
+    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
+                                 batch_size=config.sampling.batch_size, mesh=mesh)
     grid = images.make_grid(x, ncols=per_class)
     if jax.process_index() == 0:
       path = os.path.join(workdir, "samples", f"step_{step:08d}_w{w:g}.png")
@@ -196,8 +196,8 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_033)
   acc = {}
   for w in config.evaluation.judge_w_values:
-    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=config.sampling.batch_size, mesh=mesh)
+    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
+                                 batch_size=config.sampling.batch_size, mesh=mesh)
     acc[float(w)] = digits_judge.class_accuracy(x, labels, data_dir=config.data.data_dir,
                                                 name=config.data.name)
     logging.info("step %d: SVM class accuracy of %d samples at w=%g: %.3f", step, n, w,
@@ -239,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.items()})
   step_fn = make_train_step(model, tx, config, mesh, state_sharding)
-  sampler = sampling.make_sampler(
+  sampler = sampling_runner.make_sampler(
       model.apply, shape=spec.image_shape, null_label=config.data.num_classes, mesh=mesh,
       config=sampling.SamplerConfig.from_config(config))
   train_iter = data.train_iterator(config.data, global_batch_size=t.batch_size, seed=config.seed,

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import diffusion, guidance, schedules
+from cfg_jax import diffusion, guidance, sampling, schedules
 
 
 def test_schedule_endpoints_monotone_inverse():
@@ -106,10 +106,14 @@ def test_guided_eps_combination_and_batched_equals_separate():
     calls.append(z.shape[0])
     return z * (1.0 + y[:, None].astype(z.dtype)) + lam[:, None]
 
+  # The sampler's lines 3–4 (no thresholding): ε̃ and x̃ from ONE forward call on [z, z].
   z = jnp.arange(6.0).reshape(2, 3)
-  lam, y, w = jnp.array([0.5, -1.0]), jnp.array([1, 2]), jnp.array([0.5, 2.0])
-  batched = guidance.batched_guided_eps(eps_fn, z=z, logsnr=lam, labels=y, w=w, null_label=5)
-  sep = guidance.guided_eps(eps_cond=eps_fn(z, lam, y),
-                            eps_uncond=eps_fn(z, lam, jnp.full_like(y, 5)), w=w)
-  assert calls[0] == 4  # one forward call on [z, z]
+  lam, y, w = jnp.float32(0.5), jnp.array([1, 2]), jnp.array([0.5, 2.0])
+  x, batched = sampling.denoise(eps_fn, z=z, logsnr=lam, labels=y, w=w, null_label=5,
+                                config=sampling.SamplerConfig(thresholding="none"))
+  assert calls == [4]  # one forward call on [z, z]
+  lams = jnp.full((2,), lam)
+  sep = guidance.guided_eps(eps_cond=eps_fn(z, lams, y),
+                            eps_uncond=eps_fn(z, lams, jnp.full_like(y, 5)), w=w)
   np.testing.assert_allclose(batched, sep, rtol=1e-6)
+  np.testing.assert_allclose(x, diffusion.x_from_eps(z=z, eps=sep, logsnr=lams), rtol=1e-6)
