@@ -46,14 +46,6 @@ def logsnr_schedule_cosine(u: jax.Array, *, logsnr_min: float = LOGSNR_MIN,
   return jnp.clip(logsnr, logsnr_min, logsnr_max)
 
 
-def inverse_logsnr_schedule_cosine(logsnr: jax.Array, *, logsnr_min: float = LOGSNR_MIN,
-                                   logsnr_max: float = LOGSNR_MAX) -> jax.Array:
-  """u(λ), the inverse of `logsnr_schedule_cosine`: u = (arctan(e^{−λ/2}) − b) / a."""
-  check_logsnr_range(logsnr_min, logsnr_max)
-  a, b = _cosine_ab(logsnr_min, logsnr_max)
-  return (jnp.arctan(jnp.exp(-0.5 * jnp.asarray(logsnr, jnp.float32))) - b) / a
-
-
 def alpha_sq(logsnr: jax.Array) -> jax.Array:
   """α² = sigmoid(λ)."""
   return jax.nn.sigmoid(logsnr)

@@ -48,7 +48,6 @@ __all__ = [
     "CfgDigits",
     "DIGITS_NAME",
     "NUM_TEST",
-    "NUM_TRAIN",
     "SPLIT_SEED",
     "digits_split_indices",
     "digits_uint8",
@@ -58,7 +57,6 @@ __all__ = [
 DIGITS_NAME = "cfg_digits"
 NUM_EXAMPLES = 1797
 NUM_TEST = 300
-NUM_TRAIN = NUM_EXAMPLES - NUM_TEST  # 1497
 SPLIT_SEED = 0
 NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)

@@ -62,7 +62,6 @@ from cfg_jax import fileio
 
 INPUT_SIZE = 299  # the graph resizes every image to 299×299
 MIN_INPUT_SIZE = 75  # smallest input the (unresized) architecture accepts
-POOL_DIM = 2048
 NUM_CLASSES = 1008
 BN_EPSILON = 1e-3
 
