@@ -20,7 +20,8 @@ preprocessing, so other weights never reuse them.
 
 Per (T, w) the job writes TensorBoard scalars `eval/T<T>/<metric>/w=<w>` at the checkpoint's step, a
 trade-off plot and sample grids as TensorBoard images, and appends rows to `<workdir>/eval/
-results.jsonl` (rewriting `results.csv`). With `evaluation.poll`, it keeps watching the workdir and
+results.jsonl` (rewriting `results.csv`); a row holds w in `w`, or, with classifier guidance, the
+classifier scale s in `scale`. With `evaluation.poll`, it keeps watching the workdir and
 evaluates each new checkpoint once; it remembers what it has done through results.jsonl.
 """
 
@@ -47,7 +48,7 @@ from cfg_jax import sharding as sharding_lib
 from cfg_jax import train
 from cfg_jax.evaluation import metrics
 
-RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "num_samples", "sampler", "feature_net",
+RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "scale", "num_samples", "sampler", "feature_net",
                  "fd", "is", "is_std", "precision", "recall", "class_accuracy", "fid",
                  "fid_precision", "fid_recall", "fid_net", "seconds", "sampler_settings")
 SCALAR_FIELDS = ("fd", "is", "precision", "recall", "class_accuracy", "fid", "fid_precision",
@@ -208,10 +209,10 @@ def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -
   ax = fig.add_subplot()
   fd = [r["fd"] for r in rows]
   has_is = all(np.isfinite(r["is"]) for r in rows)
-  score = [r["is"] if has_is else r["w"] for r in rows]
+  score = [r["is"] if has_is else guidance_strength(r) for r in rows]
   ax.plot(score, fd, "o-")
   for r, xpos in zip(rows, score):
-    ax.annotate(f"{label}={r['w']:g}", (xpos, r["fd"]), textcoords="offset points", xytext=(4, 4),
+    ax.annotate(f"{label}={guidance_strength(r):g}", (xpos, r["fd"]), textcoords="offset points", xytext=(4, 4),
                 fontsize=7)
   if not has_is:
     ax.set_xlabel(label)
@@ -232,12 +233,32 @@ def results_path(workdir: str) -> str:
   return os.path.join(workdir, "eval", "results.jsonl")
 
 
+def strength_field(guidance: str) -> str:
+  """The results column of a sweep's guidance strength: `w` for classifier-free guidance,
+  `scale` for the classifier scale s of classifier guidance."""
+  return "scale" if guidance == "classifier" else "w"
+
+
+def guidance_strength(row: dict[str, Any]) -> float:
+  """w or s of a results row, whichever its guidance sweeps."""
+  return row[strength_field(row["guidance"])]
+
+
+def _upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
+  """Reads rows of older results files: before `scale` existed, classifier rows kept s in `w`;
+  before classifier guidance, rows had no `guidance` (all were classifier-free)."""
+  row.setdefault("guidance", "cfg")
+  if row["guidance"] == "classifier" and "scale" not in row:
+    row["scale"] = row.pop("w")
+  return row
+
+
 def load_results(workdir: str) -> list[dict[str, Any]]:
   path = results_path(workdir)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [_upgrade_row(json.loads(line)) for line in f if line.strip()]
 
 
 def append_results(workdir: str, rows: list[dict[str, Any]]) -> None:
@@ -290,7 +311,7 @@ def tag_prefix(config: ml_collections.ConfigDict, num_steps: int) -> tuple[str, 
 def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bool:
   """Whether results.jsonl already holds every (T, w) of this sweep, with these sampler
   settings and sample count, for `step`."""
-  have = {(r["step"], r["w"], r["num_samples"], r.get("sampler_settings"))
+  have = {(r["step"], guidance_strength(r), r["num_samples"], r.get("sampler_settings"))
           for r in load_results(workdir)}
   ev = config.evaluation
   return all((step, float(w), ev.num_samples, settings_key(config, t)) in have
@@ -401,7 +422,8 @@ class Evaluator:
         if ev.save_features:
           self.save_features(step=int(step), num_steps=int(t), w=float(w), labels=labels,
                              feats=feats, fid_feats=fid_feats)
-        row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t), "w": float(w),
+        row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t),
+               strength_field(ev.guidance): float(w),
                "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,
                "feature_net": self.net.name, **m, **fid,
                "seconds": time.time() - start, "sampler_settings": settings_key(c, t)}
@@ -413,7 +435,7 @@ class Evaluator:
         first = np.concatenate([np.flatnonzero(labels == k)[:per_class]
                                 for k in range(min(10, c.data.num_classes))])
         grids[f"{prefix}/samples/{name}={w:g}"] = images.make_grid(x[first], ncols=per_class)[None]
-      scalars = {f"{prefix}/{k}/{name}={r['w']:g}": r[k] for r in t_rows
+      scalars = {f"{prefix}/{k}/{name}={guidance_strength(r):g}": r[k] for r in t_rows
                  for k in SCALAR_FIELDS if np.isfinite(r[k])}
       self.writer.write_scalars(step, scalars)
       what = "classifier guidance, over s" if ev.guidance == "classifier" else "over w"
