@@ -183,7 +183,7 @@ def test_resolve_data_dir_defaults(monkeypatch):
   assert data.resolve_data_dir(_cfg(data_dir="")) == os.path.join(
       home, ".cache", "cfg_jax", "tensorflow_datasets")
   assert data.resolve_data_dir(
-      types.SimpleNamespace(name="cifar10", data_dir="")) == os.path.join(home, "tensorflow_datasets")
+      types.SimpleNamespace(name="cifar10")) == os.path.join(home, "tensorflow_datasets")
   assert data.resolve_data_dir(_cfg(name="cifar10", data_dir="/x/y")) == "/x/y"
   assert data.resolve_data_dir(
       _cfg(name="imagenet64", data_dir="gs://bucket/tfds/")) == "gs://bucket/tfds"

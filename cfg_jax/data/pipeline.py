@@ -140,7 +140,7 @@ def resolve_data_dir(data_config: Any) -> str:
   for the embedded datasets (digits, mnist) and ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` for the rest.
   Remote paths (``gs://...``, anything with ``://``) are returned unchanged.
   """
-  data_dir = data_config.data_dir
+  data_dir = getattr(data_config, "data_dir", "") or ""
   if not data_dir:
     if dataset_spec(data_config).ensure is not None:
       data_dir = DEFAULT_EMBEDDED_DATA_DIR
@@ -617,7 +617,7 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
 
 
 def _random_flip(data_config, spec: DatasetSpec) -> bool:
-  flip = bool(data_config.random_flip)
+  flip = bool(getattr(data_config, "random_flip", False))
   if flip and not spec.flip_invariant:
     raise ValueError(
         f"data.random_flip=True is not allowed for data.name="
