@@ -8,7 +8,6 @@ any download by `ensure_digits` as `array_record`. The encoding and split rules 
 from __future__ import annotations
 
 import os
-from typing import Iterator
 
 from etils import epath
 import numpy as np
@@ -30,7 +29,6 @@ DIGITS_NAME = "cfg_digits"
 NUM_EXAMPLES = 1797
 NUM_TEST = 300
 SPLIT_SEED = 0
-NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
 
 
@@ -68,13 +66,14 @@ def digits_split_indices() -> dict[str, np.ndarray]:
   return {"test": np.sort(perm[:NUM_TEST]), "train": np.sort(perm[NUM_TEST:])}
 
 
-class CfgDigits(tfds.core.GeneratorBasedBuilder):
+class CfgDigits(embedded.EmbeddedBuilder):
   """UCI handwritten digits (8x8, from scikit-learn) with a fixed split."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: 1,497 train / 300 test (RandomState(0) split).",
   }
+  IMAGE_SHAPE = IMAGE_SHAPE
   # tfds 4.9.10's `DatasetBuilder.code_path` evaluates
   # `importlib_resources.abc.Traversable`, but tfds only depends on the
   # `importlib_resources` backport for Python < 3.9, so for a builder outside
@@ -83,8 +82,7 @@ class CfgDigits(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    return self.dataset_info(
         description=(
             "UCI optical recognition of handwritten digits as shipped by "
             "scikit-learn (load_digits): 8x8 grayscale images, pixel values "
@@ -92,15 +90,6 @@ class CfgDigits(tfds.core.GeneratorBasedBuilder):
             "Fixed split: np.random.RandomState(0).permutation(1797); first "
             "300 -> test, remaining 1,497 -> train (not stratified)."
         ),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
-            "label": tfds.features.ClassLabel(
-                names=[str(i) for i in range(NUM_CLASSES)]
-            ),
-        }),
-        supervised_keys=("image", "label"),
-        # Records are stored in key (= scikit-learn index) order.
-        disable_shuffling=True,
         homepage=(
             "https://archive.ics.uci.edu/dataset/80/"
             "optical+recognition+of+handwritten+digits"
@@ -112,20 +101,12 @@ class CfgDigits(tfds.core.GeneratorBasedBuilder):
         ),
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Unused: the data ships with scikit-learn.
-    images, labels = digits_uint8()
-    return {
-        split: self._generate_examples(images, labels, indices)
-        for split, indices in digits_split_indices().items()
-    }
+  def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    return digits_uint8()
 
-  def _generate_examples(
-      self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
-  ) -> Iterator[tuple[int, dict[str, object]]]:
-    for i in indices:
-      yield int(i), {"image": embedded.to_pil(images[i], IMAGE_SHAPE),
-                     "label": int(labels[i])}
+  def _split_indices(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+    del labels  # the split does not depend on them
+    return digits_split_indices()
 
 
 def ensure_digits(data_dir: str | os.PathLike[str]) -> CfgDigits:
