@@ -31,8 +31,8 @@ from cfg_jax import sharding as sharding_lib
 from cfg_jax import train
 from cfg_jax.evaluation import metrics
 
-RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "scale", "num_samples", "sampler", "feature_net",
-                 "fd", "is", "is_std", "precision", "recall", "class_accuracy", "fid",
+RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "scale", "num_samples", "sampler",
+                 "feature_net", "fd", "is", "is_std", "precision", "recall", "class_accuracy", "fid",
                  "fid_precision", "fid_recall", "fid_net", "seconds", "sampler_settings")
 SCALAR_FIELDS = ("fd", "is", "precision", "recall", "class_accuracy", "fid", "fid_precision",
                  "fid_recall")
@@ -195,8 +195,8 @@ def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -
   score = [r["is"] if has_is else guidance_strength(r) for r in rows]
   ax.plot(score, fd, "o-")
   for r, xpos in zip(rows, score):
-    ax.annotate(f"{label}={guidance_strength(r):g}", (xpos, r["fd"]), textcoords="offset points", xytext=(4, 4),
-                fontsize=7)
+    ax.annotate(f"{label}={guidance_strength(r):g}", (xpos, r["fd"]), textcoords="offset points",
+                xytext=(4, 4), fontsize=7)
   if not has_is:
     ax.set_xlabel(label)
   else:
