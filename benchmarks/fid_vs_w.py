@@ -39,7 +39,7 @@ PAPER_P = (0.1, 0.2, 0.5)
 
 def load_config(dataset: str, p_uncond: float, args):
   from cfg_jax import config_lib
-  c = config_lib.load_sibling(os.path.join(REPO, "configs", f"{dataset}.py"), dataset).get_config()
+  c = config_lib.load_config(os.path.join(REPO, "configs", f"{dataset}.py"))
   c.guidance.p_uncond = p_uncond
   c.training.checkpoint_every_steps = c.training.num_train_steps // 4
   c.training.max_checkpoints_to_keep = 4
@@ -222,7 +222,8 @@ def main(argv=None):
   p.add_argument("--num_samples", type=int, default=500)
   p.add_argument("--eval_batch", type=int, default=100)
   p.add_argument("--reference_examples", type=int, default=-1, help="-1: the whole train split")
-  p.add_argument("--w_grid", default=",".join(f"{w:g}" for w in W_GRID))
+  p.add_argument("--w_grid", default=",".join(f"{w:g}" for w in W_GRID),
+                 help="w of the final checkpoint's sweep ('' = only the series)")
   p.add_argument("--series", default="0.25,0.5", help="fractions of training (p_uncond 0.1)")
   p.add_argument("--no_train", action="store_true",
                  help="evaluate the checkpoints that exist (skip the missing) without training")
@@ -253,7 +254,7 @@ def main(argv=None):
   start = time.time()
   settings = [(d, float(x)) for d, x in (s.split(":") for s in args.settings.split(","))]
   series_w = tuple(float(w) for w in args.series_w.split(","))
-  w_grid = tuple(float(w) for w in args.w_grid.split(","))
+  w_grid = tuple(float(w) for w in args.w_grid.split(",") if w)
   fractions = [float(f) for f in args.series.split(",") if f]
   report = {"argv": " ".join(sys.argv[1:] if argv is None else argv),
             "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
@@ -267,7 +268,7 @@ def main(argv=None):
       report["train_seconds"][f"{dataset} p={p_uncond:g}"] = train(
           dataset, p_uncond, workdir, config, report["commands"], args.quick)
     final = config.training.num_train_steps
-    plan = [(final, w_grid, "all")]
+    plan = [(final, w_grid, "all")] if w_grid else []
     if p_uncond == 0.1:
       plan = [(int(final * f), series_w, f"{f:g}") for f in fractions] + plan
     have = checkpoint_steps(workdir)

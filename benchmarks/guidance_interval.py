@@ -3,9 +3,9 @@
     python benchmarks/guidance_interval.py [--fraction 0.5] [--sampler ancestral] [--repeats 3]
     python benchmarks/guidance_interval.py --tiny --out /tmp/guidance_interval_tiny.json  # smoke
 
-Three variants of the same jitted sampler (`sampling.make_sampler`, random `UNet.init` params;
-32×32×3, ch 64, ch_mult (1, 2, 2), 2 res-blocks, attention at 16 and 8, head_channels 64, batch 16,
-T = 32 by default):
+Three variants of the same jitted sampler (`sampling_runner.make_sampler`, random `UNet.init`
+params; 32×32×3, ch 64, ch_mult (1, 2, 2), 2 res-blocks, attention at 16 and 8, head_channels 64,
+batch 16, T = 32 by default):
 
 - unguided: the conditional half only (`guided=False`), one forward of batch B per step;
 - guided: the batched [z, z] forward (batch 2B) at every step;
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from cfg_jax import sampling
+  from cfg_jax import sampling, sampling_runner
   from cfg_jax.models import UNet
 
   s = dict(TINY if args.tiny else FULL)
@@ -95,8 +95,8 @@ def main(argv=None) -> dict:
           jnp.arange(b, dtype=jnp.int32) % NUM_CLASSES, jnp.full((b,), args.w, jnp.float32))
   samplers, compile_s = {}, {}
   for name, config in variants.items():
-    samplers[name] = sampling.make_sampler(model.apply, shape=shape, null_label=NUM_CLASSES,
-                                           config=config)
+    samplers[name] = sampling_runner.make_sampler(model.apply, shape=shape,
+                                                  null_label=NUM_CLASSES, config=config)
     start = time.perf_counter()
     jax.block_until_ready(samplers[name](params, *call))
     compile_s[name] = time.perf_counter() - start

@@ -28,6 +28,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 W_VALUES = (0.0, 0.3, 1.0, 3.0)
 NUM_SAMPLES = 1000
 VARIANTS = {
@@ -59,6 +60,7 @@ def _has_checkpoint(directory: str) -> bool:
 
 
 def main() -> None:
+  from cfg_jax import evaluate  # after sys.path has the repository
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True, help="a trained digits workdir")
   parser.add_argument("--uncond_workdir", required=True,
@@ -83,14 +85,13 @@ def main() -> None:
                 f"--config.evaluation.classifier_workdir={args.workdir}"]
     runs[name] = (args.uncond_workdir if uncond else args.workdir, extra)
   for name, (workdir, extra) in runs.items():
-    results = os.path.join(workdir, "eval", "results.jsonl")
-    before = sum(1 for _ in open(results)) if os.path.exists(results) else 0
+    before = len(evaluate.load_results(workdir))
     _run([*base, f"--workdir={workdir}", "--mode=evaluate",
           f"--config.evaluation.num_samples={NUM_SAMPLES}", *extra], commands)
-    with open(results) as f:
-      new = [json.loads(line) for line in f][before:]
+    new = evaluate.load_results(workdir)[before:]
     offset = CLASSIFIER_VARIANTS.get(name, (0.0, False))[0]
-    rows[name] = [{**r, "w": round(r["w"] - offset, 6)} for r in new]  # column = matching w
+    rows[name] = [{**r, "w": round(evaluate.guidance_strength(r) - offset, 6)}
+                  for r in new]  # column = matching w
   minutes = (time.time() - start) / 60
   out = ["# Guidance variants on the digits default (p_uncond = 0.1, T = 64)", "",
          f"`python benchmarks/guidance_variants.py --workdir <trained digits workdir> --uncond_workdir <dir>`: {minutes:.0f} "

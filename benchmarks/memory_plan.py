@@ -78,7 +78,7 @@ def saved_activations_per_example(name: str, variant: str) -> int:
 
   from cfg_jax import config_lib, models
 
-  config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
+  config = config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"))
   with config.unlocked():
     config.model.dtype, config.model.remat = VARIANTS[variant]
   model = models.create_model(config)
@@ -110,8 +110,7 @@ def measure(case: dict) -> dict:
 
   from cfg_jax import config_lib, models, sharding, train, train_state
 
-  config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
-                                   case["config"]).get_config()
+  config = config_lib.load_config(os.path.join(REPO, "configs", f"{case['config']}.py"))
   dtype, remat = VARIANTS[case["variant"]]
   n, b = case["devices"], case["b"]
   with config.unlocked():
@@ -195,8 +194,7 @@ def report(results: dict[str, dict], saved: dict[str, int], command: str) -> str
   from cfg_jax import config_lib
   for name in configs:
     r = next(r for r in rows if r["config"] == name)
-    ch = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"),
-                                 name).get_config().model.ch
+    ch = config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py")).model.ch
     expected = ADM_REFERENCE[name] + 4 * ch
     lines.append(f"| `{name}` | {r['params']:,} | {ADM_REFERENCE[name]:,} | {expected:,} | "
                  f"{'yes' if r['params'] == expected else 'NO'} |")

@@ -65,7 +65,7 @@ def rows(workdir: str) -> list[dict]:
 
 
 def pick(rs, **match):
-  out = [r for r in rs if all(r[k] == v for k, v in match.items())]
+  out = [r for r in rs if all(r.get(k) == v for k, v in match.items())]  # classifier rows: no w
   return out[-1] if out else None
 
 

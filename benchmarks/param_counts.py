@@ -16,7 +16,7 @@ def counts() -> dict[str, tuple[int, tuple[int, int, int]]]:
   from cfg_jax import config_lib, models
   out = {}
   for name in CONFIGS:
-    config = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name).get_config()
+    config = config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"))
     shape = models.image_shape(config)
     out[name] = (models.count_params(models.create_model(config), shape), shape)
   return out

@@ -12,10 +12,10 @@ heads). For each it measures
   clipping, EMA, non-finite skip; state donated), images/s, compile time, XLA's FLOP count of the
   compiled step (`cost_analysis`) and the model FLOP utilisation (MFU) against the float32 matmul
   peak measured here with a large `jnp.dot`;
-- sampling, each as the full jitted T-step ancestral loop (`sampling.make_sampler`): unguided
-  (conditional half only), guided with the batched [z, z] forward (one forward of 2B per step),
-  guided with two separate forwards of B (same loop, ε-function calling the network twice) and
-  guided over a middle fraction f of the steps (`guidance_interval`, `lax.cond` per step);
+- sampling, each as the full jitted T-step ancestral loop (`sampling_runner.make_sampler`):
+  unguided (conditional half only), guided with the batched [z, z] forward (one forward of 2B per
+  step), guided with two separate forwards of B (same loop, ε-function calling the network twice)
+  and guided over a middle fraction f of the steps (`guidance_interval`, `lax.cond` per step);
   per step, per image, compile time, and XLA's memory analysis of each compiled function;
 - diffusers' `UNet2DModel` built to the same architecture (class-conditional with a null-label
   row, same widths, blocks, attention resolutions, 64-channel heads, scale-shift norm, resnet
@@ -157,9 +157,8 @@ def jax_config(arch: str, batch: int):
   the embedded default: Adam, clipping 1.0, EMA, p_uncond 0.1)."""
   from cfg_jax import config_lib
   a = ARCHS[arch]
-  c = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), "digits").get_config()
+  c = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   with c.unlocked():
-    c.data.image_size = a["image_shape"][0]
     c.model.ch, c.model.ch_mult = a["ch"], tuple(a["ch_mult"])
     c.model.num_res_blocks = a["num_res_blocks"]
     c.model.attn_resolutions = tuple(a["attn_resolutions"])
@@ -211,7 +210,7 @@ def jax_sampling(arch: str, s: dict, params, w: float, fraction: float
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from cfg_jax import guidance, sampling
+  from cfg_jax import guidance, sampling, sampling_runner
   from cfg_jax.models import UNet
   from guidance_interval import middle_interval
 
@@ -225,8 +224,8 @@ def jax_sampling(arch: str, s: dict, params, w: float, fraction: float
   configs = {"unguided": sampling.SamplerConfig(num_steps=t, guided=False),
              "guided_batched": base,
              "guided_interval": sampling.SamplerConfig(num_steps=t, guidance_interval=interval)}
-  fns = {name: sampling.make_sampler(model.apply, shape=shape, null_label=NUM_CLASSES,
-                                     config=config) for name, config in configs.items()}
+  fns = {name: sampling_runner.make_sampler(model.apply, shape=shape, null_label=NUM_CLASSES,
+                                            config=config) for name, config in configs.items()}
 
   def two_forwards(params, rng, ids, labels, ws):
     """Guided ε from two separate network calls (c, then ∅), combined after both."""

@@ -17,8 +17,8 @@ writers in `<workdir>/classifier` and orbax checkpoints in `<workdir>/classifier
 (seed, s)). At the last step it reports the accuracy on noised test images per λ bin
 (`noised_accuracy`).
 
-The classifier's settings are the config's `classifier` section (configs/default.py takes it from
-`default_classifier_config()`, sized for the 8×8 digits); a config without one gets the defaults.
+The classifier's settings are the config's `classifier` section (configs/default.py, sized for the
+8×8 digits).
 
     python -m cfg_jax.main --mode=train_classifier --config=configs/digits.py --workdir=runs/digits \
         [--config.classifier.num_train_steps=2000 ...]
@@ -39,43 +39,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from cfg_jax import checkpointing, diffusion, schedules, train_loop
+from cfg_jax import checkpointing, config_lib, diffusion, schedules, train_loop
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.models import unet
 
 SUBDIR = "classifier"  # <workdir>/classifier: TensorBoard events and checkpoints/
 # λ bins of the noised-test accuracy report: [edges[i], edges[i + 1]).
 ACCURACY_LOGSNR_EDGES = (-20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0)
-
-
-def default_classifier_config() -> ml_collections.ConfigDict:
-  """Defaults of the classifier section, sized for the 8×8 digits (trains in < 1 min on a CPU).
-
-  An ADM-style encoder of width 16 at 8×8 and 32 at 4×4, attention at 4×4 (92,202 parameters).
-  `num_groups` (GroupNorm groups, default: the U-Net's `model.num_groups`) is 4 here: with
-  gcd(32, 16) = 16 groups of one channel the pooled head sees per-channel-normalised features
-  and the classifier learns several times slower.
-  """
-  c = ml_collections.ConfigDict()
-  c.ch = 16
-  c.ch_mult = (1, 2)
-  c.num_res_blocks = 1
-  c.attn_resolutions = (4,)
-  c.head_channels = 16
-  c.num_groups = 4
-  c.batch_size = 64
-  c.num_train_steps = 1000
-  c.learning_rate = 2e-3
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 500
-  return c
-
-
-def classifier_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config.classifier` if the config has that section, else `default_classifier_config()`."""
-  if "classifier" in config:
-    return config.classifier
-  return default_classifier_config()
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,12 +135,11 @@ class NoisyClassifier(nn.Module):
 
 def create_classifier(config: ml_collections.ConfigDict) -> NoisyClassifier:
   """The classifier of `config` (its classifier section, data.num_classes, the λ range)."""
-  cc, m = classifier_config(config), config.model
+  cc, m = config.classifier, config.model
   return NoisyClassifier(num_classes=config.data.num_classes, ch=cc.ch,
                          ch_mult=tuple(cc.ch_mult), num_res_blocks=cc.num_res_blocks,
                          attn_resolutions=tuple(cc.attn_resolutions),
-                         head_channels=cc.head_channels,
-                         num_groups=cc.get("num_groups", m.num_groups),
+                         head_channels=cc.head_channels, num_groups=cc.num_groups,
                          resblock_updown=m.resblock_updown,
                          logsnr_min=config.diffusion.logsnr_min,
                          logsnr_max=config.diffusion.logsnr_max)
@@ -190,7 +159,7 @@ class ClassifierState:
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """Adam at the classifier's learning rate."""
-  return optax.adam(classifier_config(config).learning_rate)
+  return optax.adam(config.classifier.learning_rate)
 
 
 def init_state(rng: jax.Array, *, model: NoisyClassifier, tx: optax.GradientTransformation,
@@ -294,7 +263,7 @@ def accuracy_tag(lo: float, hi: float) -> str:
 
 def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ValueError naming a bad classifier field (before anything is compiled)."""
-  cc = classifier_config(config)
+  cc = config.classifier
   errors = []
   if cc.batch_size <= 0 or cc.batch_size % num_devices:
     errors.append(f"classifier.batch_size ({cc.batch_size}) must be a positive multiple of the "
@@ -316,10 +285,11 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
   """
   from cfg_jax import data  # lazily: TF import
 
+  config_lib.fill_dataset_fields(config)  # data.num_classes
   _check(config, jax.device_count())
   mesh = sharding_lib.make_mesh_from_config(config)
   spec = data.check_available(config.data)
-  cc = classifier_config(config)
+  cc = config.classifier
   cdir = os.path.join(workdir, SUBDIR)
   os.makedirs(cdir, exist_ok=True)
   model, tx = create_classifier(config), create_optimizer(config)
@@ -347,7 +317,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
                                 process_count=jax.process_count()),
       mesh=mesh, rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 1), hparams=cc,
       metadata={"config": config.to_json(), "classifier": cc.to_json()}, periodic=periodic,
-      what="NoisyClassifier")
+      what="Classifier")
 
 
 def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,

@@ -1,25 +1,10 @@
 """Classifier guidance (Dhariwal & Nichol 2021), the baseline of classifier-free guidance.
 
-Their Algorithm 2 in ε form, on the ε-function interface of `cfg_jax/sampling.py`:
-
-    ε̂(z, λ, c) = ε_θ(z, λ, c_model) − s · σ_λ · ∇_z log p_φ(c | z, λ)
-
-with s the classifier scale and p_φ a noise-conditional classifier (`cfg_jax/classifier.py`).
-Since ε = −σ ∇_z log p(z), this samples ∝ p_θ(z | c_model) p_φ(c | z)^s. `model_labels` picks
-c_model: 'cond' gives ε_θ the requested class (a conditional model, p_uncond < 1), 'null' gives
-it ∅ (the unconditional model, p_uncond = 1, as in Dhariwal & Nichol's unconditional runs); by
-Bayes, ∇ log p(z | c) = ∇ log p(z) + ∇ log p(c | z), so 'null' with an exact classifier at s = 1
-is the exact conditional model. Rows whose requested label is ∅ get no classifier term.
-
-The result is an ordinary ε-function: pass it to `sampling.sample` with
-`SamplerConfig(guided=False)` (conditional half only, w ignored); every sampler (ancestral, DDIM,
-Euler, Heun) and every thresholding option works unchanged. `make_classifier_guided_sampler`
-mirrors `sampling.make_sampler`, with the scale traced per sample (a scale sweep compiles once).
-
-Classifier functions are Flax-style: ``classifier_apply({'params': p}, z, logsnr, train=False)``
-→ logits [B, K] with K = num_classes, so ∅ = K. The gradient is taken of Σ_i log p_φ(c_i | z_i),
-which is the per-row gradient as long as the classifier has no cross-example terms (true of
-`classifier.NoisyClassifier` in inference mode: GroupNorm and attention act per example).
+ε̂(z, λ, c) = ε_θ(z, λ, c_model) − s · σ_λ · ∇_z log p_φ(c | z, λ), with s the classifier scale and
+p_φ a noise-conditional classifier, as an ordinary ε-function for `sampling.sample` with
+`SamplerConfig(guided=False)`; c_model is the requested class ('cond') or ∅ ('null', for an
+unconditional model), and the scale is traced per sample (a sweep compiles once). The derivation
+and the classifier interface are in docs/samplers.md.
 """
 
 from __future__ import annotations
@@ -30,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from cfg_jax import sampling, schedules, sharding
+from cfg_jax import sampling, sampling_runner, schedules, sharding
 from cfg_jax.guidance import EpsFn
 
 MODEL_LABELS = ("cond", "null")
@@ -110,9 +95,9 @@ def make_classifier_guided_sampler(apply_fn: Callable[..., jax.Array],
                                    model_labels: str = "cond", mesh: Mesh | None = None):
   """Returns jitted f(params, classifier_params, rng, sample_ids, labels, w) -> x.
 
-  f has `sampling.make_sampler`'s signature plus the classifier params. With scale=None (the
-  default) its per-sample w slot carries the classifier scale s (traced: a sweep over s
-  compiles once, and `sampling.generate` drives it through `bind_classifier_params`); a
+  f has `sampling_runner.make_sampler`'s signature plus the classifier params. With scale=None
+  (the default) its per-sample w slot carries the classifier scale s (traced: a sweep over s
+  compiles once, and `sampling_runner.generate` drives it through `bind_classifier_params`); a
   number fixes s and w is ignored. `config.guided` must be False (conditional half only).
   Batch-sharded over `mesh` when given (params of both networks replicated).
   """
@@ -131,16 +116,13 @@ def make_classifier_guided_sampler(apply_fn: Callable[..., jax.Array],
     return sampling.sample(eps, rng=rng, sample_ids=sample_ids, labels=labels, w=w,
                            shape=tuple(shape), null_label=null_label, config=config)
 
-  if mesh is None:
-    return jax.jit(f)
-  rep, dat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(f, in_shardings=(rep, rep, rep, dat, dat, dat), out_shardings=dat)
+  return sampling_runner.jit_on_mesh(f, mesh=mesh, num_replicated=3)
 
 
 def bind_classifier_params(sampler, classifier_params: Any):
   """f(params, classifier_params, rng, ids, labels, w) → g(params, rng, ids, labels, w), the
-  signature `sampling.generate` calls (w: the per-sample scale when the sampler's scale=None).
-  fsdp-sharded classifier params are gathered to replicated here, once."""
+  signature `sampling_runner.generate` calls (w: the per-sample scale when the sampler's
+  scale=None). fsdp-sharded classifier params are gathered to replicated here, once."""
   classifier_params = sharding.gather_replicated(classifier_params)
   return lambda params, rng, ids, labels, w: sampler(params, classifier_params, rng, ids, labels,
                                                      w)

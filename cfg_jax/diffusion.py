@@ -46,13 +46,6 @@ def x_from_eps(*, z: jax.Array, eps: jax.Array, logsnr: jax.Array) -> jax.Array:
   return (z - sigma * eps) / alpha
 
 
-def eps_from_x(*, z: jax.Array, x: jax.Array, logsnr: jax.Array) -> jax.Array:
-  """ε̂ = (z − α x) / σ."""
-  _check_same_shape(z=z, x=x)
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, z))
-  return (z - alpha * x) / sigma
-
-
 def one_minus_exp_diff(*, logsnr: jax.Array, logsnr_next: jax.Array) -> jax.Array:
   """1 − e^{λ−λ'}, as −expm1(λ − λ') (exact near λ ≈ λ')."""
   return -jnp.expm1(jnp.asarray(logsnr, jnp.float32) - jnp.asarray(logsnr_next, jnp.float32))
@@ -74,11 +67,6 @@ def posterior_mean_variance(*, z: jax.Array, x: jax.Array, logsnr: jax.Array,
   mean = r * alpha_ratio * z + one_minus_r * alpha_next * x
   var = one_minus_r * schedules.sigma_sq(ln)
   return mean, var
-
-
-def forward_step_variance(*, logsnr: jax.Array, logsnr_next: jax.Array) -> jax.Array:
-  """σ²_{λ|λ'} = (1 − e^{λ−λ'}) σ²_λ, the variance of q(z_λ | z_λ')."""
-  return one_minus_exp_diff(logsnr=logsnr, logsnr_next=logsnr_next) * schedules.sigma_sq(logsnr)
 
 
 def sampler_log_variance(*, logsnr: jax.Array, logsnr_next: jax.Array, v: float | jax.Array

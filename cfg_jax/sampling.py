@@ -1,47 +1,14 @@
-"""Guided sampling as one jitted loop: the paper's ancestral sampler (Algorithm 2), DDIM, and
-Euler / Heun on the probability-flow ODE.
+"""The paper's guided sampler (Algorithm 2) and its relatives as one jitted loop: pure math.
 
-`sample` is pure and takes any ε-function (z, λ, labels) → ε: the U-Net, or an exact ε of a known
-distribution in tests. Each network evaluation is ONE forward call on [z, z] with labels [c, ∅]
-(or, outside a guidance interval, one conditional forward on z). The guidance strength w (paper's
-w: 0 = conditional) is a traced per-sample array, so a sweep over w reuses one compilation. The
-noise of sample i depends only on (rng, sample_ids[i]), never on the batch layout or the device
-count.
-
-All samplers walk the same grid λ_1 = λ_min < … < λ_T = λ_max (`schedules.sampling_logsnrs`): step
-t evaluates the network at λ_t, turns ε̃ into x̃ (then CFG rescale, then thresholding), moves z
-to λ_{t+1} for t < T, and the last step returns x̃ at λ_max. `sampler` picks the move:
-
-- 'ancestral' (the paper's): z' = μ̃(z, x̃) + √((σ̃²)^{1−v} (σ²_{λ|λ'})^v) · noise.
-- 'ddim' (Song et al. 2021): z' = α' x̃ + σ' √(1 − η²(1 − e^{λ−λ'})) ε̂ + η σ̃ · noise, with
-  σ̃² = (1 − e^{λ−λ'}) σ'² the posterior variance. η = 0 is deterministic (the noise of a sample
-  is only its initial z); η = 1 is exactly 'ancestral' with v = 0.
-- 'euler', 'heun': the probability-flow ODE in its data-prediction form, in y = z/σ over
-  v = α/σ = e^{λ/2} (a monotone reparameterisation of λ): dy/dv = x̃(z, λ). An Euler step,
-  written in z with stable factors, is z' = (σ'/σ) z − α' expm1((λ − λ')/2) x̃ — algebraically
-  DDIM with η = 0 (and Euler in EDM's u = σ/α = 1/v on dx/du = ε̂). Heun (2nd order) averages x̃
-  at both ends of each step (2 evaluations per step); its last step, the jump from λ_max to the
-  returned x̃ (v = ∞), is Euler. Heun makes 2T − 1 network evaluations, the others T.
-  Why v and not u: Heun in u averages ε̂ at u = e^{10} (λ_min = −20) and at the end of a step of
-  Δu ≈ 2·10⁴, and that Δu multiplies the difference of the two ε̂ (it explodes for T <= 16 on
-  the 2D mixture); in v the Heun correction is α'(x̃_2 − x̃_1)/2 — bounded at both ends of the
-  grid, because x̃ is. Plain Euler in λ itself is unusable on this grid (α changes by e^{6} over
-  one step near λ_min).
-
-ε̂ = (z − α x̃)/σ is the ε consistent with the rescaled / thresholded x̃, computed as
-ε̃ + e^{λ/2} (x̃_raw − x̃) so that it equals ε̃ exactly when nothing was changed; DDIM steps with
-it (Euler / Heun step with x̃ itself, i.e. with a thresholded denoiser as in Karras et al.).
-
-Guidance variants (all static settings, per network evaluation):
-- `guidance_interval=(λ_lo, λ_hi)`: guide only where λ_lo <= λ <= λ_hi; elsewhere the step runs
-  the conditional half only, through `lax.cond`, so it costs one forward of batch B, not 2B.
-  Kynkäänniemi et al. state intervals in σ_EDM; see `guidance.interval_from_sigmas`.
-- `rescale_phi` φ (Lin et al. 2023): x̃ ← φ x̃ std(x̂_c)/std(x̃) + (1 − φ) x̃ per sample, on the
-  x̂ predictions as in the paper.
-- `thresholding`: 'none', 'static' (clip x̃ to [−1, 1]) or 'dynamic' (Imagen, percentile
-  `dynamic_threshold_p`). `clip_x` is the older switch of the static clip: static clipping
-  happens iff thresholding == 'static' and clip_x, so clip_x=False turns 'static' into 'none'
-  and does not affect 'dynamic' (which keeps |x̃| <= 1 by itself).
+`sample` takes any ε-function (z, λ, labels) → ε (the U-Net, or the exact ε of a known
+distribution in tests) and walks λ_1 = λ_min < … < λ_T = λ_max: `denoise` forms
+ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on [z, z] with labels [c, ∅] and
+x̃ = (z − σ ε̃)/α (Algorithm 2, lines 3–4, with the guidance variants), and one keyword-only step
+per sampler moves z to the next λ (line 5): `ancestral_step` (the paper's), `ddim_step`,
+`euler_step`, `heun_step`. w (the paper's: 0 = conditional) is traced per sample, so a w sweep
+compiles once; the noise of sample i depends only on (rng, sample_ids[i]). Placing batches on
+devices is `sampling_runner`'s job. The math, notation and design reasons are in
+docs/samplers.md.
 """
 
 from __future__ import annotations
@@ -52,9 +19,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from cfg_jax import diffusion, guidance, schedules, sharding
+from cfg_jax import diffusion, guidance, schedules
 from cfg_jax.guidance import EpsFn
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun")
@@ -89,19 +55,14 @@ class SamplerConfig:
 
   @classmethod
   def from_config(cls, config, *, num_steps: int | None = None) -> "SamplerConfig":
-    """From a cfg_jax config's `sampling` and `diffusion` sections (num_steps overrides T).
-
-    Fields missing from an older config take their defaults here.
-    """
+    """From a cfg_jax config's `sampling` and `diffusion` sections (num_steps overrides T)."""
     s = config.sampling
     return cls(num_steps=num_steps or s.num_steps,
                logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
-               v=s.v, clip_x=s.clip_x, sampler=s.get("sampler", "ancestral"),
-               eta=s.get("eta", 0.0),
-               guidance_interval=_interval_or_none(s.get("guidance_interval", ())),
-               rescale_phi=s.get("rescale_phi", 0.0),
-               thresholding=s.get("thresholding", "static"),
-               dynamic_threshold_p=s.get("dynamic_threshold_p", 0.995))
+               v=s.v, clip_x=s.clip_x, sampler=s.sampler, eta=s.eta,
+               guidance_interval=_interval_or_none(s.guidance_interval),
+               rescale_phi=s.rescale_phi, thresholding=s.thresholding,
+               dynamic_threshold_p=s.dynamic_threshold_p)
 
   def __post_init__(self):
     schedules.check_logsnr_range(self.logsnr_min, self.logsnr_max)
@@ -177,36 +138,23 @@ def _normal(keys: jax.Array, step: jax.Array, shape: tuple[int, ...]) -> jax.Arr
   return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape))(keys)
 
 
-def _denoise(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array, w: jax.Array,
-             null_label: int, config: SamplerConfig) -> tuple[jax.Array, jax.Array]:
-  """One network evaluation at the scalar λ: returns (x̃, ε̂) after guidance, rescale and
-  thresholding; ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is the ε consistent with the final x̃."""
-  lam = jnp.full(z.shape[:1], logsnr, jnp.float32)
-  if config.guided:
-    eps, eps_c = guidance.interval_guided_eps(eps_fn, z=z, logsnr=lam, labels=labels, w=w,
-                                              null_label=null_label,
-                                              interval=config.guidance_interval)
-  else:
-    eps = eps_c = eps_fn(z, lam, labels)
-  x_raw = diffusion.x_from_eps(z=z, eps=eps, logsnr=lam)
-  x = x_raw
-  if config.guided and config.rescale_phi > 0:
-    x = guidance.rescale_guided(x_guided=x, x_cond=diffusion.x_from_eps(z=z, eps=eps_c, logsnr=lam),
-                                phi=config.rescale_phi)
-  x = guidance.threshold(x, mode=config.effective_thresholding, p=config.dynamic_threshold_p)
-  if x is x_raw:
-    return x, eps
-  return x, eps + jnp.exp(0.5 * jnp.asarray(logsnr, jnp.float32)) * (x_raw - x)
+def unet_eps_fn(apply_fn: Callable[..., jax.Array], params: Any) -> EpsFn:
+  """Wraps a Flax apply function as an ε-function in inference mode."""
+  return lambda z, logsnr, labels: apply_fn({"params": params}, z, logsnr, labels, train=False)
 
 
-def _ancestral_step(*, z, x, logsnr, logsnr_next, v, noise):
-  """The paper's step: z' = μ̃(z, x̃) + √((σ̃²)^{1−v} (σ²_{λ|λ'})^v) · noise."""
+# --- one step per sampler: z at λ → z' at λ' > λ, given x̃ (and ε̂) at λ ----------------------
+
+def ancestral_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array,
+                   v: float, noise: jax.Array) -> jax.Array:
+  """The paper's step: z' = μ̃(z, x̃) + √((σ̃²_{λ'|λ})^{1−v} (σ²_{λ|λ'})^v) · noise."""
   mean, _ = diffusion.posterior_mean_variance(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
   log_var = diffusion.sampler_log_variance(logsnr=logsnr, logsnr_next=logsnr_next, v=v)
   return mean + jnp.exp(0.5 * log_var) * noise
 
 
-def _ddim_step(*, x, eps, logsnr, logsnr_next, eta, noise):
+def ddim_step(*, x: jax.Array, eps: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array,
+              eta: float, noise: jax.Array | None = None) -> jax.Array:
   """z' = α' x̃ + σ' √(1 − η²(1 − e^{λ−λ'})) ε̂ + η σ' √(1 − e^{λ−λ'}) · noise (noise may be
   None when η = 0)."""
   alpha_next, sigma_next = schedules.alpha_sigma(logsnr_next)
@@ -217,118 +165,111 @@ def _ddim_step(*, x, eps, logsnr, logsnr_next, eta, noise):
   return z + eta * sigma_next * jnp.sqrt(one_minus_r) * noise
 
 
-def _ode_step(*, z, slope, logsnr, logsnr_next):
-  """Euler step of dy/dv = x̃ (y = z/σ, v = e^{λ/2}) with slope x̃, written in z:
-  z' = (σ'/σ) z − α' expm1((λ − λ')/2) x̃."""
+def euler_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array
+               ) -> jax.Array:
+  """Euler step of the probability-flow ODE dy/dρ = x̃ (y = z/σ, ρ = α/σ = e^{λ/2}), written
+  in z: z' = (σ'/σ) z − α' expm1((λ − λ')/2) x̃."""
   lam, lam_next = jnp.asarray(logsnr, jnp.float32), jnp.asarray(logsnr_next, jnp.float32)
   sigma_ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(-lam_next) - jax.nn.log_sigmoid(-lam)))
   alpha_next, _ = schedules.alpha_sigma(lam_next)
-  return sigma_ratio * z - alpha_next * jnp.expm1(0.5 * (lam - lam_next)) * slope
+  return sigma_ratio * z - alpha_next * jnp.expm1(0.5 * (lam - lam_next)) * x
+
+
+def heun_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array,
+              denoise_next: Callable[[jax.Array], jax.Array]) -> jax.Array:
+  """Heun (2nd order) on dy/dρ = x̃: an Euler step, then the Euler step again with the mean of
+  x̃ at both ends; `denoise_next(z')` is x̃ at λ' (one more network evaluation)."""
+  kw = dict(logsnr=logsnr, logsnr_next=logsnr_next)
+  x_next = denoise_next(euler_step(z=z, x=x, **kw))
+  return euler_step(z=z, x=0.5 * (x + x_next), **kw)
+
+
+# --- Algorithm 2 ------------------------------------------------------------------------------
+
+def denoise(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array, w: jax.Array,
+            null_label: int, config: SamplerConfig) -> tuple[jax.Array, jax.Array]:
+  """Lines 3–4 of Algorithm 2 at the scalar λ: returns (x̃, ε̂), z [B, ...], labels and w [B].
+
+  ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on [z, z] with labels [c, ∅], then
+  x̃ = (z − σ ε̃)/α. The variants of `config`: guided=False or λ outside the guidance interval
+  runs the conditional forward on z alone (ε̃ = ε(z, c), one forward of B, not 2B); then CFG
+  rescale and thresholding change x̃. ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is the ε consistent with the
+  final x̃ (ε̃ itself when nothing changed x̃).
+  """
+  b = z.shape[0]
+  lam = jnp.full((b,), logsnr, jnp.float32)
+
+  def guided(z):  # line 3, from ONE forward call on [z, z] with labels [c, ∅]
+    eps = eps_fn(jnp.concatenate([z, z], axis=0), jnp.concatenate([lam, lam], axis=0),
+                 jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0))
+    eps_c, eps_u = eps[:b], eps[b:]
+    return guidance.guided_eps(eps_cond=eps_c, eps_uncond=eps_u, w=w), eps_c
+
+  def conditional(z):
+    eps_c = eps_fn(z, lam, labels)
+    return eps_c, eps_c
+
+  if not config.guided:
+    eps, eps_c = conditional(z)
+  elif config.guidance_interval is None:
+    eps, eps_c = guided(z)
+  else:  # guide only inside the interval; outside, one forward of batch B instead of 2B
+    inside = guidance.in_interval(logsnr, interval=config.guidance_interval)
+    eps, eps_c = jax.lax.cond(inside, guided, conditional, z)
+  x_raw = diffusion.x_from_eps(z=z, eps=eps, logsnr=lam)  # line 4: x̃ = (z − σ ε̃)/α
+  x = x_raw
+  if config.guided and config.rescale_phi > 0:
+    x = guidance.rescale_guided(x_guided=x, x_cond=diffusion.x_from_eps(z=z, eps=eps_c, logsnr=lam),
+                                phi=config.rescale_phi)
+  x = guidance.threshold(x, mode=config.effective_thresholding, p=config.dynamic_threshold_p)
+  if x is x_raw:
+    return x, eps
+  return x, eps + jnp.exp(0.5 * jnp.asarray(logsnr, jnp.float32)) * (x_raw - x)
 
 
 def sample(eps_fn: EpsFn, *, rng: jax.Array, sample_ids: jax.Array, labels: jax.Array,
            w: jax.Array, shape: tuple[int, ...], null_label: int,
            config: SamplerConfig = SamplerConfig(), z_init: jax.Array | None = None
            ) -> jax.Array:
-  """Draws x ~ p(x | c) with guidance strength w; returns x̃ at λ_max, shape [B, *shape].
+  """Algorithm 2: draws x ~ p(x | c) with guidance strength w; returns x̃ at λ_max, [B, *shape].
 
-  For t = 1..T over λ_1 = λ_min < … < λ_T = λ_max: ε̃ = (1 + w) ε(z, c) − w ε(z, ∅),
-  x̃ = (z − σ ε̃)/α (then rescale and thresholding), and, for t < T, z moves to λ_{t+1} with
-  `config.sampler`'s step (see the module docstring). z starts from per-sample noise, or from
-  `z_init` [B, *shape] when given (the other noise still comes from (rng, sample_ids)).
+  z_1 ~ N(0, I) per sample (or `z_init` [B, *shape]; the other noise still comes from (rng,
+  sample_ids)); for t = 1..T: x̃_t from `denoise` (lines 3–4) and, for t < T, z_{t+1} from
+  `config.sampler`'s step (line 5); the last step returns x̃_T.
   """
   if sample_ids.ndim != 1 or labels.shape != sample_ids.shape:
     raise ValueError(f"sample_ids {sample_ids.shape} and labels {labels.shape} must be [B].")
   b = sample_ids.shape[0]
   w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (b,))
   keys = per_sample_keys(rng, sample_ids)
-  logsnrs = config.logsnrs()
-  last = config.num_steps - 1
+  logsnrs, last = config.logsnrs(), config.num_steps - 1
 
-  def denoise(z, logsnr):
-    return _denoise(eps_fn, z=z, logsnr=logsnr, labels=labels, w=w, null_label=null_label,
-                    config=config)
-
-  def move(t, z, x, eps, logsnr, logsnr_next):
-    """z at λ_{t+1} from z, x̃, ε̂ at λ_t."""
-    if config.sampler == "ancestral":
-      return _ancestral_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next, v=config.v,
-                             noise=_normal(keys, t + 1, shape))
-    if config.sampler == "ddim":
-      noise = _normal(keys, t + 1, shape) if config.eta > 0 else None
-      return _ddim_step(x=x, eps=eps, logsnr=logsnr, logsnr_next=logsnr_next, eta=config.eta,
-                        noise=noise)
-    z_euler = _ode_step(z=z, slope=x, logsnr=logsnr, logsnr_next=logsnr_next)
-    if config.sampler == "euler":
-      return z_euler
-    # Heun: average the slopes x̃ at both ends. Skipped (lax.cond) at the last step, whose move
-    # is discarded anyway, so it costs no network evaluation there.
-    def correct(_):
-      x_next, _ = denoise(z_euler, logsnr_next)
-      return _ode_step(z=z, slope=0.5 * (x + x_next), logsnr=logsnr, logsnr_next=logsnr_next)
-    return jax.lax.cond(t < last, correct, lambda _: z_euler, None)
+  def predict(z, logsnr):  # (x̃, ε̂) at λ: lines 3–4
+    return denoise(eps_fn, z=z, logsnr=logsnr, labels=labels, w=w, null_label=null_label,
+                   config=config)
 
   def body(t, carry):
     z, _ = carry
-    # At t = T−1 there is no next λ: take λ' = λ_{t+1} clamped (= λ) and discard the move.
+    # At t = T − 1 there is no next λ: λ' = λ_{t+1} clamped (= λ), and the move is discarded.
     logsnr, logsnr_next = logsnrs[t], logsnrs[jnp.minimum(t + 1, last)]
-    x, eps = denoise(z, logsnr)
-    z_next = move(t, z, x, eps, logsnr, logsnr_next)
+    x, eps = predict(z, logsnr)
+    # Line 5: z_{t+1} from (z_t, x̃_t) by the paper's ancestral step or another sampler's.
+    if config.sampler == "ancestral":
+      z_next = ancestral_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next, v=config.v,
+                              noise=_normal(keys, t + 1, shape))
+    elif config.sampler == "ddim":
+      z_next = ddim_step(x=x, eps=eps, logsnr=logsnr, logsnr_next=logsnr_next, eta=config.eta,
+                         noise=_normal(keys, t + 1, shape) if config.eta > 0 else None)
+    elif config.sampler == "euler":
+      z_next = euler_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
+    else:  # heun; lax.cond skips its evaluation at λ' at the last step
+      heun = lambda z: heun_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next,
+                                 denoise_next=lambda z_next: predict(z_next, logsnr_next)[0])
+      z_next = jax.lax.cond(t < last, heun, lambda z: z, z)
     return jnp.where(t < last, z_next, z), x
 
-  z0 = _normal(keys, 0, shape) if z_init is None else jnp.asarray(z_init, jnp.float32)
-  if z0.shape != (b, *shape):
-    raise ValueError(f"z_init has shape {z0.shape}, expected {(b, *shape)}.")
-  _, x = jax.lax.fori_loop(0, config.num_steps, body, (z0, jnp.zeros_like(z0)))
+  z1 = _normal(keys, 0, shape) if z_init is None else jnp.asarray(z_init, jnp.float32)
+  if z1.shape != (b, *shape):
+    raise ValueError(f"z_init has shape {z1.shape}, expected {(b, *shape)}.")
+  _, x = jax.lax.fori_loop(0, config.num_steps, body, (z1, jnp.zeros_like(z1)))
   return x
-
-
-def unet_eps_fn(apply_fn: Callable[..., jax.Array], params: Any) -> EpsFn:
-  """Wraps a Flax apply function as an ε-function in inference mode."""
-  return lambda z, logsnr, labels: apply_fn({"params": params}, z, logsnr, labels, train=False)
-
-
-def make_sampler(apply_fn: Callable[..., jax.Array], *, shape: tuple[int, ...], null_label: int,
-                 config: SamplerConfig, mesh: Mesh | None = None):
-  """Returns jitted f(params, rng, sample_ids, labels, w) -> x, batch-sharded over all devices of
-  `mesh` with replicated params (`generate` gathers fsdp-sharded params first)."""
-  def f(params, rng, sample_ids, labels, w):
-    return sample(unet_eps_fn(apply_fn, params), rng=rng, sample_ids=sample_ids, labels=labels,
-                  w=w, shape=tuple(shape), null_label=null_label, config=config)
-
-  if mesh is None:
-    return jax.jit(f)
-  rep, dat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(f, in_shardings=(rep, rep, dat, dat, dat), out_shardings=dat)
-
-
-def generate(sampler, params, rng: jax.Array, *, labels: np.ndarray, w: np.ndarray | float,
-             batch_size: int, num_devices: int = 1, first_id: int = 0,
-             mesh: Mesh | None = None) -> np.ndarray:
-  """Runs `sampler` over all `labels` in batches; pads each batch to a multiple of num_devices.
-
-  Sample i uses id first_id + i, so the result does not depend on batch_size or devices. With
-  `mesh` (the sampler's; needed when it spans several processes) num_devices is its size and
-  each batch is placed as global arrays split over it; every process returns all samples.
-  Params sharded over a mesh axis (fsdp training) are gathered to replicated once per call.
-  """
-  params = sharding.gather_replicated(params)
-  labels = np.asarray(labels, np.int32)
-  n = labels.shape[0]
-  if mesh is not None:
-    num_devices, dat = mesh.size, sharding.batch_sharded(mesh)
-    put = lambda a: sharding.host_to_global(a, dat)
-  else:
-    put = lambda a: a
-  w = np.broadcast_to(np.asarray(w, np.float32), (n,))
-  batch_size = int(np.ceil(batch_size / num_devices) * num_devices)
-  out = []
-  for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    pad = (-(stop - start)) % num_devices
-    ids = np.arange(first_id + start, first_id + stop + pad, dtype=np.int32)
-    lab = np.concatenate([labels[start:stop], np.repeat(labels[stop - 1:stop], pad)])
-    ww = np.concatenate([w[start:stop], np.repeat(w[stop - 1:stop], pad)])
-    x = sampler(params, rng, put(ids), put(lab), put(ww))
-    out.append(sharding.to_host(x)[: stop - start])
-  return np.concatenate(out, axis=0)

@@ -19,7 +19,8 @@ LOGSNR_MAX = 20.0
 def check_logsnr_range(logsnr_min: float, logsnr_max: float) -> None:
   """Raises ValueError unless λ_min < λ_max are finite floats."""
   if not (np.isfinite(logsnr_min) and np.isfinite(logsnr_max)):
-    raise ValueError(f"λ range must be finite, got [{logsnr_min}, {logsnr_max}].")
+    raise ValueError(f"diffusion.logsnr_min and diffusion.logsnr_max must be finite (paper: -20 "
+                     f"and 20), got [{logsnr_min}, {logsnr_max}].")
   if logsnr_min >= logsnr_max:
     raise ValueError(
         f"diffusion.logsnr_min ({logsnr_min}) must be < diffusion.logsnr_max ({logsnr_max}); "
@@ -43,14 +44,6 @@ def logsnr_schedule_cosine(u: jax.Array, *, logsnr_min: float = LOGSNR_MIN,
   a, b = _cosine_ab(logsnr_min, logsnr_max)
   logsnr = -2.0 * jnp.log(jnp.tan(a * jnp.asarray(u, jnp.float32) + b))
   return jnp.clip(logsnr, logsnr_min, logsnr_max)
-
-
-def inverse_logsnr_schedule_cosine(logsnr: jax.Array, *, logsnr_min: float = LOGSNR_MIN,
-                                   logsnr_max: float = LOGSNR_MAX) -> jax.Array:
-  """u(λ), the inverse of `logsnr_schedule_cosine`: u = (arctan(e^{−λ/2}) − b) / a."""
-  check_logsnr_range(logsnr_min, logsnr_max)
-  a, b = _cosine_ab(logsnr_min, logsnr_max)
-  return (jnp.arctan(jnp.exp(-0.5 * jnp.asarray(logsnr, jnp.float32))) - b) / a
 
 
 def alpha_sq(logsnr: jax.Array) -> jax.Array:

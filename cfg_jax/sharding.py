@@ -1,22 +1,9 @@
 """Device mesh and shardings: a 2-D (`data`, `fsdp`) mesh with explicit NamedShardings.
 
-The same code runs on 1 CPU, on 8 fake CPU devices
-(XLA_FLAGS=--xla_force_host_platform_device_count=8) and on a pod slice. The mesh has
-`data` = devices / fsdp rows and `fsdp` columns (config section `mesh`):
-
-- the batch is split over both axes, P(("data", "fsdp")): every device takes batch / devices
-  examples, whatever the fsdp size;
-- parameters, EMA parameters and optimizer state shard their largest dimension that the fsdp
-  size divides over `fsdp` when the array has at least `mesh.fsdp_min_size` elements (ZeRO-3
-  style: XLA all-gathers each weight where it is used and reduce-scatters its gradient);
-  smaller arrays, scalars and arrays with no such dimension are replicated. With fsdp = 1 this
-  is plain data parallelism (everything replicated);
-- metrics and rngs are replicated; the train state is donated.
-
-Devices are laid out in `jax.devices()` order, which lists each process's devices together, so an
-fsdp group never spans processes when fsdp divides the local device count (gathers stay on the
-fast intra-host links) and each process's share of the batch is one contiguous block (what
-`jax.make_array_from_process_local_data` needs).
+The batch is split over both axes; parameters, EMA parameters and optimizer state shard their
+largest fsdp-divisible dimension over `fsdp` when large enough (ZeRO-3 style), everything else is
+replicated; the same code runs on 1 CPU, on fake CPU devices and on a pod slice. The rules and the
+device order are in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -36,6 +23,33 @@ BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 DEFAULT_FSDP_MIN_SIZE = 2**16
 
 
+def mesh_axis_sizes(num_devices: int, fsdp: int) -> tuple[int, int]:
+  """(data, fsdp) sizes of the mesh over `num_devices` devices, data = num_devices / fsdp; raises
+  ValueError unless fsdp >= 1 divides num_devices."""
+  if fsdp < 1:
+    raise ValueError(f"mesh.fsdp must be >= 1 (1 = data parallel, everything replicated), got "
+                     f"{fsdp}.")
+  if num_devices % fsdp:
+    divisors = [k for k in range(1, num_devices + 1) if num_devices % k == 0]
+    raise ValueError(f"mesh.fsdp={fsdp} does not divide the {num_devices} devices (the mesh is "
+                     f"data = devices / fsdp by fsdp); use one of {divisors}, e.g. "
+                     f"--config.mesh.fsdp={max(k for k in divisors if k <= fsdp)}.")
+  return num_devices // fsdp, fsdp
+
+
+def check_batch_size(batch_size: int, mesh_shape: tuple[int, int], *, field: str) -> None:
+  """Raises ValueError unless the global batch `batch_size` (the config field `field`) splits
+  evenly over every device of a (data, fsdp) mesh, as `global_batch` and the train step need."""
+  data, fsdp = mesh_shape
+  n = data * fsdp
+  if batch_size < 1:
+    raise ValueError(f"{field} must be >= 1, got {batch_size}.")
+  if batch_size % n:
+    raise ValueError(f"{field}={batch_size} is not divisible by the {n} devices of the mesh "
+                     f"(data={data} x fsdp={fsdp}): the batch splits over every device; use a "
+                     f"multiple of {n}, e.g. {math.ceil(batch_size / n) * n}.")
+
+
 def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
   """A (data, fsdp) mesh over the first `num_devices` devices (default: all, across all
   processes), with data = num_devices / fsdp."""
@@ -44,20 +58,17 @@ def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
     if not 1 <= num_devices <= len(devices):
       raise ValueError(f"num_devices={num_devices} but {len(devices)} devices are visible.")
     devices = devices[:num_devices]
-  n = len(devices)
-  if fsdp < 1 or n % fsdp:
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    raise ValueError(f"mesh.fsdp={fsdp} does not divide the {n} devices: the mesh is (data = "
-                     f"devices / fsdp, fsdp); use one of {divisors}.")
-  return Mesh(np.asarray(devices).reshape(n // fsdp, fsdp), BATCH_AXES)
+  shape = mesh_axis_sizes(len(devices), fsdp)
+  return Mesh(np.asarray(devices).reshape(shape), BATCH_AXES)
 
 
 def mesh_config(config: Any) -> tuple[int, int]:
-  """(fsdp, fsdp_min_size) of a config; a config without a `mesh` section is data-parallel."""
-  m = config.get("mesh") if hasattr(config, "get") else None
-  if m is None:
-    return 1, DEFAULT_FSDP_MIN_SIZE
-  return int(m.fsdp), int(m.fsdp_min_size)
+  """(fsdp, fsdp_min_size) of `config.mesh`; raises ValueError if fsdp_min_size < 0."""
+  fsdp, min_size = int(config.mesh.fsdp), int(config.mesh.fsdp_min_size)
+  if min_size < 0:
+    raise ValueError(f"mesh.fsdp_min_size must be >= 0 (arrays with fewer elements stay "
+                     f"replicated), got {min_size}.")
+  return fsdp, min_size
 
 
 def make_mesh_from_config(config: Any, num_devices: int | None = None) -> Mesh:

@@ -1,14 +1,8 @@
 """An exact-score 2D demo of guidance: per-class mixtures of isotropic Gaussians.
 
-Class c has density p(x | c) = Σ_j π_{c,j} N(x; μ_{c,j}, s_{c,j}² I); the unconditional density
-(label ∅) is p(x) = Σ_c p(c) p(x | c). Both are Gaussian mixtures, so E[ε | z_λ] is known in closed
-form at every λ: z_λ = α x + σ ε has p(z_λ) = Σ_m π_m N(z; α μ_m, (α² s_m² + σ²) I), and
-
-    E[ε | z] = Σ_m r_m(z) σ (z − α μ_m) / (α² s_m² + σ²),  r_m ∝ π_m N(z; α μ_m, (α² s_m² + σ²) I),
-
-which equals (z − α E[x | z]) / σ with E[x | z] the responsibility-weighted posterior mean, but is
-computed without dividing by σ (finite at λ = ±20 in float32); responsibilities use logsumexp.
-`eps_fn(toy)` is an ε-function for `sampling.sample`, labels in [0, K] with K = ∅.
+E[ε | z_λ] of a Gaussian mixture is known in closed form at every λ, so `eps_fn(toy)` is an exact
+ε-function for `sampling.sample` (labels in [0, K], K = ∅), computed without dividing by σ; the
+formula is in docs/samplers.md.
 
     python -m cfg_jax.toy2d --out toy2d.png [--samples N] [--steps T] [--sampler heun]
 

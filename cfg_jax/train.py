@@ -19,7 +19,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from cfg_jax import config_lib, diffusion, guidance, images, models, sampling, schedules
+from cfg_jax import config_lib, diffusion, guidance, images, models, sampling, sampling_runner
+from cfg_jax import schedules
 from cfg_jax import sharding as sharding_lib
 from cfg_jax import train_loop, train_state
 from cfg_jax.evaluation import digits_judge
@@ -108,8 +109,8 @@ def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, conf
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   paths, tb_images = {}, {}
   for w in config.guidance.w_values:
-    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=config.sampling.batch_size, mesh=mesh)
+    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
+                                 batch_size=config.sampling.batch_size, mesh=mesh)
     grid = images.make_grid(x, ncols=per_class)
     if jax.process_index() == 0:
       path = os.path.join(workdir, "samples", f"step_{step:08d}_w{w:g}.png")
@@ -127,8 +128,8 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_033)
   acc = {}
   for w in config.evaluation.judge_w_values:
-    x = sampling.generate(sampler, params, rng, labels=labels, w=float(w),
-                          batch_size=config.sampling.batch_size, mesh=mesh)
+    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
+                                 batch_size=config.sampling.batch_size, mesh=mesh)
     acc[float(w)] = digits_judge.class_accuracy(x, labels, data_dir=config.data.data_dir,
                                                 name=config.data.name)
     logging.info("step %d: SVM class accuracy of %d samples at w=%g: %.3f", step, n, w,
@@ -141,17 +142,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains per `config`, resuming from the latest checkpoint in `workdir`; returns the state."""
   from cfg_jax import data  # lazily: TF import
 
-  spec = data.dataset_spec(config.data)
-  config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count(),
-                      dataset_spec=spec)
+  config_lib.validate(config)
   mesh = sharding_lib.make_mesh_from_config(config)
-  data.check_available(config.data)  # clear error before anything is compiled
+  spec = data.check_available(config.data)  # clear error before anything is compiled
 
   os.makedirs(workdir, exist_ok=True)
   t = config.training
   model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, state_sharding = create_train_state(config, model, tx, mesh, spec.image_shape)
-  sampler = sampling.make_sampler(
+  sampler = sampling_runner.make_sampler(
       model.apply, shape=spec.image_shape, null_label=config.data.num_classes, mesh=mesh,
       config=sampling.SamplerConfig.from_config(config))
   judge = (config.data.name in digits_judge.DATASETS

@@ -7,15 +7,14 @@ with network). On one accelerator host:
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 """
 
-from cfg_jax import config_lib
+import os
+import runpy
 
 
 def get_config(arg=None):
   del arg
-  c = config_lib.load_sibling(__file__, "default").get_config()
+  c = runpy.run_path(os.path.join(os.path.dirname(__file__), "default.py"))["get_config"]()
   c.data.name = "cifar10"
-  c.data.image_size = 32
-  c.data.num_classes = 10
   c.data.random_flip = True
   c.model.ch = 128
   c.model.ch_mult = (1, 2, 2, 2)

@@ -5,11 +5,30 @@ overridden from the command line, e.g. `--config.training.batch_size=128`; a key
 exist is an error (the config is locked).
 
     python -m cfg_jax.main --config=configs/default.py --workdir=runs/default
+
+Config files import only ml_collections and the standard library; the others build on this one
+through `runpy` (they are loaded by path, not as a package) and may use its `parse_arg`.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
-from cfg_jax import classifier as classifier_lib
+
+def parse_arg(arg, **defaults):
+  """The config argument `k1=v1,k2=v2` (a bare `k` means True) over `defaults`, as a ConfigDict;
+  values take the type of their default, and an unknown key is an error."""
+  out = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; valid ones: {sorted(defaults)}.")
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.strip().lower() in ("", "1", "true", "yes")
+    else:
+      out[key] = kind(value)
+  return ml_collections.ConfigDict(out)
 
 
 def get_config(arg=None):
@@ -20,8 +39,10 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"        # digits | cifar10 | imagenet64 | imagenet128
   c.data.data_dir = ""          # '' = tfds default (digits: ~/.cache/cfg_jax/tensorflow_datasets)
-  c.data.image_size = 8
-  c.data.num_classes = 10       # the null label ∅ is the extra id `num_classes`
+  # Set from the dataset (data.name) when the config is loaded or validated: leave them unset.
+  # The null label ∅ is the extra class id `num_classes`.
+  c.data.image_size = config_dict.placeholder(int)
+  c.data.num_classes = config_dict.placeholder(int)
   c.data.random_flip = False
 
   # ADM-style U-Net (models/unet.py).
@@ -120,6 +141,20 @@ def get_config(arg=None):
   c.evaluation.classifier_workdir = ""   # '' = the evaluated workdir
 
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
-  # (cfg_jax/classifier.py; defaults sized for the 8x8 digits).
-  c.classifier = classifier_lib.default_classifier_config()
+  # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8
+  # and 32 at 4x4, attention at 4x4.
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.ch = 16
+  c.classifier.ch_mult = (1, 2)
+  c.classifier.num_res_blocks = 1
+  c.classifier.attn_resolutions = (4,)
+  c.classifier.head_channels = 16
+  # GroupNorm groups: with gcd(32, 16) = 16 groups of one channel the pooled head sees
+  # per-channel-normalised features and the classifier learns several times slower.
+  c.classifier.num_groups = 4
+  c.classifier.batch_size = 64
+  c.classifier.num_train_steps = 1000
+  c.classifier.learning_rate = 2e-3
+  c.classifier.log_every_steps = 100
+  c.classifier.checkpoint_every_steps = 500
   return c

@@ -10,15 +10,15 @@ Paper: λ ∈ [−20, 20], v = 0.2, 2.7M training steps, T = 128/256/1024. Batch
 follow ADM for ImageNet 128: batch 256, lr 1e-4, no dropout, 4 attention heads.
 """
 
-from cfg_jax import config_lib
+import os
+import runpy
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, p_uncond=0.1)
-  c = config_lib.load_sibling(__file__, "default").get_config()
+  default = runpy.run_path(os.path.join(os.path.dirname(__file__), "default.py"))
+  args = default["parse_arg"](arg, p_uncond=0.1)
+  c = default["get_config"]()
   c.data.name = "imagenet128"
-  c.data.image_size = 128
-  c.data.num_classes = 1000
   c.data.random_flip = True
   c.model.ch = 256
   c.model.ch_mult = (1, 1, 2, 3, 4)

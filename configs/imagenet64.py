@@ -10,15 +10,15 @@ Paper: λ ∈ [−20, 20], v = 0.3, 400K training steps, T = 256. Batch size, le
 EMA follow ADM (Dhariwal & Nichol 2021) for ImageNet 64: batch 2048, lr 3e-4, dropout 0.1.
 """
 
-from cfg_jax import config_lib
+import os
+import runpy
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, p_uncond=0.1)
-  c = config_lib.load_sibling(__file__, "default").get_config()
+  default = runpy.run_path(os.path.join(os.path.dirname(__file__), "default.py"))
+  args = default["parse_arg"](arg, p_uncond=0.1)
+  c = default["get_config"]()
   c.data.name = "imagenet64"
-  c.data.image_size = 64
-  c.data.num_classes = 1000
   c.data.random_flip = True
   c.model.ch = 192
   c.model.ch_mult = (1, 2, 3, 4)

@@ -6,15 +6,14 @@ Sized for a 2-core CPU (the training time measured there is in the README):
     python -m cfg_jax.main --config=configs/mnist.py --workdir=runs/mnist --mode=evaluate
 """
 
-from cfg_jax import config_lib
+import os
+import runpy
 
 
 def get_config(arg=None):
   del arg
-  c = config_lib.load_sibling(__file__, "default").get_config()
+  c = runpy.run_path(os.path.join(os.path.dirname(__file__), "default.py"))["get_config"]()
   c.data.name = "mnist"
-  c.data.image_size = 28
-  c.data.num_classes = 10
   # 0.35M-parameter U-Net at 28, 14 and 7 pixels, attention at 7×7.
   c.model.ch = 16
   c.model.ch_mult = (1, 2, 2)

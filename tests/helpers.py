@@ -7,8 +7,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, arg: str | None = None):
-  module = config_lib.load_sibling(os.path.join(REPO, "configs", "x.py"), name)
-  return module.get_config(arg)
+  return config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"), arg)
 
 
 def tiny_config(**overrides):

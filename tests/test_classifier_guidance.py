@@ -43,11 +43,8 @@ def toy_classifier_apply(variables, z, logsnr, *, train):
 def tiny_classifier_config(**overrides):
   """The digits config with a tiny classifier section (one 8×8 level: fast to compile)."""
   c = load_config("digits")
-  cc = classifier.default_classifier_config()
-  cc.update({**dict(ch=8, ch_mult=(1,), attn_resolutions=(), head_channels=8, num_groups=4,
-                    batch_size=32, learning_rate=5e-3), **overrides})
-  with c.unlocked():
-    c.classifier = cc
+  c.classifier.update({**dict(ch=8, ch_mult=(1,), attn_resolutions=(), head_channels=8,
+                              num_groups=4, batch_size=32, learning_rate=5e-3), **overrides})
   return c
 
 
@@ -301,8 +298,9 @@ def test_evaluation_job_sweeps_the_classifier_scale(tmp_path):
   run_cli(workdir, *TINY_EVAL)
   with open(os.path.join(workdir, "eval", "results.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  assert [(r["guidance"], r["w"], r["step"]) for r in rows] == [
+  assert [(r["guidance"], r["scale"], r["step"]) for r in rows] == [
       ("classifier", 0.0, 4), ("classifier", 4.0, 4)]
+  assert not any("w" in r for r in rows)
   settings = json.loads(rows[0]["sampler_settings"])
   assert settings["guided"] is False and settings["classifier_guidance"]["model_labels"] == "cond"
   assert all(np.isfinite(r["fd"]) and 0.0 <= r["class_accuracy"] <= 1.0 for r in rows)

@@ -1,11 +1,18 @@
 """Configs load, validate, and bad values get errors that name the field."""
+import ast
+import os
+import runpy
+import sys
+
 import pytest
 
-from cfg_jax import config_lib
-from tests.helpers import load_config, tiny_config
+from cfg_jax import config_lib, data
+from tests.helpers import REPO, load_config, tiny_config
+
+CONFIGS = ["default", "digits", "mnist", "cifar10", "imagenet64", "imagenet128"]
 
 
-@pytest.mark.parametrize("name", ["default", "digits", "mnist", "cifar10", "imagenet64", "imagenet128"])
+@pytest.mark.parametrize("name", CONFIGS)
 def test_configs_load_and_validate(name):
   c = load_config(name)
   config_lib.validate(c, num_devices=8)
@@ -21,7 +28,7 @@ def test_imagenet_configs_follow_paper():
   assert load_config("imagenet64").guidance.p_uncond == 0.1
   c128 = load_config("imagenet128")
   assert c128.sampling.v == 0.2 and c128.training.num_train_steps == 2_700_000
-  with pytest.raises(config_lib.ConfigError, match="unknown config argument"):
+  with pytest.raises(ValueError, match="unknown config argument"):
     load_config("imagenet64", "puncond=0.2")
 
 
@@ -35,7 +42,18 @@ def test_locked_config_rejects_unknown_keys():
     ("diffusion.logsnr_min", 20.0, "diffusion.logsnr_min"),
     ("guidance.p_uncond", 1.5, "guidance.p_uncond"),
     ("guidance.p_uncond", -0.1, "guidance.p_uncond"),
-    ("data.image_size", 7, "cannot be halved"),
+    ("model.ch_mult", (1, 2, 2, 2, 2), "cannot be halved 4 times for model.ch_mult"),
+    ("data.image_size", 7, "data.image_size=7 but dataset 'digits' gives 8x8 images"),
+    ("data.num_classes", 12, "data.num_classes=12 but dataset 'digits' has 10 classes"),
+    ("data.name", "svhn", "Unknown dataset data.name='svhn'"),
+    ("model.dtype", "int8", "model.dtype must be float32"),
+    ("model.dtype", "bfloat", "model.dtype='bfloat'"),
+    ("model.dropout", 1.0, "model.dropout must be in"),
+    ("model.ch", 0, "model.ch=0"),
+    ("diffusion.logsnr_max", float("inf"), "diffusion.logsnr_min and diffusion.logsnr_max"),
+    ("evaluation.num_steps_values", (16, 1), "evaluation.num_steps_values holds 1"),
+    ("evaluation.w_values", (-1.5,), "evaluation.w_values"),
+    ("sampling.w_values", (float("inf"),), "sampling.w_values"),
     ("model.attn_resolutions", (3,), "model.attn_resolutions"),
     ("training.batch_size", 12, "not divisible by the 8 devices"),
     ("sampling.v", 2.0, "sampling.v"),
@@ -55,3 +73,40 @@ def test_errors_are_collected():
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(c)
   assert "guidance.p_uncond" in str(e.value) and "sampling.v" in str(e.value)
+
+
+def test_errors_list_every_section():
+  """One bad field of each kind: the dataset, the U-Net, the sampler, the mesh, plain fields."""
+  c = tiny_config(**{"data.num_classes": 3, "model.head_channels": 5, "sampling.eta": 2.0,
+                     "mesh.fsdp": 3, "training.ema_decay": 1.0})
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(c, num_devices=8)
+  for field in ("data.num_classes", "sampling.eta", "mesh.fsdp", "training.ema_decay"):
+    assert field in str(e.value)
+  c = tiny_config(**{"model.head_channels": 5, "sampling.eta": 2.0})
+  with pytest.raises(config_lib.ConfigError, match="(?s)model.head_channels=5.*sampling.eta"):
+    config_lib.validate(c, num_devices=8)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_dataset_fields_come_from_the_dataset(name):
+  """Configs leave data.image_size / num_classes unset; loading fills them from data.name."""
+  raw = runpy.run_path(os.path.join(REPO, "configs", f"{name}.py"))["get_config"]()
+  assert raw.data.image_size is None and raw.data.num_classes is None
+  spec = data.dataset_spec(raw.data)
+  c = load_config(name)
+  assert (c.data.image_size, c.data.num_classes) == (spec.image_shape[0], spec.num_classes)
+  config_lib.validate(raw, num_devices=8)  # validate fills them too
+  assert (raw.data.image_size, raw.data.num_classes) == (spec.image_shape[0], spec.num_classes)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_import_only_ml_collections_and_the_standard_library(name):
+  with open(os.path.join(REPO, "configs", f"{name}.py")) as f:
+    tree = ast.parse(f.read())
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      for module in ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module]):
+        top = module.split(".")[0]
+        assert top == "ml_collections" or top in sys.stdlib_module_names, (name, module)

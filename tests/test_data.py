@@ -298,11 +298,11 @@ def test_train_iterator_streaming_reader_matches_in_memory(digits_cfg, monkeypat
       data.train_iterator(digits_cfg, global_batch_size=16, seed=4, start_step=90), 3)
 
   def fail(*args):
-    raise AssertionError("in-memory load used despite in_memory_max_bytes=0")
+    raise AssertionError("in-memory load used despite IN_MEMORY_MAX_BYTES=0")
 
   monkeypatch.setattr(pipeline, "_load_in_memory", fail)
-  streamed_cfg = _cfg(data_dir=digits_cfg.data_dir, in_memory_max_bytes=0)
-  it = data.train_iterator(streamed_cfg, global_batch_size=16, seed=4, start_step=90)
+  monkeypatch.setattr(pipeline, "IN_MEMORY_MAX_BYTES", 0)
+  it = data.train_iterator(digits_cfg, global_batch_size=16, seed=4, start_step=90)
   streamed = _take(it, 3)
   _assert_batches_equal(streamed, in_memory)
   # Dropping the iterator stops its prefetch thread.

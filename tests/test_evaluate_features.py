@@ -84,3 +84,29 @@ def test_inception_net_follows_the_weights_setting(tmp_path, monkeypatch):
   config.evaluation.inception_weights = ""
   with pytest.raises(inception.InceptionWeightsError, match="make fid-weights"):
     evaluate.feature_net(config)
+
+
+def test_results_rows_name_the_classifier_scale_and_old_files_still_load(tmp_path):
+  import json
+  from tests.helpers import load_config
+  config = load_config("digits")
+  config.evaluation.guidance = "classifier"
+  config.evaluation.classifier_scales = (0.0, 4.0)
+  config.evaluation.num_steps_values = (4,)
+  key, n = evaluate.settings_key(config, 4), config.evaluation.num_samples
+  os.makedirs(tmp_path / "eval")
+  with open(evaluate.results_path(str(tmp_path)), "w") as f:  # as written before `scale`
+    for s in (0.0, 4.0):
+      f.write(json.dumps({"step": 3, "guidance": "classifier", "w": s, "num_samples": n,
+                          "sampler_settings": key}) + "\n")
+    f.write(json.dumps({"step": 3, "w": 1.0, "num_samples": n}) + "\n")  # before `guidance`
+  rows = evaluate.load_results(str(tmp_path))
+  assert [(r["guidance"], "w" in r, evaluate.guidance_strength(r)) for r in rows] == [
+      ("classifier", False, 0.0), ("classifier", False, 4.0), ("cfg", True, 1.0)]
+  assert evaluate.sweep_done(str(tmp_path), 3, config)
+  assert not evaluate.sweep_done(str(tmp_path), 4, config)
+  evaluate.append_results(str(tmp_path), [{"step": 4, "guidance": "classifier", "scale": 4.0}])
+  with open(tmp_path / "eval" / "results.csv") as f:
+    header, *lines = f.read().splitlines()
+  assert header.startswith("step,guidance,num_steps,w,scale,") and len(lines) == 4
+  assert lines[0].startswith("3,classifier,,,0.0,") and lines[2].startswith("3,cfg,,1.0,,")

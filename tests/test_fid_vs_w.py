@@ -48,3 +48,38 @@ def test_report_renders_every_cell():
                           "rounds": 100, "sweeps": [sweep], "train_seconds": {}, "commands": []})
   assert "| digits | 0.1 | 1 | Inception FID | 0.3 |" in md and "| 0.3 | " in md
   assert "| 1.8 |" in md and "| 3.03 |" in md  # the paper's ImageNet 64 FID beside w = 0, 0.3
+
+
+class _RecordingEvaluator:
+  """Stands in for evaluate.Evaluator: records which w each sweep ran and writes their rows and
+  feature files as the real one does."""
+
+  def __init__(self, config, workdir):
+    self.config, self.workdir, self.calls = config, workdir, []
+
+  def evaluate_step(self, step):
+    from cfg_jax import evaluate
+    c = self.config
+    t, n = c.sampling.num_steps, c.evaluation.num_samples
+    self.calls.append(tuple(c.evaluation.w_values))
+    rows = [{"step": step, "w": float(w), "num_samples": n, "fid": 10.0 + w,
+             "sampler_settings": evaluate.settings_key(c, t)} for w in c.evaluation.w_values]
+    for w in c.evaluation.w_values:
+      path = fid_vs_w.feature_file(self.workdir, step, t, w, n)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      np.savez(path, features=np.zeros(1))
+    evaluate.append_results(self.workdir, rows)
+    return rows
+
+
+def test_evaluate_cells_runs_only_the_missing_w(tmp_path):
+  args = fid_vs_w.argparse.Namespace(num_samples=20, reference_examples=-1, eval_batch=10,
+                                     inception_weights="", quick=False)
+  ev = _RecordingEvaluator(fid_vs_w.load_config("digits", 0.1, args), str(tmp_path))
+  first = fid_vs_w.evaluate_cells(ev, str(tmp_path), 7, (0.0, 0.5))
+  both = fid_vs_w.evaluate_cells(ev, str(tmp_path), 7, (0.0, 0.3, 0.5, 1.0))
+  again = fid_vs_w.evaluate_cells(ev, str(tmp_path), 7, (0.0, 1.0))
+  assert ev.calls == [(0.0, 0.5), (0.3, 1.0)]  # the third call finds every row
+  assert [r["w"] for r in first] == [0.0, 0.5]
+  assert [r["fid"] for r in both] == [10.0, 10.3, 10.5, 11.0]
+  assert [r["w"] for r in again] == [0.0, 1.0]

@@ -12,8 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cfg_jax import checkpointing, config_lib, evaluate, models, sample, sampling, sharding, train
-from cfg_jax import train_state
+from cfg_jax import checkpointing, config_lib, evaluate, models, sample, sampling
+from cfg_jax import sampling_runner, sharding, train, train_state
 from tests.helpers import REPO, tiny_config
 
 FSDP_SPEC = P(None, None, None, "fsdp")
@@ -85,13 +85,15 @@ def test_sampling_from_fsdp_params_matches_one_device(fsdp_state):
   rng = jax.random.key(3)
   gathered = sharding.gather_replicated(state.ema_params)
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(gathered))
-  x8 = sampling.generate(
-      sampling.make_sampler(model.apply, shape=(8, 8, 1), null_label=10, config=cfg, mesh=mesh),
+  x8 = sampling_runner.generate(
+      sampling_runner.make_sampler(model.apply, shape=(8, 8, 1), null_label=10, config=cfg,
+                                   mesh=mesh),
       state.ema_params, rng, labels=labels, w=1.0, batch_size=16, num_devices=mesh.size)
   one = sharding.make_mesh(1)
   params1 = jax.device_put(jax.device_get(state.ema_params), sharding.replicated(one))
-  x1 = sampling.generate(
-      sampling.make_sampler(model.apply, shape=(8, 8, 1), null_label=10, config=cfg, mesh=one),
+  x1 = sampling_runner.generate(
+      sampling_runner.make_sampler(model.apply, shape=(8, 8, 1), null_label=10, config=cfg,
+                                   mesh=one),
       params1, rng, labels=labels, w=1.0, batch_size=16, num_devices=1)
   assert x8.shape == (10, 8, 8, 1)
   np.testing.assert_allclose(x8, x1, atol=1e-4)

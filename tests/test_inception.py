@@ -124,7 +124,7 @@ def test_table_matches_network_and_converter_round_trips(params):
   assert flat["Mixed_6b/branch7x7_2/conv/kernel"].shape == (1, 7, 128, 128)  # OIHW → HWIO
   # The converted tree is accepted by the network as it is.
   out = inception.jit_features(params, images(0), resize=False)
-  assert out["pool"].shape == (2, inception.POOL_DIM)
+  assert out["pool"].shape == (2, 2048)
   assert out["logits"].shape == (2, inception.NUM_CLASSES)
   assert np.all(np.isfinite(out["pool"])) and np.all(np.isfinite(out["logits"]))
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import models, sampling, sharding, train, train_state
+from cfg_jax import models, sampling, sampling_runner, sharding, train, train_state
 from tests.helpers import tiny_config
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -95,8 +95,8 @@ def test_sampling_loop_does_not_recompile_or_transfer():
   shape = (8, 8, 1)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, _ = train.create_train_state(config, model, tx, mesh, shape)
-  sampler = sampling.make_sampler(model.apply, shape=shape, null_label=10, mesh=mesh,
-                                  config=sampling.SamplerConfig.from_config(config))
+  sampler = sampling_runner.make_sampler(model.apply, shape=shape, null_label=10, mesh=mesh,
+                                         config=sampling.SamplerConfig.from_config(config))
   b = 2 * mesh.size
   rep, dat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   rng = jax.device_put(jax.random.key(1), rep)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import sampling, schedules
+from cfg_jax import sampling, sampling_runner, schedules
 
 MU = jnp.array([[1.5, -0.5], [-1.0, 1.0]])  # class means; ∅ is class 2
 S = 0.5                                        # per-dimension std of each class
@@ -76,9 +76,9 @@ def test_generate_pads_to_devices():
   sampler = jax.jit(lambda p, rng, ids, y, w: sampling.sample(
       gaussian_eps, rng=rng, sample_ids=ids, labels=y, w=w, shape=(2,), null_label=2, config=cfg))
   labels = np.array([0, 1, 0, 1, 0, 1, 1])
-  a = sampling.generate(sampler, None, jax.random.key(0), labels=labels, w=1.0, batch_size=3,
-                        num_devices=4)
-  b = sampling.generate(sampler, None, jax.random.key(0), labels=labels, w=1.0, batch_size=7,
-                        num_devices=1)
+  a = sampling_runner.generate(sampler, None, jax.random.key(0), labels=labels, w=1.0,
+                               batch_size=3, num_devices=4)
+  b = sampling_runner.generate(sampler, None, jax.random.key(0), labels=labels, w=1.0,
+                               batch_size=7, num_devices=1)
   assert a.shape == (7, 2)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

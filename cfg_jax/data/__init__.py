@@ -1,7 +1,7 @@
 """Data layer: the offline `cfg_digits` TFDS dataset and input pipelines.
 
-See :mod:`cfg_jax.data.pipeline` for batch format, determinism and resume
-guarantees, and :mod:`cfg_jax.data.digits` for the digits dataset and split.
+docs/data.md describes the batch format, the determinism and resume guarantees, and
+the digits dataset and its split.
 """
 
 from cfg_jax.data.digits import CfgDigits

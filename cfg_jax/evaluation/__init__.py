@@ -8,10 +8,8 @@ from cfg_jax.evaluation.metrics import frechet_distance
 from cfg_jax.evaluation.metrics import inception_score
 from cfg_jax.evaluation.metrics import precision_recall
 from cfg_jax.evaluation.metrics import sqrt_trace_product
-from cfg_jax.evaluation.metrics import StatsAccumulator
 
 __all__ = [
-    "StatsAccumulator",
     "feature_statistics",
     "frechet_distance",
     "inception_score",

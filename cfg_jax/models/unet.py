@@ -1,24 +1,10 @@
 """ADM-style U-Net (Dhariwal & Nichol 2021) in Flax linen, conditioned on log-SNR and class.
 
-This is the noise-prediction network eps_theta(z_lambda, c) used by classifier-free
-guidance (Ho & Salimans 2022).  The architecture mirrors openai/guided-diffusion's
-``UNetModel`` with ``use_scale_shift_norm=True`` so that parameter counts match it
-exactly (plus one extra embedding row for the NULL label).
-
-Differences from the PyTorch reference (none of them changes the parameter count):
-
-* Layout is NHWC.
-* Conditioning is the log-SNR lambda instead of an integer timestep; it is mapped to
-  ``u = arctan(exp(-lambda/2)) / (pi/2)`` in [0, 1] (the cosine-schedule "time") and
-  then embedded sinusoidally at ``1000 * u``.
-* ``attn_resolutions`` are *spatial sizes* of feature maps (e.g. 16 means "at the
-  16x16 feature map"), not downsampling rates.  For non-square inputs the height is
-  used.
-* The class embedding has ``num_classes + 1`` rows; id ``num_classes`` is the NULL
-  label used for the unconditional model.
-* Attention splits q/k/v before heads (ADM's ``use_new_attention_order``).
-* Kernels use PyTorch's default fan-in uniform initialisation (variance
-  ``1 / (3 fan_in)``); biases start at zero.
+The noise-prediction network eps_theta(z_lambda, c) of classifier-free guidance, mirroring
+openai/guided-diffusion's ``UNetModel`` (``use_scale_shift_norm=True``) so that parameter counts
+match it exactly, plus one class-embedding row for the NULL label ``num_classes``. The differences
+from the PyTorch reference (NHWC, log-SNR conditioning, attention resolutions as feature-map sizes,
+initialisation) are listed in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -107,6 +93,22 @@ def resolve_num_heads(channels: int, head_channels: int, num_heads: int) -> int:
             "layer; choose num_heads dividing every ch * ch_mult[i]."
         )
     return num_heads
+
+
+def check_hyperparameters(
+    ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, dropout: float, dtype: Any
+) -> None:
+    """Raise ValueError for widths or block counts below 1, dropout outside [0, 1) or a
+    computation dtype other than float32, bfloat16 and float16."""
+    if ch < 1 or not ch_mult or min(ch_mult) < 1 or num_res_blocks < 1:
+        raise ValueError(
+            f"ch={ch}, num_res_blocks={num_res_blocks} and every entry of "
+            f"ch_mult={tuple(ch_mult)} must be >= 1 (ch_mult non-empty)."
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    if jnp.dtype(dtype) not in (jnp.float32, jnp.bfloat16, jnp.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {jnp.dtype(dtype)}.")
 
 
 def check_image_size(height: int, width: int, ch_mult: tuple[int, ...]) -> None:
@@ -304,6 +306,9 @@ class UNet(nn.Module):
         assert labels.shape == (batch,), f"labels must have shape {(batch,)}, got {labels.shape}"
         assert jnp.issubdtype(labels.dtype, jnp.integer), f"labels must be ints, got {labels.dtype}"
         n_levels = len(self.ch_mult)
+        check_hyperparameters(
+            self.ch, self.ch_mult, self.num_res_blocks, self.dropout, self.dtype
+        )
         check_image_size(height, width, self.ch_mult)
         check_attn_resolutions(height, tuple(self.attn_resolutions), n_levels)
         for m in self.ch_mult:  # validate the head configuration up front

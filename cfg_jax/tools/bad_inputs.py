@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _digits_config(**overrides):
   from cfg_jax import config_lib
-  c = config_lib.load_sibling(os.path.join(REPO, "configs", "digits.py"), "digits").get_config()
+  c = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   with c.unlocked():
     for key, value in overrides.items():
       section, _, field = key.partition(".")
@@ -31,9 +31,8 @@ def _digits_config(**overrides):
 
 
 def _validate(**overrides):
-  from cfg_jax import config_lib, data
-  c = _digits_config(**overrides)
-  config_lib.validate(c, num_devices=8, dataset_spec=data.dataset_spec(c.data))
+  from cfg_jax import config_lib
+  config_lib.validate(_digits_config(**overrides), num_devices=8)
 
 
 def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
@@ -79,12 +78,15 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
       ("λ_min ≥ λ_max", lambda: _validate(**{"diffusion.logsnr_min": 20.0})),
       ("p_uncond outside [0, 1]", lambda: _validate(**{"guidance.p_uncond": 1.5})),
       ("w below −1 or NaN", lambda: _validate(**{"guidance.w_values": (0.0, -2.0)})),
-      ("image size the U-Net cannot halve", lambda: _validate(**{"data.image_size": 7})),
+      ("image size the U-Net cannot halve (8×8 digits, five levels)",
+       lambda: _validate(**{"model.ch_mult": (1, 2, 2, 2, 2)})),
       ("attention at a resolution the U-Net lacks",
        lambda: _validate(**{"model.attn_resolutions": (3,)})),
       ("batch size not divisible by the devices", lambda: _validate(**{"training.batch_size": 12})),
       ("fsdp size that does not divide the devices (`--config.mesh.fsdp=3` on 8)",
        lambda: _validate(**{"mesh.fsdp": 3})),
+      ("image_size ≠ the dataset's (`--config.data.image_size=7`)",
+       lambda: _validate(**{"data.image_size": 7})),
       ("num_classes ≠ the dataset's", lambda: _validate(**{"data.num_classes": 12})),
       ("sample labels out of range", lambda: _validate(**{"sampling.labels": (3, 10)})),
       ("sampler variance v outside [0, 1]", lambda: _validate(**{"sampling.v": 2.0})),

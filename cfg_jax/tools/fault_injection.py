@@ -84,7 +84,7 @@ def final_states_equal(workdir_a: str, workdir_b: str, steps: int) -> bool:
   import numpy as np
 
   from cfg_jax import checkpointing, config_lib, sharding, train_state
-  config = config_lib.load_sibling(os.path.join(REPO, "configs", "digits.py"), "digits").get_config()
+  config = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   abstract = train_state.abstract_state(config, sharding.make_mesh(1))
   a = checkpointing.Checkpointer(workdir_a, read_only=True).restore(steps, abstract)
   b = checkpointing.Checkpointer(workdir_b, read_only=True).restore(steps, abstract)
