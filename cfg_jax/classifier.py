@@ -347,7 +347,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
                                 process_count=jax.process_count()),
       mesh=mesh, rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 1), hparams=cc,
       metadata={"config": config.to_json(), "classifier": cc.to_json()}, periodic=periodic,
-      what="NoisyClassifier")
+      what="Classifier")
 
 
 def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,
