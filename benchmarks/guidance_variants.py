@@ -32,16 +32,16 @@ sys.path.insert(0, REPO)
 W_VALUES = (0.0, 0.3, 1.0, 3.0)
 NUM_SAMPLES = 1000
 VARIANTS = {
-    "ancestral v=0.3 (paper)": [],
-    "DDIM eta=0": ["--config.sampling.sampler=ddim", "--config.sampling.eta=0.0"],
-    "interval λ∈[-3,3]": ["--config.sampling.guidance_interval=(-3.,3.)"],
-    "rescale φ=0.7": ["--config.sampling.rescale_phi=0.7"],
-    "dynamic thresholding p=0.995": ["--config.sampling.thresholding=dynamic"],
+  "ancestral v=0.3 (paper)": [],
+  "DDIM eta=0": ["--config.sampling.sampler=ddim", "--config.sampling.eta=0.0"],
+  "interval λ∈[-3,3]": ["--config.sampling.guidance_interval=(-3.,3.)"],
+  "rescale φ=0.7": ["--config.sampling.rescale_phi=0.7"],
+  "dynamic thresholding p=0.995": ["--config.sampling.thresholding=dynamic"],
 }
 # Classifier guidance: (scale offset s - w, uses the p_uncond = 1 model).
 CLASSIFIER_VARIANTS = {
-    "classifier guidance, conditional model, s = w": (0.0, False),
-    "classifier guidance, p_uncond=1 model, s = 1 + w": (1.0, True),
+  "classifier guidance, conditional model, s = w": (0.0, False),
+  "classifier guidance, p_uncond=1 model, s = 1 + w": (1.0, True),
 }
 
 
@@ -61,12 +61,17 @@ def _has_checkpoint(directory: str) -> bool:
 
 def main() -> None:
   from cfg_jax import evaluate  # after sys.path has the repository
+
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True, help="a trained digits workdir")
-  parser.add_argument("--uncond_workdir", required=True,
-                      help="workdir of the p_uncond = 1 digits model (trained here if missing)")
-  parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
-                                                    "guidance_variants.md"))
+  parser.add_argument(
+    "--uncond_workdir",
+    required=True,
+    help="workdir of the p_uncond = 1 digits model (trained here if missing)",
+  )
+  parser.add_argument(
+    "--out", default=os.path.join(REPO, "benchmarks", "results", "guidance_variants.md")
+  )
   args = parser.parse_args()
   commands, rows = [], {}
   start = time.time()
@@ -75,42 +80,69 @@ def main() -> None:
     _run([*base, f"--workdir={args.workdir}", "--mode=train_classifier"], commands)
   if not _has_checkpoint(os.path.join(args.uncond_workdir, "checkpoints")):
     _run([*base, f"--workdir={args.uncond_workdir}", "--config.guidance.p_uncond=1.0"], commands)
-  runs = {name: (args.workdir, [f"--config.evaluation.w_values={_tuple(W_VALUES)}", *extra])
-          for name, extra in VARIANTS.items()}
+  runs = {
+    name: (args.workdir, [f"--config.evaluation.w_values={_tuple(W_VALUES)}", *extra])
+    for name, extra in VARIANTS.items()
+  }
   for name, (offset, uncond) in CLASSIFIER_VARIANTS.items():
-    extra = ["--config.evaluation.guidance=classifier",
-             f"--config.evaluation.classifier_scales={_tuple(w + offset for w in W_VALUES)}"]
+    extra = [
+      "--config.evaluation.guidance=classifier",
+      f"--config.evaluation.classifier_scales={_tuple(w + offset for w in W_VALUES)}",
+    ]
     if uncond:
-      extra += ["--config.guidance.p_uncond=1.0", "--config.evaluation.classifier_model_labels=null",
-                f"--config.evaluation.classifier_workdir={args.workdir}"]
+      extra += [
+        "--config.guidance.p_uncond=1.0",
+        "--config.evaluation.classifier_model_labels=null",
+        f"--config.evaluation.classifier_workdir={args.workdir}",
+      ]
     runs[name] = (args.uncond_workdir if uncond else args.workdir, extra)
   for name, (workdir, extra) in runs.items():
     before = len(evaluate.load_results(workdir))
-    _run([*base, f"--workdir={workdir}", "--mode=evaluate",
-          f"--config.evaluation.num_samples={NUM_SAMPLES}", *extra], commands)
+    _run(
+      [
+        *base,
+        f"--workdir={workdir}",
+        "--mode=evaluate",
+        f"--config.evaluation.num_samples={NUM_SAMPLES}",
+        *extra,
+      ],
+      commands,
+    )
     new = evaluate.load_results(workdir)[before:]
     offset = CLASSIFIER_VARIANTS.get(name, (0.0, False))[0]
-    rows[name] = [{**r, "w": round(evaluate.guidance_strength(r) - offset, 6)}
-                  for r in new]  # column = matching w
+    rows[name] = [
+      {**r, "w": round(evaluate.guidance_strength(r) - offset, 6)} for r in new
+    ]  # column = matching w
   minutes = (time.time() - start) / 60
-  out = ["# Guidance variants on the digits default (p_uncond = 0.1, T = 64)", "",
-         f"`python benchmarks/guidance_variants.py --workdir <trained digits workdir> --uncond_workdir <dir>`: {minutes:.0f} "
-         f"min on {platform.machine()} with {os.cpu_count()} CPU cores. Each cell: {NUM_SAMPLES} "
-         "class-balanced samples (same noise keys for every variant and w); digits-classifier "
-         "metrics (not Inception FID / IS). `evals` = network evaluations per sample, `guided` = "
-         "how many of them ran the batched [z, z] forward. Classifier-guidance rows sit in the column of "
-         "the w their scale s matches (s = w on the conditional model, s = 1 + w on the p_uncond = 1 "
-         "model; see the script's docstring); their evals are the diffusion model's, each with one "
-         "classifier forward and backward on top.", "",
-         "| variant | evals / guided | " + " | ".join(f"w={w:g}: FD / IS / acc" for w in W_VALUES)
-         + " |", "|---|---|" + "---|" * len(W_VALUES)]
+  out = [
+    "# Guidance variants on the digits default (p_uncond = 0.1, T = 64)",
+    "",
+    f"`python benchmarks/guidance_variants.py --workdir <trained digits workdir> --uncond_workdir <dir>`: {minutes:.0f} "
+    f"min on {platform.machine()} with {os.cpu_count()} CPU cores. Each cell: {NUM_SAMPLES} "
+    "class-balanced samples (same noise keys for every variant and w); digits-classifier "
+    "metrics (not Inception FID / IS). `evals` = network evaluations per sample, `guided` = "
+    "how many of them ran the batched [z, z] forward. Classifier-guidance rows sit in the column of "
+    "the w their scale s matches (s = w on the conditional model, s = 1 + w on the p_uncond = 1 "
+    "model; see the script's docstring); their evals are the diffusion model's, each with one "
+    "classifier forward and backward on top.",
+    "",
+    "| variant | evals / guided | "
+    + " | ".join(f"w={w:g}: FD / IS / acc" for w in W_VALUES)
+    + " |",
+    "|---|---|" + "---|" * len(W_VALUES),
+  ]
   for name, rs in rows.items():
     by_w = {r["w"]: r for r in rs}
     settings = json.loads(rs[0]["sampler_settings"])
-    cells = [f"{by_w[w]['fd']:.2f} / {by_w[w]['is']:.3f} / {by_w[w]['class_accuracy']:.3f}"
-             for w in W_VALUES]
-    out.append(f"| {name} | {settings['network_evals']} / {settings['guided_evals']} | "
-               + " | ".join(cells) + " |")
+    cells = [
+      f"{by_w[w]['fd']:.2f} / {by_w[w]['is']:.3f} / {by_w[w]['class_accuracy']:.3f}"
+      for w in W_VALUES
+    ]
+    out.append(
+      f"| {name} | {settings['network_evals']} / {settings['guided_evals']} | "
+      + " | ".join(cells)
+      + " |"
+    )
   out += ["", "## Commands", "", "```bash", *commands, "```", ""]
   with open(args.out, "w") as f:
     f.write("\n".join(out))

@@ -46,9 +46,14 @@ def time_batch(params, shape, rounds: int) -> dict:
     jax.block_until_ready(compiled(params, x))
     times.append(time.perf_counter() - start)
   median = float(np.median(times))
-  return {"shape": shape, "compile_s": compile_s, "median_s": median,
-          "images_per_s": shape[0] / median, "gflop_per_image": flops / shape[0] / 1e9,
-          "gflop_per_s": flops / median / 1e9}
+  return {
+    "shape": shape,
+    "compile_s": compile_s,
+    "median_s": median,
+    "images_per_s": shape[0] / median,
+    "gflop_per_image": flops / shape[0] / 1e9,
+    "gflop_per_s": flops / median / 1e9,
+  }
 
 
 def main():
@@ -58,14 +63,18 @@ def main():
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
   params, source = load_or_random_params(args.weights)
-  print(f"weights: {source}; devices: {jax.devices()}; cpus: {os.cpu_count()}; "
-        f"load average at start: {os.getloadavg()}")
+  print(
+    f"weights: {source}; devices: {jax.devices()}; cpus: {os.cpu_count()}; "
+    f"load average at start: {os.getloadavg()}"
+  )
   for batch in (int(b) for b in args.batch_sizes.split(",")):
     for size, channels in ((8, 1), (299, 3)):
       r = time_batch(params, (batch, size, size, channels), args.rounds)
-      print(f"batch {batch:4d} of {size}x{size}x{channels}: {r['images_per_s']:6.2f} images/s "
-            f"(median {r['median_s']:.2f} s over {args.rounds}), compile {r['compile_s']:.1f} s, "
-            f"{r['gflop_per_image']:.2f} GFLOP/image, {r['gflop_per_s']:.1f} GFLOP/s")
+      print(
+        f"batch {batch:4d} of {size}x{size}x{channels}: {r['images_per_s']:6.2f} images/s "
+        f"(median {r['median_s']:.2f} s over {args.rounds}), compile {r['compile_s']:.1f} s, "
+        f"{r['gflop_per_image']:.2f} GFLOP/image, {r['gflop_per_s']:.1f} GFLOP/s"
+      )
   print(f"load average at end: {os.getloadavg()}")
 
 

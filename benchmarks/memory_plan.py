@@ -46,12 +46,12 @@ HEADROOM = 0.10
 # guided-diffusion's create_model with its README flags, 3 output channels, without the ∅ row.
 ADM_REFERENCE = {"imagenet64": 295_899_267, "imagenet128": 421_522_691}
 VARIANTS = {  # name: (model.dtype, model.remat)
-    "f32": ("float32", False),
-    "f32+remat": ("float32", True),
-    "bf16": ("bfloat16", False),
-    "bf16+remat": ("bfloat16", True),
+  "f32": ("float32", False),
+  "f32+remat": ("float32", True),
+  "bf16": ("bfloat16", False),
+  "bf16+remat": ("bfloat16", True),
 }
-FIT_BATCHES = (2, 4)   # per-device batches of the affine fit (data parallel, 8 devices)
+FIT_BATCHES = (2, 4)  # per-device batches of the affine fit (data parallel, 8 devices)
 PAPER = {"imagenet64": 2048, "imagenet128": 256}  # ADM's global batch sizes, used by the paper
 
 
@@ -64,8 +64,16 @@ def grid(quick: bool) -> list[dict]:
     for v in variants:
       for b in FIT_BATCHES:
         cases.append(dict(config=name, variant=v, devices=8, fsdp=1, b=b, purpose="fit"))
-    cases.append(dict(config=name, variant=variants[-1], devices=8, fsdp=8, b=PAPER[name] // 8,
-                      purpose="paper batch"))
+    cases.append(
+      dict(
+        config=name,
+        variant=variants[-1],
+        devices=8,
+        fsdp=8,
+        b=PAPER[name] // 8,
+        purpose="paper batch",
+      )
+    )
   return cases
 
 
@@ -87,13 +95,22 @@ def saved_activations_per_example(name: str, variant: str) -> int:
   def residual_bytes(b: int) -> int:
     def residuals(z, logsnr, labels):
       params = model.init(jax.random.key(0), z, logsnr, labels, train=False)["params"]
-      loss = lambda p: jnp.mean(model.apply({"params": p}, z, logsnr, labels, train=True,
-                                            rngs={"dropout": jax.random.key(1)}) ** 2)
+      loss = lambda p: jnp.mean(
+        model.apply(
+          {"params": p}, z, logsnr, labels, train=True, rngs={"dropout": jax.random.key(1)}
+        )
+        ** 2
+      )
       return jax.tree.leaves(jax.vjp(loss, params)[1])
-    leaves = jax.eval_shape(residuals, jax.ShapeDtypeStruct((b, h, h, 3), jnp.float32),
-                            jax.ShapeDtypeStruct((b,), jnp.float32),
-                            jax.ShapeDtypeStruct((b,), jnp.int32))
+
+    leaves = jax.eval_shape(
+      residuals,
+      jax.ShapeDtypeStruct((b, h, h, 3), jnp.float32),
+      jax.ShapeDtypeStruct((b,), jnp.float32),
+      jax.ShapeDtypeStruct((b,), jnp.int32),
+    )
     return sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+
   return residual_bytes(2) - residual_bytes(1)
 
 
@@ -124,26 +141,33 @@ def measure(case: dict) -> dict:
   init = functools.partial(train_state.init_state, model=model, tx=tx, shape=shape)
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.state_shardings(abstract, mesh, config.mesh.fsdp_min_size)
-  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                       abstract, shardings)
+  state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
   dat = sharding.batch_sharded(mesh)
-  batch = {"image": jax.ShapeDtypeStruct((n * b, *shape), jnp.float32, sharding=dat),
-           "label": jax.ShapeDtypeStruct((n * b,), jnp.int32, sharding=dat)}
+  batch = {
+    "image": jax.ShapeDtypeStruct((n * b, *shape), jnp.float32, sharding=dat),
+    "label": jax.ShapeDtypeStruct((n * b,), jnp.int32, sharding=dat),
+  }
   key_shape = jax.eval_shape(lambda: jax.random.key(0))
-  rng = jax.ShapeDtypeStruct(key_shape.shape, key_shape.dtype,
-                             sharding=sharding.replicated(mesh))
+  rng = jax.ShapeDtypeStruct(key_shape.shape, key_shape.dtype, sharding=sharding.replicated(mesh))
   step = train.make_train_step(model, tx, config, mesh, shardings)
   t0 = time.time()
   compiled = step.lower(state, batch, rng).compile()
   seconds = time.time() - t0
   m = compiled.memory_analysis()
   params = abstract.params
-  sharded = sum(math.prod(x.shape) for x, s in zip(jax.tree.leaves(params),
-                                                    jax.tree.leaves(shardings.params))
-                if not s.is_fully_replicated)
-  out = dict(case, compile_seconds=round(seconds, 1),
-             params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
-             params_sharded=sharded)
+  sharded = sum(
+    math.prod(x.shape)
+    for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings.params))
+    if not s.is_fully_replicated
+  )
+  out = dict(
+    case,
+    compile_seconds=round(seconds, 1),
+    params=sum(math.prod(x.shape) for x in jax.tree.leaves(params)),
+    params_sharded=sharded,
+  )
   for field in ("argument", "output", "alias", "temp", "generated_code"):
     out[field] = int(getattr(m, f"{field}_size_in_bytes"))
   out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
@@ -170,66 +194,103 @@ def report(results: dict[str, dict], saved: dict[str, int], command: str) -> str
   rows = list(results.values())
   configs = [c for c in ("imagenet64", "imagenet128") if any(r["config"] == c for r in rows)]
   total_min = sum(r["compile_seconds"] for r in rows) / 60
-  lines = ["# Memory plan: the paper's ImageNet train steps, compiled from shapes", "",
-           f"`{command}` on {platform.machine()} with {os.cpu_count()} shared CPU cores: "
-           f"{len(rows)} compiles on {MAX_DEVICES} fake CPU devices, {total_min:.0f} min of "
-           f"compiling ({min(r['compile_seconds'] for r in rows):.0f}–"
-           f"{max(r['compile_seconds'] for r in rows):.0f} s each); nothing is allocated.", "",
-           "Everything is per device, in GiB (2^30 bytes). The train step is cfg_jax's own "
-           "(`train.make_train_step`): Adam, EMA, global-norm clipping, donated state. "
-           "`total` = argument + output − alias + temp; with the state donated the outputs alias "
-           "the arguments, so total ≈ state + temporaries (activations, gradients, gathered "
-           "fsdp weights).", "",
-           "**Caveat.** These are XLA:CPU buffer assignments. TPU/GPU compiles differ (fusions, "
-           "layouts, collective buffers, and memory-aware schedulers). In particular XLA:CPU's "
-           "schedule does not realise rematerialisation (the remat compiles keep almost the "
-           "same temporaries) and keeps much of the bfloat16 work in float32, so the CPU "
-           "figures for remat/bfloat16 are pessimistic. The `saved activations` column measures "
-           "what remat and bfloat16 change independently of any schedule. Check with "
-           "`jit(...).lower(...).compile().memory_analysis()` on the real devices before a "
-           "long run.", ""]
-  lines += ["## Parameters", "",
-            "| config | parameters | ADM published (no ∅ row) | + ∅ row (4·ch) | match |",
-            "|---|---:|---:|---:|---|"]
+  lines = [
+    "# Memory plan: the paper's ImageNet train steps, compiled from shapes",
+    "",
+    f"`{command}` on {platform.machine()} with {os.cpu_count()} shared CPU cores: "
+    f"{len(rows)} compiles on {MAX_DEVICES} fake CPU devices, {total_min:.0f} min of "
+    f"compiling ({min(r['compile_seconds'] for r in rows):.0f}–"
+    f"{max(r['compile_seconds'] for r in rows):.0f} s each); nothing is allocated.",
+    "",
+    "Everything is per device, in GiB (2^30 bytes). The train step is cfg_jax's own "
+    "(`train.make_train_step`): Adam, EMA, global-norm clipping, donated state. "
+    "`total` = argument + output − alias + temp; with the state donated the outputs alias "
+    "the arguments, so total ≈ state + temporaries (activations, gradients, gathered "
+    "fsdp weights).",
+    "",
+    "**Caveat.** These are XLA:CPU buffer assignments. TPU/GPU compiles differ (fusions, "
+    "layouts, collective buffers, and memory-aware schedulers). In particular XLA:CPU's "
+    "schedule does not realise rematerialisation (the remat compiles keep almost the "
+    "same temporaries) and keeps much of the bfloat16 work in float32, so the CPU "
+    "figures for remat/bfloat16 are pessimistic. The `saved activations` column measures "
+    "what remat and bfloat16 change independently of any schedule. Check with "
+    "`jit(...).lower(...).compile().memory_analysis()` on the real devices before a "
+    "long run.",
+    "",
+  ]
+  lines += [
+    "## Parameters",
+    "",
+    "| config | parameters | ADM published (no ∅ row) | + ∅ row (4·ch) | match |",
+    "|---|---:|---:|---:|---|",
+  ]
   from cfg_jax import config_lib
+
   for name in configs:
     r = next(r for r in rows if r["config"] == name)
     ch = config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py")).model.ch
     expected = ADM_REFERENCE[name] + 4 * ch
-    lines.append(f"| `{name}` | {r['params']:,} | {ADM_REFERENCE[name]:,} | {expected:,} | "
-                 f"{'yes' if r['params'] == expected else 'NO'} |")
-  lines += ["", "## Compiles", "",
-            "| config | options | mesh (data×fsdp) | batch / device | argument | output | alias | "
-            "temp | code | total | fsdp-sharded params | compile s |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines.append(
+      f"| `{name}` | {r['params']:,} | {ADM_REFERENCE[name]:,} | {expected:,} | "
+      f"{'yes' if r['params'] == expected else 'NO'} |"
+    )
+  lines += [
+    "",
+    "## Compiles",
+    "",
+    "| config | options | mesh (data×fsdp) | batch / device | argument | output | alias | "
+    "temp | code | total | fsdp-sharded params | compile s |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
   for r in rows:
     lines.append(
-        f"| {r['config']} | {r['variant']} | {r['devices'] // r['fsdp']}×{r['fsdp']} | {r['b']} | "
-        f"{gib(r['argument'])} | {gib(r['output'])} | {gib(r['alias'])} | {gib(r['temp'])} | "
-        f"{gib(r['generated_code'])} | **{gib(r['total'])}** | "
-        f"{100 * r['params_sharded'] / r['params']:.1f}% | {r['compile_seconds']:.0f} |")
-  lines += ["", "## Saved activations per example (jax.vjp residuals, no compile)", "",
-            "| config | " + " | ".join(VARIANTS) + " |", "|---|" + "---:|" * len(VARIANTS)]
+      f"| {r['config']} | {r['variant']} | {r['devices'] // r['fsdp']}×{r['fsdp']} | {r['b']} | "
+      f"{gib(r['argument'])} | {gib(r['output'])} | {gib(r['alias'])} | {gib(r['temp'])} | "
+      f"{gib(r['generated_code'])} | **{gib(r['total'])}** | "
+      f"{100 * r['params_sharded'] / r['params']:.1f}% | {r['compile_seconds']:.0f} |"
+    )
+  lines += [
+    "",
+    "## Saved activations per example (jax.vjp residuals, no compile)",
+    "",
+    "| config | " + " | ".join(VARIANTS) + " |",
+    "|---|" + "---:|" * len(VARIANTS),
+  ]
   for name in configs:
-    lines.append(f"| {name} | " + " | ".join(
-        f"{saved[f'{name}/{v}'] / 2**20:.0f} MiB" for v in VARIANTS) + " |")
-  lines += ["", "## Largest per-device batch", "",
-            f"memory(b) = fixed + b · per-example. `CPU fit`: the line through the data-parallel "
-            f"compiles at b = {FIT_BATCHES} (8 devices). `saved-activation model`: the f32 CPU "
-            "fit's fixed part + b · saved activations of the option (it leaves out the backward "
-            "pass's transient buffers, and XLA may fuse some residuals away: for f32 the CPU "
-            "fit's slope is below it). fsdp rows subtract the state that fsdp "
-            "moves off the device (argument bytes · (1 − 1/fsdp)) from the fixed part. `max b` "
-            f"keeps {HEADROOM:.0%} of the device free; `devices for the paper batch` = "
-            "⌈paper batch / max b at 80 GiB⌉.", "",
-            "| config | options | fsdp | model | fixed | per example | max b @16 GiB | @32 GiB | "
-            "@80 GiB | devices for the paper batch @80 GiB |",
-            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines.append(
+      f"| {name} | "
+      + " | ".join(f"{saved[f'{name}/{v}'] / 2**20:.0f} MiB" for v in VARIANTS)
+      + " |"
+    )
+  lines += [
+    "",
+    "## Largest per-device batch",
+    "",
+    f"memory(b) = fixed + b · per-example. `CPU fit`: the line through the data-parallel "
+    f"compiles at b = {FIT_BATCHES} (8 devices). `saved-activation model`: the f32 CPU "
+    "fit's fixed part + b · saved activations of the option (it leaves out the backward "
+    "pass's transient buffers, and XLA may fuse some residuals away: for f32 the CPU "
+    "fit's slope is below it). fsdp rows subtract the state that fsdp "
+    "moves off the device (argument bytes · (1 − 1/fsdp)) from the fixed part. `max b` "
+    f"keeps {HEADROOM:.0%} of the device free; `devices for the paper batch` = "
+    "⌈paper batch / max b at 80 GiB⌉.",
+    "",
+    "| config | options | fsdp | model | fixed | per example | max b @16 GiB | @32 GiB | "
+    "@80 GiB | devices for the paper batch @80 GiB |",
+    "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+  ]
   for name in configs:
     fits = {}
     for v in VARIANTS:
-      pts = [r for r in rows if r["config"] == name and r["variant"] == v and r["fsdp"] == 1
-             and r["devices"] == 8 and r["b"] in FIT_BATCHES]
+      pts = [
+        r
+        for r in rows
+        if r["config"] == name
+        and r["variant"] == v
+        and r["fsdp"] == 1
+        and r["devices"] == 8
+        and r["b"] in FIT_BATCHES
+      ]
       if len(pts) >= 2:
         fits[v] = (fit(pts), pts[0]["argument"])
     if "f32" not in fits:
@@ -242,23 +303,35 @@ def report(results: dict[str, dict], saved: dict[str, int], command: str) -> str
         fxf = fx - arg * (1 - 1 / f)
         mb = [max_batch(fxf, slope, m) for m in BUDGETS_GIB]
         need = math.ceil(PAPER[name] / mb[-1]) if mb[-1] else "—"
-        lines.append(f"| {name} | {v} | {f} | {kind} | {gib(fxf)} | {gib(slope)} | "
-                     + " | ".join(map(str, mb)) + f" | {need} |")
+        lines.append(
+          f"| {name} | {v} | {f} | {kind} | {gib(fxf)} | {gib(slope)} | "
+          + " | ".join(map(str, mb))
+          + f" | {need} |"
+        )
   checks = [r for r in rows if r["purpose"] == "paper batch"]
   if checks:
     lines += ["", "## Check at the paper's batch size", ""]
     for r in checks:
-      pts = [p for p in rows if p["config"] == r["config"] and p["variant"] == r["variant"]
-             and p["fsdp"] == 1 and p["devices"] == 8 and p["b"] in FIT_BATCHES]
+      pts = [
+        p
+        for p in rows
+        if p["config"] == r["config"]
+        and p["variant"] == r["variant"]
+        and p["fsdp"] == 1
+        and p["devices"] == 8
+        and p["b"] in FIT_BATCHES
+      ]
       (fx, s) = fit(pts)
       arg1 = pts[0]["argument"]
       pred = fx - (arg1 - r["argument"]) + s * r["b"]
-      lines.append(f"- {r['config']} {r['variant']} on {r['devices'] // r['fsdp']}×{r['fsdp']} "
-                   f"at {r['b']} per device (global {r['b'] * r['devices']}): compiled "
-                   f"{gib(r['total'])} GiB, the CPU fit predicts {gib(pred)} GiB "
-                   f"({100 * (r['total'] / pred - 1):+.0f}%): XLA:CPU's temporaries grow faster "
-                   "than linearly at large batches, so use the fits for small per-device "
-                   "batches and re-measure on the target devices.")
+      lines.append(
+        f"- {r['config']} {r['variant']} on {r['devices'] // r['fsdp']}×{r['fsdp']} "
+        f"at {r['b']} per device (global {r['b'] * r['devices']}): compiled "
+        f"{gib(r['total'])} GiB, the CPU fit predicts {gib(pred)} GiB "
+        f"({100 * (r['total'] / pred - 1):+.0f}%): XLA:CPU's temporaries grow faster "
+        "than linearly at large batches, so use the fits for small per-device "
+        "batches and re-measure on the target devices."
+      )
   return "\n".join(lines) + "\n"
 
 
@@ -270,9 +343,14 @@ def main() -> None:
   args = parser.parse_args()
   if "jax" in sys.modules:
     raise RuntimeError("memory_plan must set XLA_FLAGS before jax is imported.")
-  os.environ["XLA_FLAGS"] = " ".join([
-      os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={MAX_DEVICES}",
-      "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"])
+  os.environ["XLA_FLAGS"] = " ".join(
+    [
+      os.environ.get("XLA_FLAGS", ""),
+      f"--xla_force_host_platform_device_count={MAX_DEVICES}",
+      "--xla_backend_optimization_level=0",
+      "--xla_llvm_disable_expensive_passes=true",
+    ]
+  )
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, REPO)
@@ -282,15 +360,15 @@ def main() -> None:
   if os.path.exists(cache_path) and not args.fresh:
     with open(cache_path) as f:
       cache = json.load(f)
-  t0 = time.time()
   results = {}
   for case in grid(args.quick):
     k = key(case)
     if k not in cache:
       print(f"compiling {k} ...", flush=True)
       cache[k] = measure(case)
-      print(f"  total {gib(cache[k]['total'])} GiB, compile {cache[k]['compile_seconds']} s",
-            flush=True)
+      print(
+        f"  total {gib(cache[k]['total'])} GiB, compile {cache[k]['compile_seconds']} s", flush=True
+      )
       os.makedirs(RESULTS, exist_ok=True)
       with open(cache_path + ".tmp", "w") as f:
         json.dump(cache, f, indent=1, sort_keys=True)

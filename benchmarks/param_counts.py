@@ -1,6 +1,6 @@
 """Parameter counts of every config's U-Net, from jax.eval_shape (nothing is allocated).
 
-    python benchmarks/param_counts.py        # prints the README's markdown table
+python benchmarks/param_counts.py        # prints the README's markdown table
 """
 
 import os
@@ -14,6 +14,7 @@ ADM_REFERENCE = {"imagenet64": 295_899_267, "imagenet128": 421_522_691}
 
 def counts() -> dict[str, tuple[int, tuple[int, int, int]]]:
   from cfg_jax import config_lib, models
+
   out = {}
   for name in CONFIGS:
     config = config_lib.load_config(os.path.join(REPO, "configs", f"{name}.py"))
@@ -23,8 +24,10 @@ def counts() -> dict[str, tuple[int, tuple[int, int, int]]]:
 
 
 def table() -> str:
-  rows = ["| config | image | parameters | ADM reference (without the ∅ row) |",
-          "|---|---|---:|---:|"]
+  rows = [
+    "| config | image | parameters | ADM reference (without the ∅ row) |",
+    "|---|---|---:|---:|",
+  ]
   for name, (n, shape) in counts().items():
     ref = f"{ADM_REFERENCE[name]:,}" if name in ADM_REFERENCE else "—"
     rows.append(f"| `configs/{name}.py` | {shape[0]}×{shape[1]}×{shape[2]} | {n:,} | {ref} |")

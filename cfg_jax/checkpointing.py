@@ -26,8 +26,10 @@ class CheckpointError(RuntimeError):
 
 @jax.jit
 def _leaf_sums(tree: Any) -> list[jax.Array]:
-  return [jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.abs(x.astype(jnp.float32)))])
-          for x in jax.tree.leaves(tree)]
+  return [
+    jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.abs(x.astype(jnp.float32)))])
+    for x in jax.tree.leaves(tree)
+  ]
 
 
 def fingerprint(tree: Any) -> list[list[float]]:
@@ -37,8 +39,7 @@ def fingerprint(tree: Any) -> list[list[float]]:
 
 
 def fingerprints_match(a: list[list[float]], b: list[list[float]]) -> bool:
-  return len(a) == len(b) and bool(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                               atol=1e-6))
+  return len(a) == len(b) and bool(np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6))
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -52,12 +53,15 @@ class Checkpointer:
     self.directory = checkpoint_dir(workdir)
     if read_only and not os.path.isdir(self.directory):
       raise CheckpointError(
-          f"no checkpoints in {self.directory}: train first with --mode=train and the same "
-          "--workdir, or point --workdir at a directory that holds a 'checkpoints' folder.")
+        f"no checkpoints in {self.directory}: train first with --mode=train and the same "
+        "--workdir, or point --workdir at a directory that holds a 'checkpoints' folder."
+      )
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                             read_only=read_only))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -76,66 +80,90 @@ class Checkpointer:
     if not np.all(np.isfinite(fp)):
       kept = self.latest_step()
       raise CheckpointError(
-          f"refusing to checkpoint step {step}: the state holds NaN or Inf values; " +
-          ("no earlier checkpoint exists." if kept is None else
-           f"the last good checkpoint (step {kept}) is kept."))
+        f"refusing to checkpoint step {step}: the state holds NaN or Inf values; "
+        + (
+          "no earlier checkpoint exists."
+          if kept is None
+          else f"the last good checkpoint (step {kept}) is kept."
+        )
+      )
     meta = dict(metadata or {}, fingerprint=fp)
-    return self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(meta)), force=True)
+    return self._manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(meta)),
+      force=True,
+    )
 
   def restore(self, step: int | None, abstract_state: Any) -> Any:
     """Restores the state at `step` (None: latest) into the shapes/shardings of `abstract_state`."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no complete checkpoint in {self.directory}.")
-    state = _read_state(self._manager, step, ocp.args.StandardRestore(abstract_state),
-                        where=self.directory)
+    state = _read_state(
+      self._manager, step, ocp.args.StandardRestore(abstract_state), where=self.directory
+    )
     if not fingerprints_match(fingerprint(state), self._fingerprint(step)):
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} is corrupt: its arrays "
-                            "do not match the fingerprint written with them.")
+      raise CheckpointError(
+        f"checkpoint step {step} in {self.directory} is corrupt: its arrays "
+        "do not match the fingerprint written with them."
+      )
     return state
 
-  def restore_fields(self, step: int, abstract_state: Any, fields: tuple[str, ...]
-                     ) -> dict[str, Any]:
+  def restore_fields(
+    self, step: int, abstract_state: Any, fields: tuple[str, ...]
+  ) -> dict[str, Any]:
     """Restores only the top-level `fields` (e.g. ('ema_params',)) of the state saved at `step`,
     into the shapes and shardings they have in `abstract_state` (the whole state the checkpoint
     was saved from, e.g. from jax.eval_shape): the other leaves, such as the optimizer state,
     are never read. The restored leaves are checked against their entries of the fingerprint."""
     target = {f: _field(abstract_state, f) for f in fields}
     args = ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=True)
+      item=target,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True,
+    )
     # A manager of its own: one that saved this item with StandardSave refuses PyTreeRestore.
     reader = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+      self.directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False)
+    )
     try:
       restored = _read_state(reader, step, args, where=self.directory)
     finally:
       reader.close()
-    missing = [jax.tree_util.keystr(p) for p, x in jax.tree.leaves_with_path(restored)
-               if isinstance(x, jax.ShapeDtypeStruct)]  # partial restore leaves these as given
+    missing = [
+      jax.tree_util.keystr(p)
+      for p, x in jax.tree.leaves_with_path(restored)
+      if isinstance(x, jax.ShapeDtypeStruct)
+    ]  # partial restore leaves these as given
     if missing:
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} lacks {len(missing)} "
-                            f"arrays of this config's state, e.g. {missing[0]}: trained with "
-                            "another config?")
+      raise CheckpointError(
+        f"checkpoint step {step} in {self.directory} lacks {len(missing)} "
+        f"arrays of this config's state, e.g. {missing[0]}: trained with "
+        "another config?"
+      )
     expected = self._fingerprint(step)
     paths = [p for p, _ in jax.tree.leaves_with_path(abstract_state)]
     if len(expected) != len(paths):
       raise CheckpointError(
-          f"checkpoint step {step} in {self.directory} holds {len(expected)} arrays, this "
-          f"config's state {len(paths)}: trained with another config?")
+        f"checkpoint step {step} in {self.directory} holds {len(expected)} arrays, this "
+        f"config's state {len(paths)}: trained with another config?"
+      )
     for f in fields:
       entries = [expected[i] for i, p in enumerate(paths) if _key_name(p[0]) == f]
       if not fingerprints_match(fingerprint(restored[f]), entries):
-        raise CheckpointError(f"checkpoint step {step} in {self.directory} is corrupt: its "
-                              f"'{f}' arrays do not match the fingerprint written with them.")
+        raise CheckpointError(
+          f"checkpoint step {step} in {self.directory} is corrupt: its "
+          f"'{f}' arrays do not match the fingerprint written with them."
+        )
     return restored
 
   def _fingerprint(self, step: int) -> list[list[float]]:
     meta = self.metadata(step)
     if meta is None or "fingerprint" not in meta:
-      raise CheckpointError(f"checkpoint step {step} in {self.directory} has no metadata "
-                            "fingerprint: it is incomplete or was not written by cfg_jax.")
+      raise CheckpointError(
+        f"checkpoint step {step} in {self.directory} has no metadata "
+        "fingerprint: it is incomplete or was not written by cfg_jax."
+      )
     return meta["fingerprint"]
 
   def restore_latest_valid(self, abstract_state: Any) -> Any | None:
@@ -150,8 +178,13 @@ class Checkpointer:
         logging.warning("%s Falling back to an older checkpoint.", e)
         errors.append(str(e))
     if errors:
-      raise CheckpointError("no checkpoint in " + self.directory + " could be restored:\n  " +
-                            "\n  ".join(errors) + "\nMove the directory away to start afresh.")
+      raise CheckpointError(
+        "no checkpoint in "
+        + self.directory
+        + " could be restored:\n  "
+        + "\n  ".join(errors)
+        + "\nMove the directory away to start afresh."
+      )
     return None
 
   def restore_or(self, state: Any, *, what: str = "") -> Any:
@@ -160,8 +193,9 @@ class Checkpointer:
     restored = self.restore_latest_valid(abstract_like(state))
     if restored is None:
       return state
-    logging.info("%sResumed from checkpoint step %d.", f"{what}: " if what else "",
-                 int(restored.step))
+    logging.info(
+      "%sResumed from checkpoint step %d.", f"{what}: " if what else "", int(restored.step)
+    )
     return restored
 
   def metadata(self, step: int) -> dict | None:
@@ -169,16 +203,18 @@ class Checkpointer:
     object (not written by cfg_jax). A file that cannot be read is a CheckpointError, so an I/O
     fault is never mistaken for a foreign checkpoint."""
     try:
-      meta = self._manager.restore(
-          step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+      meta = self._manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))[
+        "metadata"
+      ]
     except KeyError:  # orbax: the step has no 'metadata' item
       return None
     except (json.JSONDecodeError, UnicodeDecodeError):  # not JSON text
       return None
     except OSError as e:
       where = getattr(e, "filename", None) or os.path.join(self.directory, str(step), "metadata")
-      raise CheckpointError(f"cannot read the metadata of checkpoint step {step} at {where}: "
-                            f"{type(e).__name__}: {e}") from e
+      raise CheckpointError(
+        f"cannot read the metadata of checkpoint step {step} at {where}: {type(e).__name__}: {e}"
+      ) from e
     return meta if isinstance(meta, dict) else None
 
   def wait(self) -> None:
@@ -197,8 +233,9 @@ def _read_state(manager: ocp.CheckpointManager, step: int, args: Any, *, where: 
     raise CheckpointError(f"checkpoint step {step} in {where} is missing: {e}") from e
   except Exception as e:  # orbax / tensorstore raise many types for unreadable data
     raise CheckpointError(
-        f"checkpoint step {step} in {where} cannot be read into this config's train "
-        f"state (corrupt, or trained with another config?): {type(e).__name__}: {e}") from e
+      f"checkpoint step {step} in {where} cannot be read into this config's train "
+      f"state (corrupt, or trained with another config?): {type(e).__name__}: {e}"
+    ) from e
 
 
 def _key_name(key: Any) -> Any:
@@ -213,4 +250,5 @@ def _field(tree: Any, name: str) -> Any:
 def abstract_like(tree: Any) -> Any:
   """ShapeDtypeStructs (with shardings) of a tree of arrays, for `Checkpointer.restore`."""
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+  )

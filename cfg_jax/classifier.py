@@ -82,8 +82,9 @@ class NoisyClassifier(nn.Module):
 
   def _embed(self, logsnr: jax.Array) -> jax.Array:
     """λ embedding [B, 4ch]: MLP(sinusoidal(1000 u(λ))), as the U-Net's (no label term)."""
-    dense = functools.partial(nn.Dense, 4 * self.ch, dtype=self.dtype,
-                              kernel_init=unet.torch_default_init)
+    dense = functools.partial(
+      nn.Dense, 4 * self.ch, dtype=self.dtype, kernel_init=unet.torch_default_init
+    )
     u = unet.logsnr_to_unit_time(logsnr, self.logsnr_min, self.logsnr_max)
     emb = unet.sinusoidal_embedding(1000.0 * u, self.ch).astype(self.dtype)
     emb = dense(name="logsnr_dense_0")(emb)
@@ -109,8 +110,14 @@ class NoisyClassifier(nn.Module):
     def attn_block(h, name):
       return unet.AttnBlock(num_heads=self._heads(h.shape[-1]), name=name, **common)(h)
 
-    h = nn.Conv(self.ch_mult[0] * self.ch, (3, 3), padding=1, dtype=self.dtype,
-                kernel_init=unet.torch_default_init, name="conv_in")(z.astype(self.dtype))
+    h = nn.Conv(
+      self.ch_mult[0] * self.ch,
+      (3, 3),
+      padding=1,
+      dtype=self.dtype,
+      kernel_init=unet.torch_default_init,
+      name="conv_in",
+    )(z.astype(self.dtype))
     for level, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
         h = res_block(h, mult * self.ch, f"down_{level}_res_{i}")
@@ -129,20 +136,26 @@ class NoisyClassifier(nn.Module):
     # ADM's pool='adaptive' head, in float32: GN → SiLU → mean over H, W → zero-init linear.
     h = nn.silu(unet.group_norm(h.astype(jnp.float32), self.num_groups, "norm_out"))
     h = jnp.mean(h, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros_init(),
-                    name="logits")(h)
+    return nn.Dense(
+      self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros_init(), name="logits"
+    )(h)
 
 
 def create_classifier(config: ml_collections.ConfigDict) -> NoisyClassifier:
   """The classifier of `config` (its classifier section, data.num_classes, the λ range)."""
   cc, m = config.classifier, config.model
-  return NoisyClassifier(num_classes=config.data.num_classes, ch=cc.ch,
-                         ch_mult=tuple(cc.ch_mult), num_res_blocks=cc.num_res_blocks,
-                         attn_resolutions=tuple(cc.attn_resolutions),
-                         head_channels=cc.head_channels, num_groups=cc.num_groups,
-                         resblock_updown=m.resblock_updown,
-                         logsnr_min=config.diffusion.logsnr_min,
-                         logsnr_max=config.diffusion.logsnr_max)
+  return NoisyClassifier(
+    num_classes=config.data.num_classes,
+    ch=cc.ch,
+    ch_mult=tuple(cc.ch_mult),
+    num_res_blocks=cc.num_res_blocks,
+    attn_resolutions=tuple(cc.attn_resolutions),
+    head_channels=cc.head_channels,
+    num_groups=cc.num_groups,
+    resblock_updown=m.resblock_updown,
+    logsnr_min=config.diffusion.logsnr_min,
+    logsnr_max=config.diffusion.logsnr_max,
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,16 +175,22 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return optax.adam(config.classifier.learning_rate)
 
 
-def init_state(rng: jax.Array, *, model: NoisyClassifier, tx: optax.GradientTransformation,
-               shape: tuple[int, ...]) -> ClassifierState:
-  params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
-                      train=False)["params"]
-  return ClassifierState(params=params, opt_state=tx.init(params),
-                         step=jnp.zeros((), jnp.int32))
+def init_state(
+  rng: jax.Array,
+  *,
+  model: NoisyClassifier,
+  tx: optax.GradientTransformation,
+  shape: tuple[int, ...],
+) -> ClassifierState:
+  params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)), train=False)[
+    "params"
+  ]
+  return ClassifierState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32))
 
 
-def noised_inputs(rng: jax.Array, x: jax.Array, *, logsnr_min: float, logsnr_max: float
-                  ) -> tuple[jax.Array, jax.Array]:
+def noised_inputs(
+  rng: jax.Array, x: jax.Array, *, logsnr_min: float, logsnr_max: float
+) -> tuple[jax.Array, jax.Array]:
   """(z_λ, λ): u ~ U[0, 1], λ = λ(u) (cosine schedule), z = α x + σ ε with ε ~ N(0, I)."""
   k_u, k_eps = jax.random.split(rng)
   u = jax.random.uniform(k_u, (x.shape[0],))
@@ -185,14 +204,21 @@ def cross_entropy(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
-def train_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Array, *,
-               model: NoisyClassifier, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict) -> tuple[ClassifierState, dict[str, jax.Array]]:
+def train_step(
+  state: ClassifierState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  model: NoisyClassifier,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+) -> tuple[ClassifierState, dict[str, jax.Array]]:
   """One step on noised data: z = α_λ x + σ_λ ε at λ(u), u ~ U[0, 1]; cross-entropy on the label."""
   x, labels = batch["image"], batch["label"]
   k_noise, k_dropout = jax.random.split(jax.random.fold_in(rng, state.step))
-  z, logsnr = noised_inputs(k_noise, x, logsnr_min=config.diffusion.logsnr_min,
-                            logsnr_max=config.diffusion.logsnr_max)
+  z, logsnr = noised_inputs(
+    k_noise, x, logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max
+  )
 
   def loss_fn(params):
     logits = model.apply({"params": params}, z, logsnr, train=True, rngs={"dropout": k_dropout})
@@ -201,25 +227,40 @@ def train_step(state: ClassifierState, batch: dict[str, jax.Array], rng: jax.Arr
   (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-             "grad_norm": optax.tree.norm(grads)}
+  metrics = {
+    "loss": loss,
+    "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+    "grad_norm": optax.tree.norm(grads),
+  }
   return ClassifierState(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
-def make_train_step(model: NoisyClassifier, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict, mesh, state_sharding):
+def make_train_step(
+  model: NoisyClassifier,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  mesh,
+  state_sharding,
+):
   """`train_step` jitted over `mesh`: batch split over `data`, state donated and replicated."""
   return sharding_lib.jit_train_step(
-      functools.partial(train_step, model=model, tx=tx, config=config), mesh, state_sharding)
+    functools.partial(train_step, model=model, tx=tx, config=config), mesh, state_sharding
+  )
 
 
-def create_state(config: ml_collections.ConfigDict, model: NoisyClassifier,
-                 tx: optax.GradientTransformation, mesh, shape) -> tuple[ClassifierState, Any]:
+def create_state(
+  config: ml_collections.ConfigDict,
+  model: NoisyClassifier,
+  tx: optax.GradientTransformation,
+  mesh,
+  shape,
+) -> tuple[ClassifierState, Any]:
   """Initialises the state from fold_in(key(seed), 0xC1A5) directly into its shardings (the
   diffusion model's params come from key(seed) itself)."""
   init = functools.partial(init_state, model=model, tx=tx, shape=tuple(shape))
-  return train_loop.init_sharded(init, jax.random.fold_in(jax.random.key(config.seed), 0xC1A5),
-                                 mesh=mesh, config=config)
+  return train_loop.init_sharded(
+    init, jax.random.fold_in(jax.random.key(config.seed), 0xC1A5), mesh=mesh, config=config
+  )
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,9 +268,17 @@ def create_state(config: ml_collections.ConfigDict, model: NoisyClassifier,
 # --------------------------------------------------------------------------------------------
 
 
-def noised_accuracy(apply_fn, params, *, images: np.ndarray, labels: np.ndarray,
-                    rng: jax.Array, logsnr_edges=ACCURACY_LOGSNR_EDGES, repeats: int = 4,
-                    logsnr_max: float = schedules.LOGSNR_MAX) -> dict[tuple[float, float], float]:
+def noised_accuracy(
+  apply_fn,
+  params,
+  *,
+  images: np.ndarray,
+  labels: np.ndarray,
+  rng: jax.Array,
+  logsnr_edges=ACCURACY_LOGSNR_EDGES,
+  repeats: int = 4,
+  logsnr_max: float = schedules.LOGSNR_MAX,
+) -> dict[tuple[float, float], float]:
   """Accuracy on `images` noised at λ ~ U[lo, hi) for each bin [lo, hi) of `logsnr_edges`.
 
   Every image is noised `repeats` times per bin (λ and ε from `rng`). λ is clipped to
@@ -266,8 +315,10 @@ def _check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   cc = config.classifier
   errors = []
   if cc.batch_size <= 0 or cc.batch_size % num_devices:
-    errors.append(f"classifier.batch_size ({cc.batch_size}) must be a positive multiple of the "
-                  f"device count ({num_devices}).")
+    errors.append(
+      f"classifier.batch_size ({cc.batch_size}) must be a positive multiple of the "
+      f"device count ({num_devices})."
+    )
   if cc.num_train_steps < 0:
     errors.append(f"classifier.num_train_steps must be >= 0, got {cc.num_train_steps}.")
   if not cc.learning_rate > 0:
@@ -299,29 +350,53 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
     if not last:
       return
     images, labels = data.eval_arrays(config.data)
-    acc = noised_accuracy(model.apply, state.params, images=images, labels=labels,
-                          rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 2),
-                          logsnr_max=config.diffusion.logsnr_max)
+    acc = noised_accuracy(
+      model.apply,
+      state.params,
+      images=images,
+      labels=labels,
+      rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 2),
+      logsnr_max=config.diffusion.logsnr_max,
+    )
     writer.write_scalars(step, {accuracy_tag(*k): v for k, v in acc.items()})
-    logging.info("Classifier step %d, accuracy on noised %s images per λ bin: %s", step,
-                 spec.eval_split,
-                 ", ".join(f"[{lo:g},{hi:g}): {a:.3f}" for (lo, hi), a in acc.items()))
+    logging.info(
+      "Classifier step %d, accuracy on noised %s images per λ bin: %s",
+      step,
+      spec.eval_split,
+      ", ".join(f"[{lo:g},{hi:g}): {a:.3f}" for (lo, hi), a in acc.items()),
+    )
 
   return train_loop.run(
-      state, make_train_step(model, tx, config, mesh, state_sharding), workdir=cdir,
-      loop=train_loop.LoopConfig(
-          num_steps=cc.num_train_steps, batch_size=cc.batch_size, log_every=cc.log_every_steps,
-          checkpoint_every=cc.checkpoint_every_steps, section=SUBDIR),
-      batches=functools.partial(data.train_iterator, config.data, global_batch_size=cc.batch_size,
-                                seed=config.seed, process_index=jax.process_index(),
-                                process_count=jax.process_count()),
-      mesh=mesh, rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 1), hparams=cc,
-      metadata={"config": config.to_json(), "classifier": cc.to_json()}, periodic=periodic,
-      what="Classifier")
+    state,
+    make_train_step(model, tx, config, mesh, state_sharding),
+    workdir=cdir,
+    loop=train_loop.LoopConfig(
+      num_steps=cc.num_train_steps,
+      batch_size=cc.batch_size,
+      log_every=cc.log_every_steps,
+      checkpoint_every=cc.checkpoint_every_steps,
+      section=SUBDIR,
+    ),
+    batches=functools.partial(
+      data.train_iterator,
+      config.data,
+      global_batch_size=cc.batch_size,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    ),
+    mesh=mesh,
+    rng=jax.random.fold_in(jax.random.key(config.seed), 0xC1A5 + 1),
+    hparams=cc,
+    metadata={"config": config.to_json(), "classifier": cc.to_json()},
+    periodic=periodic,
+    what="Classifier",
+  )
 
 
-def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,
-                           step: int | None = None, mesh=None) -> Any:
+def load_classifier_params(
+  config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None, mesh=None
+) -> Any:
   """The classifier params of the checkpoint at `step` (None: latest) in `<workdir>/classifier`.
 
   Raises checkpointing.CheckpointError when there is none (train it first).
@@ -331,21 +406,26 @@ def load_classifier_params(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = mesh or sharding_lib.make_mesh_from_config(config)
   model, tx = create_classifier(config), create_optimizer(config)
   shape = tuple(data.dataset_spec(config.data).image_shape)
-  abstract = jax.eval_shape(functools.partial(init_state, model=model, tx=tx, shape=shape),
-                            jax.random.key(0))
+  abstract = jax.eval_shape(
+    functools.partial(init_state, model=model, tx=tx, shape=shape), jax.random.key(0)
+  )
   shardings = sharding_lib.state_shardings(abstract, mesh, sharding_lib.mesh_config(config)[1])
-  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                          abstract, shardings)
+  abstract = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
   try:
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, SUBDIR), max_to_keep=None,
-                                      read_only=True)
+    ckpt = checkpointing.Checkpointer(
+      os.path.join(workdir, SUBDIR), max_to_keep=None, read_only=True
+    )
   except checkpointing.CheckpointError as e:
     raise checkpointing.CheckpointError(
-        f"no classifier checkpoint in {os.path.join(workdir, SUBDIR)}: train one first with "
-        f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}") from e
+      f"no classifier checkpoint in {os.path.join(workdir, SUBDIR)}: train one first with "
+      f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}"
+    ) from e
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise checkpointing.CheckpointError(
-        f"no complete classifier checkpoint in {ckpt.directory}: train one first with "
-        f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}")
+      f"no complete classifier checkpoint in {ckpt.directory}: train one first with "
+      f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}"
+    )
   return ckpt.restore(step, abstract).params

@@ -51,8 +51,9 @@ def one_minus_exp_diff(*, logsnr: jax.Array, logsnr_next: jax.Array) -> jax.Arra
   return -jnp.expm1(jnp.asarray(logsnr, jnp.float32) - jnp.asarray(logsnr_next, jnp.float32))
 
 
-def posterior_mean_variance(*, z: jax.Array, x: jax.Array, logsnr: jax.Array,
-                            logsnr_next: jax.Array) -> tuple[jax.Array, jax.Array]:
+def posterior_mean_variance(
+  *, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Mean and variance of q(z_λ' | z_λ, x) for λ < λ'.
 
   mean = e^{λ−λ'} (α_λ'/α_λ) z_λ + (1 − e^{λ−λ'}) α_λ' x,  variance σ̃² = (1 − e^{λ−λ'}) σ²_λ'.
@@ -69,8 +70,9 @@ def posterior_mean_variance(*, z: jax.Array, x: jax.Array, logsnr: jax.Array,
   return mean, var
 
 
-def sampler_log_variance(*, logsnr: jax.Array, logsnr_next: jax.Array, v: float | jax.Array
-                         ) -> jax.Array:
+def sampler_log_variance(
+  *, logsnr: jax.Array, logsnr_next: jax.Array, v: float | jax.Array
+) -> jax.Array:
   """log of (σ̃²_{λ'|λ})^{1−v} (σ²_{λ|λ'})^{v}, the ancestral step's variance.
 
   v = 0 is the posterior (DDPM β̃) variance, v = 1 the forward-step (DDPM β) variance; the

@@ -17,7 +17,8 @@ import io
 import json
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -26,23 +27,59 @@ from absl import logging
 from clu import metric_writers
 from flax import traverse_util
 
-from cfg_jax import checkpointing, config_lib, fileio, images, models, sample, sampling
-from cfg_jax import sampling_runner
+from cfg_jax import (
+  checkpointing,
+  config_lib,
+  fileio,
+  images,
+  models,
+  sample,
+  sampling,
+  sampling_runner,
+)
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.evaluation import metrics
 
-RESULT_FIELDS = ("step", "guidance", "num_steps", "w", "scale", "num_samples", "sampler",
-                 "feature_net", "fd", "is", "is_std", "precision", "recall", "class_accuracy", "fid",
-                 "fid_precision", "fid_recall", "fid_net", "seconds", "sampler_settings")
-SCALAR_FIELDS = ("fd", "is", "precision", "recall", "class_accuracy", "fid", "fid_precision",
-                 "fid_recall")
+RESULT_FIELDS = (
+  "step",
+  "guidance",
+  "num_steps",
+  "w",
+  "scale",
+  "num_samples",
+  "sampler",
+  "feature_net",
+  "fd",
+  "is",
+  "is_std",
+  "precision",
+  "recall",
+  "class_accuracy",
+  "fid",
+  "fid_precision",
+  "fid_recall",
+  "fid_net",
+  "seconds",
+  "sampler_settings",
+)
+SCALAR_FIELDS = (
+  "fd",
+  "is",
+  "precision",
+  "recall",
+  "class_accuracy",
+  "fid",
+  "fid_precision",
+  "fid_recall",
+)
 FID_FIELDS = ("fid", "fid_precision", "fid_recall")  # Inception FID and P/R; NaN without weights
 
 
 @dataclasses.dataclass(frozen=True)
 class FeatureNet:
   """Maps images [N,H,W,C] in [−1, 1] to (features [N,D], logits [N,K] or None)."""
-  name: str                      # 'digits_classifier_v<VERSION>' or 'inception'
+
+  name: str  # 'digits_classifier_v<VERSION>' or 'inception'
   apply: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]  # None: no classifier
   logits_are_dataset_classes: bool  # True: argmax(logits) is a dataset label (class accuracy)
   key: str = ""  # what the features depend on beyond the name (weights digest, preprocessing)
@@ -65,7 +102,7 @@ def params_digest(params: Any) -> str:
 def _batched(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
   feats, logits = [], []
   for i in range(0, len(x), batch_size):
-    f, l = fn(x[i:i + batch_size])
+    f, l = fn(x[i : i + batch_size])
     feats.append(np.asarray(f, np.float32))
     if l is not None:
       logits.append(np.asarray(l, np.float32))
@@ -74,6 +111,7 @@ def _batched(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray
 
 def _inception_outputs(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
   from cfg_jax.evaluation import inception
+
   out = inception.features(params, x)
   return out["pool"], out.get("logits")
 
@@ -85,13 +123,15 @@ def inception_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet | 
   Each batch is split over the `data` axis of `mesh` (default: all devices).
   """
   from cfg_jax.evaluation import inception
+
   path = inception.resolve_weights_path(config.evaluation.inception_weights)
   if path is None:
     return None
   params = inception.load_params(path)  # clear error if missing or wrong
   key = f"{params_digest(params)[:16]}-tf{inception.INPUT_SIZE}"  # weights, preprocessing
-  apply = sharding_lib.sharded_batch_fn(_inception_outputs, params,
-                                        mesh or sharding_lib.make_mesh())
+  apply = sharding_lib.sharded_batch_fn(
+    _inception_outputs, params, mesh or sharding_lib.make_mesh()
+  )
   bs = config.evaluation.batch_size
   return FeatureNet("inception", lambda x: _batched(apply, x, bs), False, key)
 
@@ -103,22 +143,30 @@ def feature_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet:
   """
   bs = config.evaluation.batch_size
   from cfg_jax.evaluation import digits_classifier
+
   if config.data.name in digits_classifier.RECIPES:
     clf = digits_classifier.load_or_train(config.data)
 
     def apply_clf(b):
       out = clf.outputs(b)
       return out["features"], out["logits"]
-    return FeatureNet(digits_classifier.feature_net_name(config.data),
-                      lambda x: _batched(apply_clf, x, bs), True, params_digest(clf.params)[:16])
+
+    return FeatureNet(
+      digits_classifier.feature_net_name(config.data),
+      lambda x: _batched(apply_clf, x, bs),
+      True,
+      params_digest(clf.params)[:16],
+    )
   net = inception_net(config, mesh)
   if net is None:
     from cfg_jax.evaluation import inception
+
     path = config.evaluation.inception_weights
     if path == "none":
       raise inception.InceptionWeightsError(
-          f"evaluation.inception_weights='none', but dataset {config.data.name!r} is evaluated "
-          "with Inception only; give the weights' .npz or '' (the default location).")
+        f"evaluation.inception_weights='none', but dataset {config.data.name!r} is evaluated "
+        "with Inception only; give the weights' .npz or '' (the default location)."
+      )
     inception.load_params(inception.default_weights_path())  # raises: says how to make them
   return net
 
@@ -128,11 +176,13 @@ def quantize(x: np.ndarray) -> np.ndarray:
   return images.to_uint8(x).astype(np.float32) / 127.5 - 1.0
 
 
-def reference_features(config: ml_collections.ConfigDict, net: FeatureNet, workdir: str
-                       ) -> dict[str, np.ndarray]:
+def reference_features(
+  config: ml_collections.ConfigDict, net: FeatureNet, workdir: str
+) -> dict[str, np.ndarray]:
   """Features of the reference split, cached in `<workdir>/eval/` (computed once per network,
   weights and preprocessing: the file is named by `net.cache_name`)."""
   from cfg_jax import data
+
   ev = config.evaluation
   n = ev.reference_num_examples
   name = f"reference_{net.cache_name}_{config.data.name}_{ev.reference_split}_{n}.npz"
@@ -140,8 +190,9 @@ def reference_features(config: ml_collections.ConfigDict, net: FeatureNet, workd
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}
-  x, labels = data.eval_arrays(config.data, split=ev.reference_split,
-                               max_examples=None if n <= 0 else n)
+  x, labels = data.eval_arrays(
+    config.data, split=ev.reference_split, max_examples=None if n <= 0 else n
+  )
   feats, logits = net.apply(x)
   mu, sigma = metrics.feature_statistics(feats)
   ref = {"features": feats, "labels": labels, "mu": mu, "sigma": sigma}
@@ -152,34 +203,49 @@ def reference_features(config: ml_collections.ConfigDict, net: FeatureNet, workd
   return ref
 
 
-def distribution_metrics(feats: np.ndarray, ref: dict[str, np.ndarray], *, pr_k: int = 3
-                         ) -> tuple[float, float, float]:
+def distribution_metrics(
+  feats: np.ndarray, ref: dict[str, np.ndarray], *, pr_k: int = 3
+) -> tuple[float, float, float]:
   """(Fréchet distance, precision, recall) of sample features against the reference."""
   mu, sigma = metrics.feature_statistics(feats)
   precision, recall = metrics.precision_recall(ref["features"], feats, k=pr_k)
   return metrics.frechet_distance(mu, sigma, ref["mu"], ref["sigma"]), precision, recall
 
 
-def sample_metrics(feats: np.ndarray, logits: np.ndarray | None, labels: np.ndarray,
-                   net: FeatureNet, ref: dict[str, np.ndarray], *, pr_k: int = 3
-                   ) -> dict[str, float]:
+def sample_metrics(
+  feats: np.ndarray,
+  logits: np.ndarray | None,
+  labels: np.ndarray,
+  net: FeatureNet,
+  ref: dict[str, np.ndarray],
+  *,
+  pr_k: int = 3,
+) -> dict[str, float]:
   """FD / IS / precision / recall of sample features and logits from `net` (and class accuracy
   where the logits are dataset classes); IS and class accuracy are NaN without a classifier."""
   fd, precision, recall = distribution_metrics(feats, ref, pr_k=pr_k)
   nan = float("nan")
-  is_mean, is_std = ((nan, nan) if logits is None
-                     else metrics.inception_score(logits, num_splits=min(10, len(feats))))
+  is_mean, is_std = (
+    (nan, nan)
+    if logits is None
+    else metrics.inception_score(logits, num_splits=min(10, len(feats)))
+  )
   out = {"fd": fd, "is": is_mean, "is_std": is_std, "precision": precision, "recall": recall}
-  out["class_accuracy"] = (float(np.mean(np.argmax(logits, -1) == labels))
-                           if net.logits_are_dataset_classes and logits is not None else nan)
+  out["class_accuracy"] = (
+    float(np.mean(np.argmax(logits, -1) == labels))
+    if net.logits_are_dataset_classes and logits is not None
+    else nan
+  )
   return out
 
 
-def features_path(workdir: str, *, step: int, num_steps: int, guidance: str, w: float,
-                  num_samples: int) -> str:
+def features_path(
+  workdir: str, *, step: int, num_steps: int, guidance: str, w: float, num_samples: int
+) -> str:
   """Where `evaluation.save_features` puts the features of one (step, T, w) cell."""
-  return os.path.join(workdir, "eval", "features",
-                      f"step{step}_T{num_steps}_{guidance}_w{w:g}_n{num_samples}.npz")
+  return os.path.join(
+    workdir, "eval", "features", f"step{step}_T{num_steps}_{guidance}_w{w:g}_n{num_samples}.npz"
+  )
 
 
 def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -> np.ndarray:
@@ -187,6 +253,7 @@ def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -
   FD against w itself when IS is not available (Inception weights without the classifier)."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(4.5, 3.5), dpi=100)  # no pyplot: leaves the caller's backend alone
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
@@ -195,19 +262,28 @@ def tradeoff_plot(rows: list[dict[str, Any]], *, title: str, label: str = "w") -
   score = [r["is"] if has_is else guidance_strength(r) for r in rows]
   ax.plot(score, fd, "o-")
   for r, xpos in zip(rows, score):
-    ax.annotate(f"{label}={guidance_strength(r):g}", (xpos, r["fd"]), textcoords="offset points",
-                xytext=(4, 4), fontsize=7)
+    ax.annotate(
+      f"{label}={guidance_strength(r):g}",
+      (xpos, r["fd"]),
+      textcoords="offset points",
+      xytext=(4, 4),
+      fontsize=7,
+    )
   if not has_is:
     ax.set_xlabel(label)
   else:
-    ax.set_xlabel("IS" if rows and rows[0]["feature_net"] == "inception"
-                  else "IS (digits classifier)")
-  ax.set_ylabel("FID" if rows and rows[0]["feature_net"] == "inception" else "FD (digits classifier)")
+    ax.set_xlabel(
+      "IS" if rows and rows[0]["feature_net"] == "inception" else "IS (digits classifier)"
+    )
+  ax.set_ylabel(
+    "FID" if rows and rows[0]["feature_net"] == "inception" else "FD (digits classifier)"
+  )
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png")
   from PIL import Image
+
   buf.seek(0)
   return np.asarray(Image.open(buf).convert("RGB"))
 
@@ -279,8 +355,9 @@ def settings_key(config: ml_collections.ConfigDict, num_steps: int) -> str:
   settings = sampler_config(config, num_steps).describe()
   if ev.guidance == "classifier":
     settings["classifier_guidance"] = {
-        "model_labels": ev.classifier_model_labels,
-        "classifier_workdir": ev.classifier_workdir or "<workdir>"}
+      "model_labels": ev.classifier_model_labels,
+      "classifier_workdir": ev.classifier_workdir or "<workdir>",
+    }
   return json.dumps(settings, sort_keys=True)
 
 
@@ -294,22 +371,29 @@ def tag_prefix(config: ml_collections.ConfigDict, num_steps: int) -> tuple[str, 
 def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bool:
   """Whether results.jsonl already holds every (T, w) of this sweep, with these sampler
   settings and sample count, for `step`."""
-  have = {(r["step"], guidance_strength(r), r["num_samples"], r.get("sampler_settings"))
-          for r in load_results(workdir)}
+  have = {
+    (r["step"], guidance_strength(r), r["num_samples"], r.get("sampler_settings"))
+    for r in load_results(workdir)
+  }
   ev = config.evaluation
-  return all((step, float(w), ev.num_samples, settings_key(config, t)) in have
-             for t in num_steps_values(config) for w in guidance_values(config))
+  return all(
+    (step, float(w), ev.num_samples, settings_key(config, t)) in have
+    for t in num_steps_values(config)
+    for w in guidance_values(config)
+  )
 
 
 def num_steps_values(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return tuple(config.evaluation.num_steps_values) or (config.sampling.num_steps,)
 
 
-def load_guidance_classifier(config: ml_collections.ConfigDict, workdir: str, mesh
-                             ) -> tuple[Callable[..., Any], Any]:
+def load_guidance_classifier(
+  config: ml_collections.ConfigDict, workdir: str, mesh
+) -> tuple[Callable[..., Any], Any]:
   """(apply, params) of the latest classifier in `<classifier_workdir or workdir>/classifier`;
   a clear CheckpointError (train it with --mode=train_classifier) when there is none."""
   from cfg_jax import classifier as classifier_lib
+
   cdir = config.evaluation.classifier_workdir or workdir
   params = classifier_lib.load_classifier_params(config, cdir, mesh=mesh)
   return classifier_lib.create_classifier(config).apply, params
@@ -320,6 +404,7 @@ class Evaluator:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     from cfg_jax import data
+
     self.config, self.workdir = config, workdir
     config_lib.validate(config)
     self.mesh = sharding_lib.make_mesh_from_config(config)  # fsdp as in training
@@ -338,29 +423,38 @@ class Evaluator:
     self.apply_fn = models.create_model(config).apply
     self._samplers: dict[int, Any] = {}
     self.writer = metric_writers.create_default_writer(
-        os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0)
+      os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0
+    )
 
   def sampler(self, num_steps: int):
     """f(params, rng, ids, labels, w) of `sampling_runner.generate`; with classifier guidance the
     per-sample w slot carries the classifier scale s (one compile for the whole sweep)."""
     if num_steps not in self._samplers:
       c = self.config
-      kw = dict(shape=self.shape, null_label=c.data.num_classes, mesh=self.mesh,
-                config=sampler_config(c, num_steps))
+      kw = dict(
+        shape=self.shape,
+        null_label=c.data.num_classes,
+        mesh=self.mesh,
+        config=sampler_config(c, num_steps),
+      )
       if self.classifier is None:
         fn = sampling_runner.make_sampler(self.apply_fn, **kw)
       else:
         from cfg_jax import classifier_guidance
+
         apply, params = self.classifier
         fn = classifier_guidance.bind_classifier_params(
-            classifier_guidance.make_classifier_guided_sampler(
-                self.apply_fn, apply, model_labels=c.evaluation.classifier_model_labels, **kw),
-            params)
+          classifier_guidance.make_classifier_guided_sampler(
+            self.apply_fn, apply, model_labels=c.evaluation.classifier_model_labels, **kw
+          ),
+          params,
+        )
       self._samplers[num_steps] = fn
     return self._samplers[num_steps]
 
-  def fid_columns(self, xq: np.ndarray, feats: np.ndarray, m: dict[str, float]
-                  ) -> tuple[np.ndarray | None, dict[str, Any]]:
+  def fid_columns(
+    self, xq: np.ndarray, feats: np.ndarray, m: dict[str, float]
+  ) -> tuple[np.ndarray | None, dict[str, Any]]:
     """(Inception features, FID_FIELDS and `fid_net`) of quantised samples xq whose
     `sample_metrics` are m with features `feats`; (None, NaNs) without Inception weights."""
     if self.fid_net is None:
@@ -372,15 +466,29 @@ class Evaluator:
       fid = distribution_metrics(fid_feats, self.fid_ref, pr_k=self.config.evaluation.pr_k)
     return fid_feats, {**dict(zip(FID_FIELDS, fid)), "fid_net": self.fid_net.cache_name}
 
-  def save_features(self, *, step: int, num_steps: int, w: float, labels: np.ndarray,
-                    feats: np.ndarray, fid_feats: np.ndarray | None) -> None:
+  def save_features(
+    self,
+    *,
+    step: int,
+    num_steps: int,
+    w: float,
+    labels: np.ndarray,
+    feats: np.ndarray,
+    fid_feats: np.ndarray | None,
+  ) -> None:
     """The cell's sample features (evaluation.save_features), e.g. for a bootstrap of FID."""
     ev = self.config.evaluation
     arrays = {"labels": labels, "features": feats}
     if fid_feats is not None:
       arrays["inception"] = fid_feats
-    path = features_path(self.workdir, step=step, num_steps=num_steps, guidance=ev.guidance, w=w,
-                         num_samples=ev.num_samples)
+    path = features_path(
+      self.workdir,
+      step=step,
+      num_steps=num_steps,
+      guidance=ev.guidance,
+      w=w,
+      num_samples=ev.num_samples,
+    )
     if jax.process_index() == 0:
       fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
 
@@ -396,30 +504,63 @@ class Evaluator:
       prefix, name = tag_prefix(c, t)
       for w in guidance_values(c):
         start = time.time()
-        x = sampling_runner.generate(self.sampler(t), params, rng, labels=labels, w=float(w),
-                                     batch_size=ev.batch_size, mesh=self.mesh)
+        x = sampling_runner.generate(
+          self.sampler(t),
+          params,
+          rng,
+          labels=labels,
+          w=float(w),
+          batch_size=ev.batch_size,
+          mesh=self.mesh,
+        )
         xq = quantize(x)
         feats, logits = self.net.apply(xq)
         m = sample_metrics(feats, logits, labels, self.net, self.ref, pr_k=ev.pr_k)
         fid_feats, fid = self.fid_columns(xq, feats, m)
         if ev.save_features:
-          self.save_features(step=int(step), num_steps=int(t), w=float(w), labels=labels,
-                             feats=feats, fid_feats=fid_feats)
-        row = {"step": int(step), "guidance": ev.guidance, "num_steps": int(t),
-               strength_field(ev.guidance): float(w),
-               "num_samples": int(ev.num_samples), "sampler": c.sampling.sampler,
-               "feature_net": self.net.name, **m, **fid,
-               "seconds": time.time() - start, "sampler_settings": settings_key(c, t)}
+          self.save_features(
+            step=int(step),
+            num_steps=int(t),
+            w=float(w),
+            labels=labels,
+            feats=feats,
+            fid_feats=fid_feats,
+          )
+        row = {
+          "step": int(step),
+          "guidance": ev.guidance,
+          "num_steps": int(t),
+          strength_field(ev.guidance): float(w),
+          "num_samples": int(ev.num_samples),
+          "sampler": c.sampling.sampler,
+          "feature_net": self.net.name,
+          **m,
+          **fid,
+          "seconds": time.time() - start,
+          "sampler_settings": settings_key(c, t),
+        }
         t_rows.append(row)
         shown = [k for k in SCALAR_FIELDS if self.fid_net is not None or k not in FID_FIELDS]
-        logging.info("eval (%s) step %d T=%d %s=%g: %s", ev.guidance, step, t, name, w,
-                     ", ".join(f"{k}={row[k]:.4g}" for k in shown))
+        logging.info(
+          "eval (%s) step %d T=%d %s=%g: %s",
+          ev.guidance,
+          step,
+          t,
+          name,
+          w,
+          ", ".join(f"{k}={row[k]:.4g}" for k in shown),
+        )
         per_class = min(10, ev.num_samples // min(10, c.data.num_classes))
-        first = np.concatenate([np.flatnonzero(labels == k)[:per_class]
-                                for k in range(min(10, c.data.num_classes))])
+        first = np.concatenate(
+          [np.flatnonzero(labels == k)[:per_class] for k in range(min(10, c.data.num_classes))]
+        )
         grids[f"{prefix}/samples/{name}={w:g}"] = images.make_grid(x[first], ncols=per_class)[None]
-      scalars = {f"{prefix}/{k}/{name}={guidance_strength(r):g}": r[k] for r in t_rows
-                 for k in SCALAR_FIELDS if np.isfinite(r[k])}
+      scalars = {
+        f"{prefix}/{k}/{name}={guidance_strength(r):g}": r[k]
+        for r in t_rows
+        for k in SCALAR_FIELDS
+        if np.isfinite(r[k])
+      }
       self.writer.write_scalars(step, scalars)
       what = "classifier guidance, over s" if ev.guidance == "classifier" else "over w"
       plot = tradeoff_plot(t_rows, title=f"step {step}, T={t}: FD vs IS {what}", label=name)
@@ -456,7 +597,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, 
       step = checkpointing.Checkpointer(workdir, read_only=True).latest_step()
     if step is None:
       raise checkpointing.CheckpointError(
-          f"no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first.")
+        f"no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first."
+      )
     return evaluator.evaluate_step(step)
   last_new = time.time()
   final = config.training.num_train_steps

@@ -7,7 +7,8 @@ import fcntl
 import functools
 import hashlib
 import os
-from typing import Callable, Iterator, BinaryIO
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 
 def write_atomic(path: str, write_fn: Callable[[BinaryIO], None]) -> None:

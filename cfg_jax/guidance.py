@@ -13,7 +13,7 @@ dynamic (Imagen) thresholding of x̃.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,9 @@ import jax.numpy as jnp
 EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def drop_labels(rng: jax.Array, labels: jax.Array, *, p_uncond: float | jax.Array,
-                null_label: int) -> jax.Array:
+def drop_labels(
+  rng: jax.Array, labels: jax.Array, *, p_uncond: float | jax.Array, null_label: int
+) -> jax.Array:
   """c ← ∅ with probability p_uncond, independently per example (Algorithm 1, line 3)."""
   drop = jax.random.bernoulli(rng, p_uncond, labels.shape)
   return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
@@ -32,8 +33,9 @@ def drop_labels(rng: jax.Array, labels: jax.Array, *, p_uncond: float | jax.Arra
 def check_p_uncond(p_uncond: float) -> None:
   """Raises ValueError unless p_uncond (guidance.p_uncond) is a probability."""
   if not 0.0 <= p_uncond <= 1.0:
-    raise ValueError(f"guidance.p_uncond must be in [0, 1] (paper: 0.1, 0.2 or 0.5), got "
-                     f"{p_uncond}.")
+    raise ValueError(
+      f"guidance.p_uncond must be in [0, 1] (paper: 0.1, 0.2 or 0.5), got {p_uncond}."
+    )
 
 
 def check_w(w_values, *, field: str) -> None:
@@ -41,9 +43,11 @@ def check_w(w_values, *, field: str) -> None:
   finite and >= −1."""
   for w in w_values:
     if not math.isfinite(w) or w < -1.0:
-      raise ValueError(f"{field} holds {w}: w must be finite and >= -1 (w = 0 is the conditional "
-                       "model, w = -1 the unconditional one; the paper sweeps 0..4). Note: "
-                       "w = s - 1 for codebases that use a guidance scale s.")
+      raise ValueError(
+        f"{field} holds {w}: w must be finite and >= -1 (w = 0 is the conditional "
+        "model, w = -1 the unconditional one; the paper sweeps 0..4). Note: "
+        "w = s - 1 for codebases that use a guidance scale s."
+      )
 
 
 def guided_eps(*, eps_cond: jax.Array, eps_uncond: jax.Array, w: jax.Array) -> jax.Array:
@@ -89,8 +93,7 @@ def per_sample_std(x: jax.Array) -> jax.Array:
   return jnp.std(x, axis=tuple(range(1, x.ndim)), keepdims=True)
 
 
-def rescale_guided(*, x_guided: jax.Array, x_cond: jax.Array, phi: float | jax.Array
-                   ) -> jax.Array:
+def rescale_guided(*, x_guided: jax.Array, x_cond: jax.Array, phi: float | jax.Array) -> jax.Array:
   """CFG rescale (Lin et al. 2023, Sec. 3.4), per sample.
 
   x_rescaled = x_guided · std(x_cond) / std(x_guided); returns φ x_rescaled + (1 − φ) x_guided.

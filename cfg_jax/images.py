@@ -29,8 +29,9 @@ def make_grid(x: np.ndarray, *, ncols: int, pad: int = 1, min_cell: int = 32) ->
   grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
   for i in range(n):
     r, q = divmod(i, ncols)
-    grid[pad + r * (h + pad): pad + r * (h + pad) + h,
-         pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
+    grid[
+      pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w
+    ] = x[i]
   return grid
 
 

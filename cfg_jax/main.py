@@ -21,23 +21,37 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/digits.py (or configs/imagenet64.py:p_uncond=0.2).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events "
-                               "and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate", "train_classifier"],
-                          "What to run (train_classifier: the noise-conditional classifier of "
-                          "classifier guidance, in <workdir>/classifier).")
+  "config",
+  None,
+  "Config file, e.g. configs/digits.py (or configs/imagenet64.py:p_uncond=0.2).",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, TensorBoard events and samples."
+)
+_MODE = flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "sample", "evaluate", "train_classifier"],
+  "What to run (train_classifier: the noise-conditional classifier of "
+  "classifier guidance, in <workdir>/classifier).",
+)
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "Multi-process runs outside TPU pods and SLURM: host:port of "
-    "process 0 (with --num_processes and --process_id).")
+  "coordinator_address",
+  None,
+  "Multi-process runs outside TPU pods and SLURM: host:port of "
+  "process 0 (with --num_processes and --process_id).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _DISTRIBUTED = flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    "jax.distributed.initialize(): 'auto' calls it with the flags above, in a multi-task SLURM job "
-    "and on TPU VMs (it finds the pod's workers itself; a single host is a 1-process cluster); "
-    "'on' always (any cluster JAX auto-detects, e.g. Open MPI); 'off' never.")
+  "distributed",
+  "auto",
+  ["auto", "on", "off"],
+  "jax.distributed.initialize(): 'auto' calls it with the flags above, in a multi-task SLURM job "
+  "and on TPU VMs (it finds the pod's workers itself; a single host is a 1-process cluster); "
+  "'on' always (any cluster JAX auto-detects, e.g. Open MPI); 'off' never.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -48,8 +62,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 GOOGLE_PCI_VENDOR = "0x1ae0"
 # jax's table of Cloud TPU chips (v3, v4, v5p, v5e, v6e, TPU7x and one with no public name);
 # Google's vendor id alone also covers a GCE VM's virtual NIC and disks.
-TPU_PCI_DEVICE_IDS = frozenset({"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f",
-                                "0x0076"})
+TPU_PCI_DEVICE_IDS = frozenset(
+  {"0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076"}
+)
 PCI_DEVICES_DIR = "/sys/bus/pci/devices"
 TPU_ACCEL_DEVICES = "/dev/accel[0-9]*"  # not /dev/accel/accel0 (the kernel's accel subsystem)
 
@@ -64,9 +79,11 @@ def _read_id(path: str) -> str:
 
 def tpu_pci_chips(pci_devices_dir: str) -> int:
   """Number of Cloud TPU chips among the PCI devices under `pci_devices_dir` (sysfs layout)."""
-  return sum(_read_id(os.path.join(d, "vendor")) == GOOGLE_PCI_VENDOR
-             and _read_id(os.path.join(d, "device")) in TPU_PCI_DEVICE_IDS
-             for d in glob.glob(os.path.join(pci_devices_dir, "*")))
+  return sum(
+    _read_id(os.path.join(d, "vendor")) == GOOGLE_PCI_VENDOR
+    and _read_id(os.path.join(d, "device")) in TPU_PCI_DEVICE_IDS
+    for d in glob.glob(os.path.join(pci_devices_dir, "*"))
+  )
 
 
 def _tpu_vm_detected() -> bool:
@@ -87,24 +104,28 @@ def _cluster_detected() -> bool:
 def initialize_distributed() -> None:
   """jax.distributed.initialize: explicit flags, or auto-detected on TPU pods and SLURM."""
   import jax
+
   if _DISTRIBUTED.value == "off":
     return
   if _COORDINATOR.value:
     if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
       raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
-    jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+    jax.distributed.initialize(
+      _COORDINATOR.value, num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value
+    )
   elif _DISTRIBUTED.value == "on" or _cluster_detected():
     jax.distributed.initialize()
 
 
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO chatter of orbax / tfds / XLA start-up (warnings and errors still show)."""
+
   NOISY = ("orbax", "tensorflow_datasets", "xla_bridge", "etils")
 
   def filter(self, record: std_logging.LogRecord) -> bool:
     return record.levelno >= std_logging.WARNING or not any(
-        n in record.pathname for n in self.NOISY)
+      n in record.pathname for n in self.NOISY
+    )
 
 
 def main(argv):
@@ -115,21 +136,30 @@ def main(argv):
 
   initialize_distributed()
 
-  logging.info("JAX process %d / %d, %d local / %d global devices (%s)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.default_backend())
+  logging.info(
+    "JAX process %d / %d, %d local / %d global devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.default_backend(),
+  )
   config, workdir = _CONFIG.value, _WORKDIR.value
   if _MODE.value == "train":
     from cfg_jax import train
+
     train.train_and_evaluate(config, workdir)
   elif _MODE.value == "sample":
     from cfg_jax import sample
+
     sample.sample_from_checkpoint(config, workdir)
   elif _MODE.value == "evaluate":
     from cfg_jax import evaluate
+
     evaluate.evaluate(config, workdir)
   else:
     from cfg_jax import classifier
+
     classifier.train_classifier(config, workdir)
 
 

@@ -27,7 +27,7 @@ class PreemptionWatcher:
     logging.warning("signal %d received: will checkpoint at the next step and exit.", signum)
     self._flag.set()
 
-  def __enter__(self) -> "PreemptionWatcher":
+  def __enter__(self) -> PreemptionWatcher:
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handler)
     return self

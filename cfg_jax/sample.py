@@ -10,8 +10,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cfg_jax import checkpointing, config_lib, images, models, sampling, sampling_runner
-from cfg_jax import train_state
+from cfg_jax import (
+  checkpointing,
+  config_lib,
+  images,
+  models,
+  sampling,
+  sampling_runner,
+  train_state,
+)
 from cfg_jax import sharding as sharding_lib
 
 
@@ -22,8 +29,14 @@ def sample_labels(config: ml_collections.ConfigDict) -> np.ndarray:
   return np.resize(base, n).astype(np.int32)
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh, *,
-                   step: int | None = None, use_ema: bool = True):
+def restore_params(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  mesh,
+  *,
+  step: int | None = None,
+  use_ema: bool = True,
+):
   """(params, step): the EMA (or raw) params of a checkpoint (latest when step is None) alone,
   in their training shardings on `mesh`. The optimizer state is never read, so whatever trained
   with fsdp restores with the same mesh.fsdp."""
@@ -31,14 +44,21 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh, *,
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise checkpointing.CheckpointError(
-        f"no complete checkpoint in {ckpt.directory}: train first with --mode=train.")
+      f"no complete checkpoint in {ckpt.directory}: train first with --mode=train."
+    )
   field = "ema_params" if use_ema else "params"
   abstract = train_state.abstract_state(config, mesh)
   return ckpt.restore_fields(step, abstract, (field,))[field], step
 
 
-def load_params(config: ml_collections.ConfigDict, workdir: str, mesh, *, step: int | None = None,
-                use_ema: bool = True):
+def load_params(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  mesh,
+  *,
+  step: int | None = None,
+  use_ema: bool = True,
+):
   """(params, step) of `restore_params`, gathered to replicated: what the samplers take."""
   params, step = restore_params(config, workdir, mesh, step=step, use_ema=use_ema)
   return sharding_lib.gather_replicated(params), step
@@ -49,21 +69,30 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
   config_lib.validate(config)
   mesh = sharding_lib.make_mesh_from_config(config)
   s = config.sampling
-  params, step = load_params(config, workdir, mesh,
-                             step=None if s.checkpoint_step < 0 else s.checkpoint_step,
-                             use_ema=s.use_ema)
+  params, step = load_params(
+    config,
+    workdir,
+    mesh,
+    step=None if s.checkpoint_step < 0 else s.checkpoint_step,
+    use_ema=s.use_ema,
+  )
   shape = models.image_shape(config)
   sampler_config = sampling.SamplerConfig.from_config(config)
   sampler = sampling_runner.make_sampler(
-      models.create_model(config).apply, shape=shape, null_label=config.data.num_classes,
-      mesh=mesh, config=sampler_config)
+    models.create_model(config).apply,
+    shape=shape,
+    null_label=config.data.num_classes,
+    mesh=mesh,
+    config=sampler_config,
+  )
   labels = sample_labels(config)
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
   out_dir = os.path.join(workdir, "sample", f"step_{step:08d}")
   results = []
   for w in s.w_values:
-    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
-                                 batch_size=s.batch_size, mesh=mesh)
+    x = sampling_runner.generate(
+      sampler, params, rng, labels=labels, w=float(w), batch_size=s.batch_size, mesh=mesh
+    )
     results.append(images.to_uint8(x))
     if jax.process_index() == 0:
       order = np.argsort(labels, kind="stable")  # one class after another in the grid
@@ -73,9 +102,15 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
       logging.info("step %d, w=%g: %d samples -> %s", step, w, len(labels), path)
   npz = os.path.join(out_dir, "samples.npz")
   if jax.process_index() == 0:
-    np.savez_compressed(npz, images=np.stack(results), labels=labels,
-                        w_values=np.asarray(s.w_values, np.float32), step=step,
-                        num_steps=s.num_steps, v=s.v,
-                        sampler_settings=json.dumps(sampler_config.describe(), sort_keys=True))
+    np.savez_compressed(
+      npz,
+      images=np.stack(results),
+      labels=labels,
+      w_values=np.asarray(s.w_values, np.float32),
+      step=step,
+      num_steps=s.num_steps,
+      v=s.v,
+      sampler_settings=json.dumps(sampler_config.describe(), sort_keys=True),
+    )
     logging.info("Wrote %s (images uint8 [w, N, H, W, C])", npz)
   return npz

@@ -14,7 +14,8 @@ docs/samplers.md.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,37 +33,46 @@ def _interval_or_none(interval) -> tuple[float, float] | None:
   if interval is None or len(interval) == 0:
     return None
   if len(interval) != 2:
-    raise ValueError(f"sampling.guidance_interval must be () or (lambda_lo, lambda_hi), got "
-                     f"{tuple(interval)}.")
+    raise ValueError(
+      f"sampling.guidance_interval must be () or (lambda_lo, lambda_hi), got {tuple(interval)}."
+    )
   return float(interval[0]), float(interval[1])
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   """Static settings of the sampling loop (changing them recompiles)."""
+
   num_steps: int = 256
   logsnr_min: float = schedules.LOGSNR_MIN
   logsnr_max: float = schedules.LOGSNR_MAX
-  v: float = 0.3          # variance interpolation (paper: 0.3 at 64×64, 0.2 at 128×128)
-  clip_x: bool = True     # static clip of x̃ to [−1, 1]; False turns thresholding 'static' off
-  guided: bool = True     # False: conditional half only (no ∅ pass; w is ignored)
-  sampler: str = "ancestral"   # ancestral | ddim | euler | heun
-  eta: float = 0.0        # DDIM η in [0, 1]: 0 deterministic, 1 = ancestral with v = 0
+  v: float = 0.3  # variance interpolation (paper: 0.3 at 64×64, 0.2 at 128×128)
+  clip_x: bool = True  # static clip of x̃ to [−1, 1]; False turns thresholding 'static' off
+  guided: bool = True  # False: conditional half only (no ∅ pass; w is ignored)
+  sampler: str = "ancestral"  # ancestral | ddim | euler | heun
+  eta: float = 0.0  # DDIM η in [0, 1]: 0 deterministic, 1 = ancestral with v = 0
   guidance_interval: tuple[float, float] | None = None  # (λ_lo, λ_hi); None: guide everywhere
-  rescale_phi: float = 0.0     # CFG rescale φ in [0, 1]; 0 = off
+  rescale_phi: float = 0.0  # CFG rescale φ in [0, 1]; 0 = off
   thresholding: str = "static"  # none | static | dynamic
   dynamic_threshold_p: float = 0.995  # percentile of |x̃| for dynamic thresholding
 
   @classmethod
-  def from_config(cls, config, *, num_steps: int | None = None) -> "SamplerConfig":
+  def from_config(cls, config, *, num_steps: int | None = None) -> SamplerConfig:
     """From a cfg_jax config's `sampling` and `diffusion` sections (num_steps overrides T)."""
     s = config.sampling
-    return cls(num_steps=num_steps or s.num_steps,
-               logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
-               v=s.v, clip_x=s.clip_x, sampler=s.sampler, eta=s.eta,
-               guidance_interval=_interval_or_none(s.guidance_interval),
-               rescale_phi=s.rescale_phi, thresholding=s.thresholding,
-               dynamic_threshold_p=s.dynamic_threshold_p)
+    return cls(
+      num_steps=num_steps or s.num_steps,
+      logsnr_min=config.diffusion.logsnr_min,
+      logsnr_max=config.diffusion.logsnr_max,
+      v=s.v,
+      clip_x=s.clip_x,
+      sampler=s.sampler,
+      eta=s.eta,
+      guidance_interval=_interval_or_none(s.guidance_interval),
+      rescale_phi=s.rescale_phi,
+      thresholding=s.thresholding,
+      dynamic_threshold_p=s.dynamic_threshold_p,
+    )
 
   def __post_init__(self):
     schedules.check_logsnr_range(self.logsnr_min, self.logsnr_max)
@@ -78,16 +88,21 @@ class SamplerConfig:
     if self.guidance_interval is not None:
       lo, hi = self.guidance_interval
       if np.isnan(lo) or np.isnan(hi) or lo > hi:
-        raise ValueError(f"sampling.guidance_interval must be (lambda_lo, lambda_hi) with "
-                         f"lambda_lo <= lambda_hi, got {self.guidance_interval}.")
+        raise ValueError(
+          f"sampling.guidance_interval must be (lambda_lo, lambda_hi) with "
+          f"lambda_lo <= lambda_hi, got {self.guidance_interval}."
+        )
     if not 0.0 <= self.rescale_phi <= 1.0:
       raise ValueError(f"sampling.rescale_phi must be in [0, 1] (0 = off), got {self.rescale_phi}.")
     if self.thresholding not in THRESHOLDING_MODES:
-      raise ValueError(f"sampling.thresholding must be one of {THRESHOLDING_MODES}, got "
-                       f"{self.thresholding!r}.")
+      raise ValueError(
+        f"sampling.thresholding must be one of {THRESHOLDING_MODES}, got {self.thresholding!r}."
+      )
     if not 0.0 < self.dynamic_threshold_p <= 1.0:
-      raise ValueError(f"sampling.dynamic_threshold_p must be in (0, 1] (Imagen: 0.995), got "
-                       f"{self.dynamic_threshold_p}.")
+      raise ValueError(
+        f"sampling.dynamic_threshold_p must be in (0, 1] (Imagen: 0.995), got "
+        f"{self.dynamic_threshold_p}."
+      )
 
   @property
   def effective_thresholding(self) -> str:
@@ -98,8 +113,9 @@ class SamplerConfig:
 
   def logsnrs(self) -> jax.Array:
     """The grid λ_1 = λ_min < … < λ_T = λ_max, float32 [T]."""
-    return schedules.sampling_logsnrs(self.num_steps, logsnr_min=self.logsnr_min,
-                                      logsnr_max=self.logsnr_max)
+    return schedules.sampling_logsnrs(
+      self.num_steps, logsnr_min=self.logsnr_min, logsnr_max=self.logsnr_max
+    )
 
   def eval_logsnrs(self) -> np.ndarray:
     """λ of every network evaluation of one sampling run, in order (Heun: 2T − 1 of them)."""
@@ -112,21 +128,28 @@ class SamplerConfig:
     """How many network evaluations run the batched [z, z] forward (the others run z only)."""
     if not self.guided:
       return 0
-    inside = guidance.in_interval(jnp.asarray(self.eval_logsnrs()),
-                                  interval=self.guidance_interval)
+    inside = guidance.in_interval(jnp.asarray(self.eval_logsnrs()), interval=self.guidance_interval)
     return int(np.sum(np.asarray(inside)))
 
   def describe(self) -> dict[str, Any]:
     """JSON-serialisable settings for results files."""
     interval = self.guidance_interval
-    return {"sampler": self.sampler, "num_steps": int(self.num_steps),
-            "logsnr_min": float(self.logsnr_min), "logsnr_max": float(self.logsnr_max),
-            "v": float(self.v), "eta": float(self.eta), "guided": bool(self.guided),
-            "guidance_interval": None if interval is None else [float(x) for x in interval],
-            "rescale_phi": float(self.rescale_phi), "thresholding": self.effective_thresholding,
-            "clip_x": bool(self.clip_x), "dynamic_threshold_p": float(self.dynamic_threshold_p),
-            "network_evals": int(len(self.eval_logsnrs())),
-            "guided_evals": self.guided_evals()}
+    return {
+      "sampler": self.sampler,
+      "num_steps": int(self.num_steps),
+      "logsnr_min": float(self.logsnr_min),
+      "logsnr_max": float(self.logsnr_max),
+      "v": float(self.v),
+      "eta": float(self.eta),
+      "guided": bool(self.guided),
+      "guidance_interval": None if interval is None else [float(x) for x in interval],
+      "rescale_phi": float(self.rescale_phi),
+      "thresholding": self.effective_thresholding,
+      "clip_x": bool(self.clip_x),
+      "dynamic_threshold_p": float(self.dynamic_threshold_p),
+      "network_evals": int(len(self.eval_logsnrs())),
+      "guided_evals": self.guided_evals(),
+    }
 
 
 def per_sample_keys(rng: jax.Array, sample_ids: jax.Array) -> jax.Array:
@@ -145,16 +168,31 @@ def unet_eps_fn(apply_fn: Callable[..., jax.Array], params: Any) -> EpsFn:
 
 # --- one step per sampler: z at λ → z' at λ' > λ, given x̃ (and ε̂) at λ ----------------------
 
-def ancestral_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array,
-                   v: float, noise: jax.Array) -> jax.Array:
+
+def ancestral_step(
+  *,
+  z: jax.Array,
+  x: jax.Array,
+  logsnr: jax.Array,
+  logsnr_next: jax.Array,
+  v: float,
+  noise: jax.Array,
+) -> jax.Array:
   """The paper's step: z' = μ̃(z, x̃) + √((σ̃²_{λ'|λ})^{1−v} (σ²_{λ|λ'})^v) · noise."""
   mean, _ = diffusion.posterior_mean_variance(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
   log_var = diffusion.sampler_log_variance(logsnr=logsnr, logsnr_next=logsnr_next, v=v)
   return mean + jnp.exp(0.5 * log_var) * noise
 
 
-def ddim_step(*, x: jax.Array, eps: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array,
-              eta: float, noise: jax.Array | None = None) -> jax.Array:
+def ddim_step(
+  *,
+  x: jax.Array,
+  eps: jax.Array,
+  logsnr: jax.Array,
+  logsnr_next: jax.Array,
+  eta: float,
+  noise: jax.Array | None = None,
+) -> jax.Array:
   """z' = α' x̃ + σ' √(1 − η²(1 − e^{λ−λ'})) ε̂ + η σ' √(1 − e^{λ−λ'}) · noise (noise may be
   None when η = 0)."""
   alpha_next, sigma_next = schedules.alpha_sigma(logsnr_next)
@@ -165,8 +203,9 @@ def ddim_step(*, x: jax.Array, eps: jax.Array, logsnr: jax.Array, logsnr_next: j
   return z + eta * sigma_next * jnp.sqrt(one_minus_r) * noise
 
 
-def euler_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array
-               ) -> jax.Array:
+def euler_step(
+  *, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array
+) -> jax.Array:
   """Euler step of the probability-flow ODE dy/dρ = x̃ (y = z/σ, ρ = α/σ = e^{λ/2}), written
   in z: z' = (σ'/σ) z − α' expm1((λ − λ')/2) x̃."""
   lam, lam_next = jnp.asarray(logsnr, jnp.float32), jnp.asarray(logsnr_next, jnp.float32)
@@ -175,8 +214,14 @@ def euler_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: ja
   return sigma_ratio * z - alpha_next * jnp.expm1(0.5 * (lam - lam_next)) * x
 
 
-def heun_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax.Array,
-              denoise_next: Callable[[jax.Array], jax.Array]) -> jax.Array:
+def heun_step(
+  *,
+  z: jax.Array,
+  x: jax.Array,
+  logsnr: jax.Array,
+  logsnr_next: jax.Array,
+  denoise_next: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
   """Heun (2nd order) on dy/dρ = x̃: an Euler step, then the Euler step again with the mean of
   x̃ at both ends; `denoise_next(z')` is x̃ at λ' (one more network evaluation)."""
   kw = dict(logsnr=logsnr, logsnr_next=logsnr_next)
@@ -186,8 +231,17 @@ def heun_step(*, z: jax.Array, x: jax.Array, logsnr: jax.Array, logsnr_next: jax
 
 # --- Algorithm 2 ------------------------------------------------------------------------------
 
-def denoise(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array, w: jax.Array,
-            null_label: int, config: SamplerConfig) -> tuple[jax.Array, jax.Array]:
+
+def denoise(
+  eps_fn: EpsFn,
+  *,
+  z: jax.Array,
+  logsnr: jax.Array,
+  labels: jax.Array,
+  w: jax.Array,
+  null_label: int,
+  config: SamplerConfig,
+) -> tuple[jax.Array, jax.Array]:
   """Lines 3–4 of Algorithm 2 at the scalar λ: returns (x̃, ε̂), z [B, ...], labels and w [B].
 
   ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on [z, z] with labels [c, ∅], then
@@ -200,8 +254,11 @@ def denoise(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array
   lam = jnp.full((b,), logsnr, jnp.float32)
 
   def guided(z):  # line 3, from ONE forward call on [z, z] with labels [c, ∅]
-    eps = eps_fn(jnp.concatenate([z, z], axis=0), jnp.concatenate([lam, lam], axis=0),
-                 jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0))
+    eps = eps_fn(
+      jnp.concatenate([z, z], axis=0),
+      jnp.concatenate([lam, lam], axis=0),
+      jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0),
+    )
     eps_c, eps_u = eps[:b], eps[b:]
     return guidance.guided_eps(eps_cond=eps_c, eps_uncond=eps_u, w=w), eps_c
 
@@ -219,18 +276,27 @@ def denoise(eps_fn: EpsFn, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array
   x_raw = diffusion.x_from_eps(z=z, eps=eps, logsnr=lam)  # line 4: x̃ = (z − σ ε̃)/α
   x = x_raw
   if config.guided and config.rescale_phi > 0:
-    x = guidance.rescale_guided(x_guided=x, x_cond=diffusion.x_from_eps(z=z, eps=eps_c, logsnr=lam),
-                                phi=config.rescale_phi)
+    x = guidance.rescale_guided(
+      x_guided=x, x_cond=diffusion.x_from_eps(z=z, eps=eps_c, logsnr=lam), phi=config.rescale_phi
+    )
   x = guidance.threshold(x, mode=config.effective_thresholding, p=config.dynamic_threshold_p)
   if x is x_raw:
     return x, eps
   return x, eps + jnp.exp(0.5 * jnp.asarray(logsnr, jnp.float32)) * (x_raw - x)
 
 
-def sample(eps_fn: EpsFn, *, rng: jax.Array, sample_ids: jax.Array, labels: jax.Array,
-           w: jax.Array, shape: tuple[int, ...], null_label: int,
-           config: SamplerConfig = SamplerConfig(), z_init: jax.Array | None = None
-           ) -> jax.Array:
+def sample(
+  eps_fn: EpsFn,
+  *,
+  rng: jax.Array,
+  sample_ids: jax.Array,
+  labels: jax.Array,
+  w: jax.Array,
+  shape: tuple[int, ...],
+  null_label: int,
+  config: SamplerConfig = SamplerConfig(),
+  z_init: jax.Array | None = None,
+) -> jax.Array:
   """Algorithm 2: draws x ~ p(x | c) with guidance strength w; returns x̃ at λ_max, [B, *shape].
 
   z_1 ~ N(0, I) per sample (or `z_init` [B, *shape]; the other noise still comes from (rng,
@@ -245,8 +311,9 @@ def sample(eps_fn: EpsFn, *, rng: jax.Array, sample_ids: jax.Array, labels: jax.
   logsnrs, last = config.logsnrs(), config.num_steps - 1
 
   def predict(z, logsnr):  # (x̃, ε̂) at λ: lines 3–4
-    return denoise(eps_fn, z=z, logsnr=logsnr, labels=labels, w=w, null_label=null_label,
-                   config=config)
+    return denoise(
+      eps_fn, z=z, logsnr=logsnr, labels=labels, w=w, null_label=null_label, config=config
+    )
 
   def body(t, carry):
     z, _ = carry
@@ -255,16 +322,33 @@ def sample(eps_fn: EpsFn, *, rng: jax.Array, sample_ids: jax.Array, labels: jax.
     x, eps = predict(z, logsnr)
     # Line 5: z_{t+1} from (z_t, x̃_t) by the paper's ancestral step or another sampler's.
     if config.sampler == "ancestral":
-      z_next = ancestral_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next, v=config.v,
-                              noise=_normal(keys, t + 1, shape))
+      z_next = ancestral_step(
+        z=z,
+        x=x,
+        logsnr=logsnr,
+        logsnr_next=logsnr_next,
+        v=config.v,
+        noise=_normal(keys, t + 1, shape),
+      )
     elif config.sampler == "ddim":
-      z_next = ddim_step(x=x, eps=eps, logsnr=logsnr, logsnr_next=logsnr_next, eta=config.eta,
-                         noise=_normal(keys, t + 1, shape) if config.eta > 0 else None)
+      z_next = ddim_step(
+        x=x,
+        eps=eps,
+        logsnr=logsnr,
+        logsnr_next=logsnr_next,
+        eta=config.eta,
+        noise=_normal(keys, t + 1, shape) if config.eta > 0 else None,
+      )
     elif config.sampler == "euler":
       z_next = euler_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
     else:  # heun; lax.cond skips its evaluation at λ' at the last step
-      heun = lambda z: heun_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next,
-                                 denoise_next=lambda z_next: predict(z_next, logsnr_next)[0])
+      heun = lambda z: heun_step(
+        z=z,
+        x=x,
+        logsnr=logsnr,
+        logsnr_next=logsnr_next,
+        denoise_next=lambda z_next: predict(z_next, logsnr_next)[0],
+      )
       z_next = jax.lax.cond(t < last, heun, lambda z: z, z)
     return jnp.where(t < last, z_next, z), x
 

@@ -6,7 +6,8 @@ uses id first_id + i, so the samples do not depend on the batch size or the devi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,21 +26,44 @@ def jit_on_mesh(f: Callable[..., jax.Array], *, mesh: Mesh | None, num_replicate
   return jax.jit(f, in_shardings=(rep,) * num_replicated + (dat,) * 3, out_shardings=dat)
 
 
-def make_sampler(apply_fn: Callable[..., jax.Array], *, shape: tuple[int, ...], null_label: int,
-                 config: sampling.SamplerConfig, mesh: Mesh | None = None):
+def make_sampler(
+  apply_fn: Callable[..., jax.Array],
+  *,
+  shape: tuple[int, ...],
+  null_label: int,
+  config: sampling.SamplerConfig,
+  mesh: Mesh | None = None,
+):
   """Returns jitted f(params, rng, sample_ids, labels, w) -> x, batch-sharded over all devices of
   `mesh` with replicated params (`generate` gathers fsdp-sharded params first)."""
+
   def f(params, rng, sample_ids, labels, w):
-    return sampling.sample(sampling.unet_eps_fn(apply_fn, params), rng=rng,
-                           sample_ids=sample_ids, labels=labels, w=w, shape=tuple(shape),
-                           null_label=null_label, config=config)
+    return sampling.sample(
+      sampling.unet_eps_fn(apply_fn, params),
+      rng=rng,
+      sample_ids=sample_ids,
+      labels=labels,
+      w=w,
+      shape=tuple(shape),
+      null_label=null_label,
+      config=config,
+    )
 
   return jit_on_mesh(f, mesh=mesh, num_replicated=2)
 
 
-def generate(sampler, params: Any, rng: jax.Array, *, labels: np.ndarray,
-             w: np.ndarray | float, batch_size: int, num_devices: int = 1, first_id: int = 0,
-             mesh: Mesh | None = None) -> np.ndarray:
+def generate(
+  sampler,
+  params: Any,
+  rng: jax.Array,
+  *,
+  labels: np.ndarray,
+  w: np.ndarray | float,
+  batch_size: int,
+  num_devices: int = 1,
+  first_id: int = 0,
+  mesh: Mesh | None = None,
+) -> np.ndarray:
   """Runs `sampler` over all `labels` in batches; pads each batch to a multiple of num_devices.
 
   Sample i uses id first_id + i, so the result does not depend on batch_size or devices. With
@@ -62,8 +86,8 @@ def generate(sampler, params: Any, rng: jax.Array, *, labels: np.ndarray,
     stop = min(start + batch_size, n)
     pad = (-(stop - start)) % num_devices
     ids = np.arange(first_id + start, first_id + stop + pad, dtype=np.int32)
-    lab = np.concatenate([labels[start:stop], np.repeat(labels[stop - 1:stop], pad)])
-    ww = np.concatenate([w[start:stop], np.repeat(w[stop - 1:stop], pad)])
+    lab = np.concatenate([labels[start:stop], np.repeat(labels[stop - 1 : stop], pad)])
+    ww = np.concatenate([w[start:stop], np.repeat(w[stop - 1 : stop], pad)])
     x = sampler(params, rng, put(ids), put(lab), put(ww))
     out.append(sharding.to_host(x)[: stop - start])
   return np.concatenate(out, axis=0)

@@ -19,12 +19,15 @@ LOGSNR_MAX = 20.0
 def check_logsnr_range(logsnr_min: float, logsnr_max: float) -> None:
   """Raises ValueError unless λ_min < λ_max are finite floats."""
   if not (np.isfinite(logsnr_min) and np.isfinite(logsnr_max)):
-    raise ValueError(f"diffusion.logsnr_min and diffusion.logsnr_max must be finite (paper: -20 "
-                     f"and 20), got [{logsnr_min}, {logsnr_max}].")
+    raise ValueError(
+      f"diffusion.logsnr_min and diffusion.logsnr_max must be finite (paper: -20 "
+      f"and 20), got [{logsnr_min}, {logsnr_max}]."
+    )
   if logsnr_min >= logsnr_max:
     raise ValueError(
-        f"diffusion.logsnr_min ({logsnr_min}) must be < diffusion.logsnr_max ({logsnr_max}); "
-        "the paper uses -20 and 20.")
+      f"diffusion.logsnr_min ({logsnr_min}) must be < diffusion.logsnr_max ({logsnr_max}); "
+      "the paper uses -20 and 20."
+    )
 
 
 def _cosine_ab(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
@@ -33,8 +36,9 @@ def _cosine_ab(logsnr_min: float, logsnr_max: float) -> tuple[float, float]:
   return float(a), float(b)
 
 
-def logsnr_schedule_cosine(u: jax.Array, *, logsnr_min: float = LOGSNR_MIN,
-                           logsnr_max: float = LOGSNR_MAX) -> jax.Array:
+def logsnr_schedule_cosine(
+  u: jax.Array, *, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX
+) -> jax.Array:
   """λ(u) = −2 log tan(a u + b); decreasing in u, λ(0) = λ_max, λ(1) = λ_min.
 
   tan is ill-conditioned next to π/2 in float32 (λ(1) comes out ~1e-3 beyond λ_min), so the
@@ -62,8 +66,9 @@ def alpha_sigma(logsnr: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.exp(0.5 * jax.nn.log_sigmoid(logsnr)), jnp.exp(0.5 * jax.nn.log_sigmoid(-logsnr))
 
 
-def sampling_logsnrs(num_steps: int, *, logsnr_min: float = LOGSNR_MIN,
-                     logsnr_max: float = LOGSNR_MAX) -> jax.Array:
+def sampling_logsnrs(
+  num_steps: int, *, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX
+) -> jax.Array:
   """λ_1 < … < λ_T of Algorithm 2: λ(u_t) with u_t = (T − t)/(T − 1), from λ_min to λ_max."""
   if num_steps < 2:
     raise ValueError(f"sampling.num_steps must be >= 2, got {num_steps}.")

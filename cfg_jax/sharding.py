@@ -13,7 +13,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
@@ -27,13 +28,16 @@ def mesh_axis_sizes(num_devices: int, fsdp: int) -> tuple[int, int]:
   """(data, fsdp) sizes of the mesh over `num_devices` devices, data = num_devices / fsdp; raises
   ValueError unless fsdp >= 1 divides num_devices."""
   if fsdp < 1:
-    raise ValueError(f"mesh.fsdp must be >= 1 (1 = data parallel, everything replicated), got "
-                     f"{fsdp}.")
+    raise ValueError(
+      f"mesh.fsdp must be >= 1 (1 = data parallel, everything replicated), got {fsdp}."
+    )
   if num_devices % fsdp:
     divisors = [k for k in range(1, num_devices + 1) if num_devices % k == 0]
-    raise ValueError(f"mesh.fsdp={fsdp} does not divide the {num_devices} devices (the mesh is "
-                     f"data = devices / fsdp by fsdp); use one of {divisors}, e.g. "
-                     f"--config.mesh.fsdp={max(k for k in divisors if k <= fsdp)}.")
+    raise ValueError(
+      f"mesh.fsdp={fsdp} does not divide the {num_devices} devices (the mesh is "
+      f"data = devices / fsdp by fsdp); use one of {divisors}, e.g. "
+      f"--config.mesh.fsdp={max(k for k in divisors if k <= fsdp)}."
+    )
   return num_devices // fsdp, fsdp
 
 
@@ -45,9 +49,11 @@ def check_batch_size(batch_size: int, mesh_shape: tuple[int, int], *, field: str
   if batch_size < 1:
     raise ValueError(f"{field} must be >= 1, got {batch_size}.")
   if batch_size % n:
-    raise ValueError(f"{field}={batch_size} is not divisible by the {n} devices of the mesh "
-                     f"(data={data} x fsdp={fsdp}): the batch splits over every device; use a "
-                     f"multiple of {n}, e.g. {math.ceil(batch_size / n) * n}.")
+    raise ValueError(
+      f"{field}={batch_size} is not divisible by the {n} devices of the mesh "
+      f"(data={data} x fsdp={fsdp}): the batch splits over every device; use a "
+      f"multiple of {n}, e.g. {math.ceil(batch_size / n) * n}."
+    )
 
 
 def make_mesh(num_devices: int | None = None, fsdp: int = 1) -> Mesh:
@@ -66,8 +72,10 @@ def mesh_config(config: Any) -> tuple[int, int]:
   """(fsdp, fsdp_min_size) of `config.mesh`; raises ValueError if fsdp_min_size < 0."""
   fsdp, min_size = int(config.mesh.fsdp), int(config.mesh.fsdp_min_size)
   if min_size < 0:
-    raise ValueError(f"mesh.fsdp_min_size must be >= 0 (arrays with fewer elements stay "
-                     f"replicated), got {min_size}.")
+    raise ValueError(
+      f"mesh.fsdp_min_size must be >= 0 (arrays with fewer elements stay "
+      f"replicated), got {min_size}."
+    )
   return fsdp, min_size
 
 
@@ -102,22 +110,25 @@ def param_spec(shape: tuple[int, ...], fsdp: int, min_size: int = DEFAULT_FSDP_M
   return P(*([None] * axis + [FSDP_AXIS]))
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh,
-                    min_size: int = DEFAULT_FSDP_MIN_SIZE) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, min_size: int = DEFAULT_FSDP_MIN_SIZE) -> Any:
   """Shardings of a train state (params, EMA, optimizer state, step, ...), leaf by leaf: see
   `param_spec`. Everything is replicated on a mesh whose fsdp axis has size 1."""
   fsdp = fsdp_size(mesh)
   return jax.tree.map(
-      lambda x: NamedSharding(mesh, param_spec(tuple(np.shape(x)), fsdp, min_size)),
-      abstract_state)
+    lambda x: NamedSharding(mesh, param_spec(tuple(np.shape(x)), fsdp, min_size)), abstract_state
+  )
 
 
 def jit_train_step(step_fn, mesh: Mesh, state_sharding: Any):
   """jit of step_fn(state, batch, rng) -> (state, metrics): batch split over all devices, rng
   and metrics replicated, the state in `state_sharding` and donated (updated in place)."""
   rep, dat = replicated(mesh), batch_sharded(mesh)
-  return jax.jit(step_fn, in_shardings=(state_sharding, dat, rep),
-                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_sharding, dat, rep),
+    out_shardings=(state_sharding, rep),
+    donate_argnums=(0,),
+  )
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -145,17 +156,26 @@ def gather_replicated(tree: Any) -> Any:
   sampling loop, and the EMA params alone fit on any device that trained the model.
   """
   leaves = jax.tree.leaves(tree)
-  meshes = {id(x.sharding.mesh): x.sharding.mesh for x in leaves
-            if isinstance(getattr(x, "sharding", None), NamedSharding)
-            and not x.sharding.is_fully_replicated}
+  meshes = {
+    id(x.sharding.mesh): x.sharding.mesh
+    for x in leaves
+    if isinstance(getattr(x, "sharding", None), NamedSharding)
+    and not x.sharding.is_fully_replicated
+  }
   if not meshes:
     return tree
   if len(meshes) > 1:
     raise ValueError("gather_replicated: the arrays live on different meshes.")
   rep = replicated(next(iter(meshes.values())))
   return jax.tree.map(
-      lambda x: jax.device_put(x, rep) if isinstance(getattr(x, "sharding", None), NamedSharding)
-      and not x.sharding.is_fully_replicated else x, tree)
+    lambda x: (
+      jax.device_put(x, rep)
+      if isinstance(getattr(x, "sharding", None), NamedSharding)
+      and not x.sharding.is_fully_replicated
+      else x
+    ),
+    tree,
+  )
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -163,6 +183,7 @@ def to_host(x: jax.Array) -> np.ndarray:
   if getattr(x, "is_fully_addressable", True):
     return np.asarray(jax.device_get(x))
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -172,8 +193,9 @@ def sharded_batch_fn(fn, params: Any, mesh: Mesh):
   The returned callable takes a host batch of any size N (padded to a multiple of the device
   count and trimmed back) and returns numpy arrays. `params` are replicated.
   """
-  jitted = jax.jit(fn, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                   out_shardings=batch_sharded(mesh))
+  jitted = jax.jit(
+    fn, in_shardings=(replicated(mesh), batch_sharded(mesh)), out_shardings=batch_sharded(mesh)
+  )
   rep, dat = replicated(mesh), batch_sharded(mesh)
   params = jax.tree.map(lambda p: host_to_global(p, rep), gather_replicated(params))
 
@@ -184,4 +206,5 @@ def sharded_batch_fn(fn, params: Any, mesh: Mesh):
       x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
     out = jitted(params, host_to_global(x, dat))
     return jax.tree.map(lambda y: to_host(y)[:n], out)
+
   return apply

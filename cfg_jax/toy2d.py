@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from cfg_jax.guidance import EpsFn
 @dataclasses.dataclass(frozen=True)
 class Toy2D:
   """Components m of all classes: mean [M, 2], std [M], class id [M], weight within class [M]."""
+
   means: np.ndarray
   stds: np.ndarray
   classes: np.ndarray
@@ -54,17 +55,24 @@ class Toy2D:
 def default_toy() -> Toy2D:
   """3 classes around a circle, each 2–3 well-separated tight Gaussians, inside [−1, 1]²."""
   means, classes, weights = [], [], []
-  parts = {0: ((0.55, 0.35), (0.75, 0.0)), 1: ((-0.55, 0.35), (-0.1, 0.72), (-0.75, -0.05)),
-           2: ((-0.3, -0.65), (0.3, -0.65))}
+  parts = {
+    0: ((0.55, 0.35), (0.75, 0.0)),
+    1: ((-0.55, 0.35), (-0.1, 0.72), (-0.75, -0.05)),
+    2: ((-0.3, -0.65), (0.3, -0.65)),
+  }
   within = {0: (0.6, 0.4), 1: (0.5, 0.3, 0.2), 2: (0.5, 0.5)}
   for c, centers in parts.items():
     means += centers
     classes += [c] * len(centers)
     weights += within[c]
   m = len(means)
-  return Toy2D(means=np.asarray(means, np.float32), stds=np.full((m,), 0.07, np.float32),
-               classes=np.asarray(classes, np.int32), weights=np.asarray(weights, np.float32),
-               class_prior=np.full((3,), 1.0 / 3.0, np.float32))
+  return Toy2D(
+    means=np.asarray(means, np.float32),
+    stds=np.full((m,), 0.07, np.float32),
+    classes=np.asarray(classes, np.int32),
+    weights=np.asarray(weights, np.float32),
+    class_prior=np.full((3,), 1.0 / 3.0, np.float32),
+  )
 
 
 def log_prob(toy: Toy2D, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array) -> jax.Array:
@@ -90,7 +98,7 @@ def eps_fn(toy: Toy2D) -> EpsFn:
     resp = jax.nn.softmax(_component_log_joint(toy, z=z, logsnr=logsnr, labels=labels), axis=1)
     lam = jnp.asarray(logsnr, jnp.float32)[:, None]
     alpha, sigma = schedules.alpha_sigma(lam)
-    var = schedules.alpha_sq(lam) * stds2 + schedules.sigma_sq(lam)            # [B, M]
+    var = schedules.alpha_sq(lam) * stds2 + schedules.sigma_sq(lam)  # [B, M]
     eps_m = sigma[..., None] * (z[:, None, :] - alpha[..., None] * means) / var[..., None]
     return jnp.sum(resp[..., None] * eps_m, axis=1)
 
@@ -126,27 +134,48 @@ def nearest_component(toy: Toy2D, *, x: np.ndarray) -> np.ndarray:
   return np.argmin(d, axis=1)
 
 
-def draw(toy: Toy2D, *, labels: np.ndarray, w: float | np.ndarray, config: sampling.SamplerConfig,
-         seed: int = 0) -> np.ndarray:
+def draw(
+  toy: Toy2D,
+  *,
+  labels: np.ndarray,
+  w: float | np.ndarray,
+  config: sampling.SamplerConfig,
+  seed: int = 0,
+) -> np.ndarray:
   """Samples `labels` with `sampling.sample` and the exact ε; returns numpy [N, 2]."""
   labels = jnp.asarray(labels, jnp.int32)
   n = labels.shape[0]
-  x = _draw_jit(toy, config)(jax.random.key(seed), jnp.arange(n), labels,
-                             jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,)))
+  x = _draw_jit(toy, config)(
+    jax.random.key(seed), jnp.arange(n), labels, jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,))
+  )
   return np.asarray(x)
 
 
 def _draw_jit(toy: Toy2D, config: sampling.SamplerConfig):
   """jit f(rng, ids, labels, w) -> x (a new function: each call of `draw` compiles once)."""
   f = eps_fn(toy)
-  return jax.jit(lambda rng, ids, y, w: sampling.sample(
-      f, rng=rng, sample_ids=ids, labels=y, w=w, shape=(2,), null_label=toy.null_label,
-      config=config))
+  return jax.jit(
+    lambda rng, ids, y, w: sampling.sample(
+      f,
+      rng=rng,
+      sample_ids=ids,
+      labels=y,
+      w=w,
+      shape=(2,),
+      null_label=toy.null_label,
+      config=config,
+    )
+  )
 
 
-def make_figure(toy: Toy2D | None = None, *, w_values: Sequence[float] = (0.0, 1.0, 3.0, 8.0),
-                samples_per_class: int = 500, config: sampling.SamplerConfig | None = None,
-                seed: int = 0):
+def make_figure(
+  toy: Toy2D | None = None,
+  *,
+  w_values: Sequence[float] = (0.0, 1.0, 3.0, 8.0),
+  samples_per_class: int = 500,
+  config: sampling.SamplerConfig | None = None,
+  seed: int = 0,
+):
   """A matplotlib Figure: one scatter panel per w, classes coloured, component means marked.
 
   Uses `matplotlib.figure.Figure` (no pyplot global state): in a notebook, return it from a cell.
@@ -165,8 +194,9 @@ def make_figure(toy: Toy2D | None = None, *, w_values: Sequence[float] = (0.0, 1
     x = np.asarray(f(jax.random.key(seed), ids, y, jnp.full((labels.size,), w, jnp.float32)))
     for c in range(toy.num_classes):
       xc = x[labels == c]
-      ax.scatter(xc[:, 0], xc[:, 1], s=3, alpha=0.5, color=colors[c % len(colors)],
-                 label=f"class {c}")
+      ax.scatter(
+        xc[:, 0], xc[:, 1], s=3, alpha=0.5, color=colors[c % len(colors)], label=f"class {c}"
+      )
     ax.scatter(toy.means[:, 0], toy.means[:, 1], marker="x", s=30, color="black", linewidths=1)
     ax.set_title(f"w = {w:g}")
     ax.set_xlim(-1.6, 1.6)
@@ -174,9 +204,12 @@ def make_figure(toy: Toy2D | None = None, *, w_values: Sequence[float] = (0.0, 1
     ax.set_aspect("equal")
   axes[0].legend(loc="lower left", fontsize=7, markerscale=3)
   d = config.describe()
-  fig.suptitle(f"exact-score 2D mixture: sampler={d['sampler']}, T={d['num_steps']}, "
-               f"interval={d['guidance_interval']}, rescale_phi={d['rescale_phi']:g}, "
-               f"thresholding={d['thresholding']}", fontsize=9)
+  fig.suptitle(
+    f"exact-score 2D mixture: sampler={d['sampler']}, T={d['num_steps']}, "
+    f"interval={d['guidance_interval']}, rescale_phi={d['rescale_phi']:g}, "
+    f"thresholding={d['thresholding']}",
+    fontsize=9,
+  )
   return fig
 
 
@@ -199,16 +232,27 @@ def main(argv: Sequence[str] | None = None):
   parser.add_argument("--w", default="0,1,3,8", help="comma-separated w values")
   parser.add_argument("--thresholding", default="none", choices=sampling.THRESHOLDING_MODES)
   parser.add_argument("--rescale-phi", type=float, default=0.0)
-  parser.add_argument("--interval", default="", help="guidance interval in λ, e.g. --interval=-3,2 (default: everywhere)")
+  parser.add_argument(
+    "--interval",
+    default="",
+    help="guidance interval in λ, e.g. --interval=-3,2 (default: everywhere)",
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   interval = tuple(float(v) for v in args.interval.split(",")) if args.interval else None
-  config = sampling.SamplerConfig(num_steps=args.steps, sampler=args.sampler, eta=args.eta,
-                                  v=args.v, thresholding=args.thresholding,
-                                  rescale_phi=args.rescale_phi, guidance_interval=interval)
+  config = sampling.SamplerConfig(
+    num_steps=args.steps,
+    sampler=args.sampler,
+    eta=args.eta,
+    v=args.v,
+    thresholding=args.thresholding,
+    rescale_phi=args.rescale_phi,
+    guidance_interval=interval,
+  )
   w_values = tuple(float(v) for v in args.w.split(","))
-  fig = make_figure(w_values=w_values, samples_per_class=args.samples, config=config,
-                    seed=args.seed)
+  fig = make_figure(
+    w_values=w_values, samples_per_class=args.samples, config=config, seed=args.seed
+  )
   save_figure(fig, args.out)
   print(f"wrote {args.out} ({config.describe()})")
   return fig

@@ -19,10 +19,19 @@ import numpy as np
 import optax
 from absl import logging
 
-from cfg_jax import config_lib, diffusion, guidance, images, models, sampling, sampling_runner
-from cfg_jax import schedules
+from cfg_jax import (
+  config_lib,
+  diffusion,
+  guidance,
+  images,
+  models,
+  sampling,
+  sampling_runner,
+  schedules,
+  train_loop,
+  train_state,
+)
 from cfg_jax import sharding as sharding_lib
-from cfg_jax import train_loop, train_state
 from cfg_jax.evaluation import digits_judge
 from cfg_jax.models import UNet
 from cfg_jax.train_state import TrainState
@@ -34,9 +43,15 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.where(step == 0, 0.0, jnp.minimum(decay, (1.0 + step) / (10.0 + step)))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *, model: UNet,
-               tx: optax.GradientTransformation, config: ml_collections.ConfigDict
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  model: UNet,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One step of Algorithm 1: c ← ∅ w.p. p_uncond, u ~ U[0,1], λ = λ(u), loss ‖ε_θ(z_λ, c) − ε‖².
 
   Non-finite loss or gradients skip the update (params, optimizer state and EMA unchanged) and
@@ -46,17 +61,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   x, labels = batch["image"], batch["label"]
   rng = jax.random.fold_in(rng, state.step)
   k_drop, k_u, k_eps, k_dropout = jax.random.split(rng, 4)
-  labels = guidance.drop_labels(k_drop, labels, p_uncond=config.guidance.p_uncond,
-                                null_label=config.data.num_classes)
+  labels = guidance.drop_labels(
+    k_drop, labels, p_uncond=config.guidance.p_uncond, null_label=config.data.num_classes
+  )
   u = jax.random.uniform(k_u, (x.shape[0],))
-  logsnr = schedules.logsnr_schedule_cosine(u, logsnr_min=config.diffusion.logsnr_min,
-                                            logsnr_max=config.diffusion.logsnr_max)
+  logsnr = schedules.logsnr_schedule_cosine(
+    u, logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max
+  )
   eps = jax.random.normal(k_eps, x.shape)
   z = diffusion.diffuse(x=x, eps=eps, logsnr=logsnr)
 
   def loss_fn(params):
-    eps_pred = model.apply({"params": params}, z, logsnr, labels, train=True,
-                           rngs={"dropout": k_dropout})
+    eps_pred = model.apply(
+      {"params": params}, z, logsnr, labels, train=True, rngs={"dropout": k_dropout}
+    )
     return jnp.mean(diffusion.eps_loss(eps_pred=eps_pred.astype(jnp.float32), eps=eps))
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -71,24 +89,36 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
   ema = keep(ema, state.ema_params)
   # The rate this step's update is scaled by: the schedule at the optimizer's own count.
   lr = train_state.learning_rate_schedule(config)(train_state.schedule_count(state.opt_state))
-  metrics = {"loss": loss, "grad_norm": grad_norm, "nonfinite": 1.0 - finite.astype(jnp.float32),
-             "learning_rate": lr}
+  metrics = {
+    "loss": loss,
+    "grad_norm": grad_norm,
+    "nonfinite": 1.0 - finite.astype(jnp.float32),
+    "learning_rate": lr,
+  }
   streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
-  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state,
-                         nonfinite_streak=streak)
+  new_state = TrainState(
+    step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, nonfinite_streak=streak
+  )
   return new_state, metrics
 
 
-def make_train_step(model: UNet, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict, mesh, state_sharding):
+def make_train_step(
+  model: UNet,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  mesh,
+  state_sharding,
+):
   """`train_step` jitted over `mesh`: batch split over all devices, state donated and sharded as
   `state_sharding` (from `create_train_state`)."""
   return sharding_lib.jit_train_step(
-      functools.partial(train_step, model=model, tx=tx, config=config), mesh, state_sharding)
+    functools.partial(train_step, model=model, tx=tx, config=config), mesh, state_sharding
+  )
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: UNet,
-                       tx: optax.GradientTransformation, mesh, shape) -> tuple[TrainState, Any]:
+def create_train_state(
+  config: ml_collections.ConfigDict, model: UNet, tx: optax.GradientTransformation, mesh, shape
+) -> tuple[TrainState, Any]:
   """Initialises the state directly into its shardings (shapes from jax.eval_shape first):
   replicated, or sharded over the mesh's `fsdp` axis per config.mesh (sharding.state_shardings)."""
   init = functools.partial(train_state.init_state, model=model, tx=tx, shape=tuple(shape))
@@ -101,16 +131,24 @@ def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
   return np.repeat(classes, per_class).astype(np.int32)
 
 
-def write_sample_grids(*, writer, workdir: str, step: int, sampler, params, config,
-                       mesh) -> dict[float, str]:
+def write_sample_grids(
+  *, writer, workdir: str, step: int, sampler, params, config, mesh
+) -> dict[float, str]:
   """Samples a class-per-row grid for each w in guidance.w_values; writes PNGs and TB images."""
   per_class = config.training.grid_samples_per_class
   labels = grid_labels(config.data.num_classes, per_class)
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   paths, tb_images = {}, {}
   for w in config.guidance.w_values:
-    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
-                                 batch_size=config.sampling.batch_size, mesh=mesh)
+    x = sampling_runner.generate(
+      sampler,
+      params,
+      rng,
+      labels=labels,
+      w=float(w),
+      batch_size=config.sampling.batch_size,
+      mesh=mesh,
+    )
     grid = images.make_grid(x, ncols=per_class)
     if jax.process_index() == 0:
       path = os.path.join(workdir, "samples", f"step_{step:08d}_w{w:g}.png")
@@ -128,12 +166,21 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_033)
   acc = {}
   for w in config.evaluation.judge_w_values:
-    x = sampling_runner.generate(sampler, params, rng, labels=labels, w=float(w),
-                                 batch_size=config.sampling.batch_size, mesh=mesh)
-    acc[float(w)] = digits_judge.class_accuracy(x, labels, data_dir=config.data.data_dir,
-                                                name=config.data.name)
-    logging.info("step %d: SVM class accuracy of %d samples at w=%g: %.3f", step, n, w,
-                 acc[float(w)])
+    x = sampling_runner.generate(
+      sampler,
+      params,
+      rng,
+      labels=labels,
+      w=float(w),
+      batch_size=config.sampling.batch_size,
+      mesh=mesh,
+    )
+    acc[float(w)] = digits_judge.class_accuracy(
+      x, labels, data_dir=config.data.data_dir, name=config.data.name
+    )
+    logging.info(
+      "step %d: SVM class accuracy of %d samples at w=%g: %.3f", step, n, w, acc[float(w)]
+    )
   writer.write_scalars(step, {f"eval/svm_class_accuracy/w={w:g}": a for w, a in acc.items()})
   return acc
 
@@ -151,29 +198,55 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, state_sharding = create_train_state(config, model, tx, mesh, spec.image_shape)
   sampler = sampling_runner.make_sampler(
-      model.apply, shape=spec.image_shape, null_label=config.data.num_classes, mesh=mesh,
-      config=sampling.SamplerConfig.from_config(config))
-  judge = (config.data.name in digits_judge.DATASETS
-           and config.evaluation.judge_num_samples > 0)
+    model.apply,
+    shape=spec.image_shape,
+    null_label=config.data.num_classes,
+    mesh=mesh,
+    config=sampling.SamplerConfig.from_config(config),
+  )
+  judge = config.data.name in digits_judge.DATASETS and config.evaluation.judge_num_samples > 0
 
   def periodic(step: int, state: TrainState, *, last: bool, writer) -> None:
     if train_loop.every(step, t.sample_every_steps, last=last):
-      paths = write_sample_grids(writer=writer, workdir=workdir, step=step, sampler=sampler,
-                                 params=state.ema_params, config=config, mesh=mesh)
+      paths = write_sample_grids(
+        writer=writer,
+        workdir=workdir,
+        step=step,
+        sampler=sampler,
+        params=state.ema_params,
+        config=config,
+        mesh=mesh,
+      )
       for w, p in paths.items():
         logging.info("Wrote samples for w=%g to %s", w, p)
     if last and judge:
-      judge_digits(writer=writer, step=step, sampler=sampler, params=state.ema_params,
-                   config=config, mesh=mesh)
+      judge_digits(
+        writer=writer, step=step, sampler=sampler, params=state.ema_params, config=config, mesh=mesh
+      )
 
   return train_loop.run(
-      state, make_train_step(model, tx, config, mesh, state_sharding), workdir=workdir,
-      loop=train_loop.LoopConfig(
-          num_steps=t.num_train_steps, batch_size=t.batch_size, log_every=t.log_every_steps,
-          checkpoint_every=t.checkpoint_every_steps, max_to_keep=t.max_checkpoints_to_keep,
-          max_consecutive_nonfinite=t.max_consecutive_nonfinite),
-      batches=functools.partial(data.train_iterator, config.data, global_batch_size=t.batch_size,
-                                seed=config.seed, process_index=jax.process_index(),
-                                process_count=jax.process_count()),
-      mesh=mesh, rng=jax.random.fold_in(jax.random.key(config.seed), 1), hparams=config,
-      metadata={"config": config.to_json()}, periodic=periodic)
+    state,
+    make_train_step(model, tx, config, mesh, state_sharding),
+    workdir=workdir,
+    loop=train_loop.LoopConfig(
+      num_steps=t.num_train_steps,
+      batch_size=t.batch_size,
+      log_every=t.log_every_steps,
+      checkpoint_every=t.checkpoint_every_steps,
+      max_to_keep=t.max_checkpoints_to_keep,
+      max_consecutive_nonfinite=t.max_consecutive_nonfinite,
+    ),
+    batches=functools.partial(
+      data.train_iterator,
+      config.data,
+      global_batch_size=t.batch_size,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    ),
+    mesh=mesh,
+    rng=jax.random.fold_in(jax.random.key(config.seed), 1),
+    hparams=config,
+    metadata={"config": config.to_json()},
+    periodic=periodic,
+  )

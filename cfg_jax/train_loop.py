@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -55,6 +56,7 @@ class LoopConfig:
       row (0: never; the state needs a `nonfinite_streak` field otherwise).
     section: the config section these come from, named in error messages.
   """
+
   num_steps: int
   batch_size: int
   log_every: int
@@ -64,17 +66,18 @@ class LoopConfig:
   section: str = "training"
 
 
-def init_sharded(init: Callable[[jax.Array], State], rng: jax.Array, *, mesh,
-                 config: ml_collections.ConfigDict) -> tuple[State, Any]:
+def init_sharded(
+  init: Callable[[jax.Array], State], rng: jax.Array, *, mesh, config: ml_collections.ConfigDict
+) -> tuple[State, Any]:
   """(init(rng), its shardings), computed directly into the shardings (shapes from
   jax.eval_shape first): replicated, or sharded over the mesh's `fsdp` axis per config.mesh."""
-  shardings = sharding_lib.state_shardings(jax.eval_shape(init, rng), mesh,
-                                           sharding_lib.mesh_config(config)[1])
+  shardings = sharding_lib.state_shardings(
+    jax.eval_shape(init, rng), mesh, sharding_lib.mesh_config(config)[1]
+  )
   return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
-def check_nonfinite_streak(state: Any, loop: LoopConfig, ckpt: checkpointing.Checkpointer
-                           ) -> None:
+def check_nonfinite_streak(state: Any, loop: LoopConfig, ckpt: checkpointing.Checkpointer) -> None:
   """Raises NonFiniteLossError after loop.max_consecutive_nonfinite skipped steps in a row
   (checked at log steps; skipped steps never change the parameters, so nothing is lost)."""
   limit = loop.max_consecutive_nonfinite
@@ -84,10 +87,11 @@ def check_nonfinite_streak(state: Any, loop: LoopConfig, ckpt: checkpointing.Che
   if streak >= limit:
     s = loop.section
     raise NonFiniteLossError(
-        f"{streak} consecutive steps up to step {int(state.step)} had a non-finite loss or "
-        f"gradient (limit {s}.max_consecutive_nonfinite={limit}); their updates were "
-        f"skipped and the last good checkpoint (step {ckpt.latest_step()}) is kept. Lower "
-        f"{s}.learning_rate, enable {s}.grad_clip, or check the data.")
+      f"{streak} consecutive steps up to step {int(state.step)} had a non-finite loss or "
+      f"gradient (limit {s}.max_consecutive_nonfinite={limit}); their updates were "
+      f"skipped and the last good checkpoint (step {ckpt.latest_step()}) is kept. Lower "
+      f"{s}.learning_rate, enable {s}.grad_clip, or check the data."
+    )
 
 
 def summarize(window: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -99,9 +103,16 @@ def summarize(window: list[dict[str, jax.Array]]) -> dict[str, float]:
   return summary
 
 
-def save_or_stop(ckpt: checkpointing.Checkpointer, step: int, state: Any, *, last: bool,
-                 every_steps: int, watcher: preemption.PreemptionWatcher,
-                 metadata: dict) -> bool:
+def save_or_stop(
+  ckpt: checkpointing.Checkpointer,
+  step: int,
+  state: Any,
+  *,
+  last: bool,
+  every_steps: int,
+  watcher: preemption.PreemptionWatcher,
+  metadata: dict,
+) -> bool:
   """The checkpoint duty of a step: saves at every `every_steps` steps and at the last; when
   `watcher` (asked at every step on every process) requests a stop before the last step, makes
   sure `step` is saved, closes, and returns True: the loop stops."""
@@ -115,10 +126,20 @@ def save_or_stop(ckpt: checkpointing.Checkpointer, step: int, state: Any, *, las
   return True
 
 
-def run(state: State, step_fn: StepFn, *, workdir: str, loop: LoopConfig,
-        batches: Callable[..., Iterator[dict[str, np.ndarray]]], mesh, rng: jax.Array,
-        hparams: Mapping[str, Any], metadata: dict,
-        periodic: Callable[..., None] | None = None, what: str = "") -> State:
+def run(
+  state: State,
+  step_fn: StepFn,
+  *,
+  workdir: str,
+  loop: LoopConfig,
+  batches: Callable[..., Iterator[dict[str, np.ndarray]]],
+  mesh,
+  rng: jax.Array,
+  hparams: Mapping[str, Any],
+  metadata: dict,
+  periodic: Callable[..., None] | None = None,
+  what: str = "",
+) -> State:
   """Trains `state` to loop.num_steps; resumes from `<workdir>/checkpoints` when it holds one.
 
   Args:
@@ -143,9 +164,11 @@ def run(state: State, step_fn: StepFn, *, workdir: str, loop: LoopConfig,
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in hparams.items()})
   host_batches = batches(start_step=start_step)
-  report = periodic_actions.ReportProgress(num_train_steps=loop.num_steps, writer=writer,
-                                           every_steps=loop.log_every if loop.log_every > 0
-                                           else None)
+  report = periodic_actions.ReportProgress(
+    num_train_steps=loop.num_steps,
+    writer=writer,
+    every_steps=loop.log_every if loop.log_every > 0 else None,
+  )
   window: list[dict[str, jax.Array]] = []
   last_log_time, last_log_step = time.time(), start_step
 
@@ -159,15 +182,25 @@ def run(state: State, step_fn: StepFn, *, workdir: str, loop: LoopConfig,
       last = step == loop.num_steps
       if every(step, loop.log_every, last=last):
         summary, now = summarize(window), time.time()
-        summary["images_per_sec"] = ((step - last_log_step) * loop.batch_size
-                                     / (now - last_log_time))
+        summary["images_per_sec"] = (step - last_log_step) * loop.batch_size / (now - last_log_time)
         last_log_time, last_log_step, window = now, step, []
         writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
         check_nonfinite_streak(state, loop, ckpt)
-      if save_or_stop(ckpt, step, state, last=last, every_steps=loop.checkpoint_every,
-                      watcher=watcher, metadata=metadata):
-        logging.warning("%sPreempted: saved checkpoint step %d and stopped; run the same "
-                        "command again to resume.", prefix, step)
+      if save_or_stop(
+        ckpt,
+        step,
+        state,
+        last=last,
+        every_steps=loop.checkpoint_every,
+        watcher=watcher,
+        metadata=metadata,
+      ):
+        logging.warning(
+          "%sPreempted: saved checkpoint step %d and stopped; run the same "
+          "command again to resume.",
+          prefix,
+          step,
+        )
         return state
       if periodic is not None:
         periodic(step, state, last=last, writer=writer)

@@ -34,8 +34,12 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   if t.warmup_steps <= 0:
     return optax.constant_schedule(t.learning_rate)
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
-       optax.constant_schedule(t.learning_rate)], [t.warmup_steps])
+    [
+      optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
+      optax.constant_schedule(t.learning_rate),
+    ],
+    [t.warmup_steps],
+  )
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -51,17 +55,29 @@ def schedule_count(opt_state: Any) -> jax.Array:
   is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
   counts = [x.count for x in jax.tree.leaves(opt_state, is_leaf=is_sched) if is_sched(x)]
   if len(counts) != 1:
-    raise ValueError(f"expected one learning-rate schedule in the optimizer state, found "
-                     f"{len(counts)}.")
+    raise ValueError(
+      f"expected one learning-rate schedule in the optimizer state, found {len(counts)}."
+    )
   return counts[0]
 
 
-def init_state(rng: jax.Array, *, model: models.UNet, tx: optax.GradientTransformation,
-               shape: tuple[int, ...]) -> TrainState:
-  params = model.init({"params": rng}, jnp.zeros((1, *shape)), jnp.zeros((1,)),
-                      jnp.zeros((1,), jnp.int32), train=False)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=tx.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
+def init_state(
+  rng: jax.Array, *, model: models.UNet, tx: optax.GradientTransformation, shape: tuple[int, ...]
+) -> TrainState:
+  params = model.init(
+    {"params": rng},
+    jnp.zeros((1, *shape)),
+    jnp.zeros((1,)),
+    jnp.zeros((1,), jnp.int32),
+    train=False,
+  )["params"]
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    ema_params=params,
+    opt_state=tx.init(params),
+    nonfinite_streak=jnp.zeros((), jnp.int32),
+  )
 
 
 def abstract_state(config: ml_collections.ConfigDict, mesh) -> TrainState:
@@ -69,8 +85,10 @@ def abstract_state(config: ml_collections.ConfigDict, mesh) -> TrainState:
   (sharded over `fsdp` per config.mesh); nothing is allocated."""
   model, tx = models.create_model(config), create_optimizer(config)
   shape = models.image_shape(config)
-  abstract = jax.eval_shape(lambda r: init_state(r, model=model, tx=tx, shape=shape),
-                            jax.random.key(0))
+  abstract = jax.eval_shape(
+    lambda r: init_state(r, model=model, tx=tx, shape=shape), jax.random.key(0)
+  )
   shardings = sharding_lib.state_shardings(abstract, mesh, sharding_lib.mesh_config(config)[1])
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )

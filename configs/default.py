@@ -37,8 +37,8 @@ def get_config(arg=None):
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "digits"        # digits | cifar10 | imagenet64 | imagenet128
-  c.data.data_dir = ""          # '' = tfds default (digits: ~/.cache/cfg_jax/tensorflow_datasets)
+  c.data.name = "digits"  # digits | cifar10 | imagenet64 | imagenet128
+  c.data.data_dir = ""  # '' = tfds default (digits: ~/.cache/cfg_jax/tensorflow_datasets)
   # Set from the dataset (data.name) when the config is loaded or validated: leave them unset.
   # The null label ∅ is the extra class id `num_classes`.
   c.data.image_size = config_dict.placeholder(int)
@@ -51,12 +51,12 @@ def get_config(arg=None):
   c.model.ch_mult = (1, 2)
   c.model.num_res_blocks = 1
   c.model.attn_resolutions = (4,)
-  c.model.head_channels = 16     # > 0: heads = channels // head_channels; else use num_heads
+  c.model.head_channels = 16  # > 0: heads = channels // head_channels; else use num_heads
   c.model.num_heads = -1
   c.model.dropout = 0.0
   c.model.resblock_updown = True
   c.model.num_groups = 32
-  c.model.dtype = "float32"      # computation dtype; parameters stay float32
+  c.model.dtype = "float32"  # computation dtype; parameters stay float32
   c.model.remat = False
 
   c.diffusion = ml_collections.ConfigDict()
@@ -64,21 +64,21 @@ def get_config(arg=None):
   c.diffusion.logsnr_max = 20.0
 
   c.guidance = ml_collections.ConfigDict()
-  c.guidance.p_uncond = 0.1       # paper: 0.1 / 0.2 / 0.5
+  c.guidance.p_uncond = 0.1  # paper: 0.1 / 0.2 / 0.5
   c.guidance.w_values = (0.0, 1.0, 3.0)  # w of the sample grids written during training
 
   c.training = ml_collections.ConfigDict()
-  c.training.batch_size = 64      # global, over all devices and processes
+  c.training.batch_size = 64  # global, over all devices and processes
   c.training.num_train_steps = 1000
   c.training.learning_rate = 1e-3
   c.training.warmup_steps = 100
   c.training.adam_b1 = 0.9
   c.training.adam_b2 = 0.999
-  c.training.grad_clip = 1.0      # global-norm clipping; 0 disables
+  c.training.grad_clip = 1.0  # global-norm clipping; 0 disables
   c.training.ema_decay = 0.999
   c.training.log_every_steps = 100
   c.training.checkpoint_every_steps = 500
-  c.training.sample_every_steps = 0   # 0: sample grids only at the end
+  c.training.sample_every_steps = 0  # 0: sample grids only at the end
   c.training.grid_samples_per_class = 10
   c.training.max_checkpoints_to_keep = 3
   # Non-finite loss/gradient: the update is always skipped and counted; after this many in a
@@ -89,22 +89,22 @@ def get_config(arg=None):
   # over all devices; with fsdp > 1, params, EMA and optimizer state are sharded over `fsdp`
   # (arrays of at least fsdp_min_size elements, on their largest dimension fsdp divides).
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.fsdp = 1                 # 1 = data parallel (everything replicated)
-  c.mesh.fsdp_min_size = 2**16    # smaller arrays stay replicated
+  c.mesh.fsdp = 1  # 1 = data parallel (everything replicated)
+  c.mesh.fsdp_min_size = 2**16  # smaller arrays stay replicated
 
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.num_steps = 64       # T (paper: 256)
-  c.sampling.v = 0.3              # paper: 0.3 at 64x64, 0.2 at 128x128
-  c.sampling.clip_x = True        # static clip of x~ to [-1, 1]; False turns thresholding=static off
+  c.sampling.num_steps = 64  # T (paper: 256)
+  c.sampling.v = 0.3  # paper: 0.3 at 64x64, 0.2 at 128x128
+  c.sampling.clip_x = True  # static clip of x~ to [-1, 1]; False turns thresholding=static off
   # Sampler and guidance variants (cfg_jax/sampling.py); the defaults are the paper's sampler.
   c.sampling.sampler = "ancestral"  # ancestral (paper, uses v) | ddim (uses eta) | euler | heun
-  c.sampling.eta = 0.0             # DDIM eta in [0, 1]: 0 deterministic, 1 = ancestral with v = 0
+  c.sampling.eta = 0.0  # DDIM eta in [0, 1]: 0 deterministic, 1 = ancestral with v = 0
   c.sampling.guidance_interval = ()  # (lambda_lo, lambda_hi): guide only there; () = everywhere
-  c.sampling.rescale_phi = 0.0     # CFG rescale phi in [0, 1] (Lin et al. 2023); 0 = off
+  c.sampling.rescale_phi = 0.0  # CFG rescale phi in [0, 1] (Lin et al. 2023); 0 = off
   c.sampling.thresholding = "static"  # none | static (clip to [-1, 1]) | dynamic (Imagen)
   c.sampling.dynamic_threshold_p = 0.995  # percentile of |x~| for thresholding=dynamic
-  c.sampling.num_samples = 100    # --mode=sample draws this many per w
-  c.sampling.labels = ()          # () = cycle through all classes
+  c.sampling.num_samples = 100  # --mode=sample draws this many per w
+  c.sampling.labels = ()  # () = cycle through all classes
   c.sampling.w_values = (0.0, 1.0, 3.0)
   c.sampling.batch_size = 500
   c.sampling.checkpoint_step = -1  # -1 = latest
@@ -113,19 +113,19 @@ def get_config(arg=None):
   # --mode=evaluate: the trade-off sweep (see cfg_jax/evaluate.py).
   c.evaluation = ml_collections.ConfigDict()
   c.evaluation.w_values = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # paper's grid
-  c.evaluation.num_steps_values = ()     # T values to sweep; () = (sampling.num_steps,)
-  c.evaluation.num_samples = 1000        # per (T, w); the paper uses 50,000
+  c.evaluation.num_steps_values = ()  # T values to sweep; () = (sampling.num_steps,)
+  c.evaluation.num_samples = 1000  # per (T, w); the paper uses 50,000
   c.evaluation.batch_size = 500
   c.evaluation.reference_split = "train"
   c.evaluation.reference_num_examples = -1  # -1 = the whole split
-  c.evaluation.pr_k = 3                  # k of the k-NN precision / recall
+  c.evaluation.pr_k = 3  # k of the k-NN precision / recall
   # .npz of the FID Inception-v3: "" = ~/.cache/cfg_jax/inception_fid.npz if it exists (`make
   # fid-weights`); "none" = no Inception (digits and mnist keep their classifier metrics only).
   c.evaluation.inception_weights = ""
-  c.evaluation.save_features = False     # also write each (T, w) cell's sample features to
-                                         # <workdir>/eval/features/ (e.g. to bootstrap FID)
-  c.evaluation.checkpoint_step = -1      # -1 = latest (ignored when polling)
-  c.evaluation.poll = False              # keep evaluating new checkpoints as training runs
+  c.evaluation.save_features = False  # also write each (T, w) cell's sample features to
+  # <workdir>/eval/features/ (e.g. to bootstrap FID)
+  c.evaluation.checkpoint_step = -1  # -1 = latest (ignored when polling)
+  c.evaluation.poll = False  # keep evaluating new checkpoints as training runs
   c.evaluation.poll_interval_secs = 30
   c.evaluation.poll_timeout_secs = 3600  # stop after this long without a new checkpoint
   # After training on digits: class accuracy of guided samples judged by an RBF SVM fit on the
@@ -138,7 +138,7 @@ def get_config(arg=None):
   c.evaluation.guidance = "cfg"
   c.evaluation.classifier_scales = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
   c.evaluation.classifier_model_labels = "cond"  # cond: eps(z, c) | null: eps(z, null), p_uncond=1
-  c.evaluation.classifier_workdir = ""   # '' = the evaluated workdir
+  c.evaluation.classifier_workdir = ""  # '' = the evaluated workdir
 
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
   # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8

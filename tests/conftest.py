@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices (tests that need 1 use a 1-device mesh), quiet TF, and no
 Inception weights from the developer's default location (tests that want some pass a path)."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

@@ -1,4 +1,5 @@
 """Shared test helpers: load the repository's config files."""
+
 import os
 
 from cfg_jax import config_lib
@@ -35,6 +36,7 @@ def mixture_moment_error(toy, x, labels) -> float:
   import numpy as np
 
   from cfg_jax import toy2d
+
   err = 0.0
   for c in range(toy.num_classes):
     xc = x[labels == c]
@@ -42,8 +44,11 @@ def mixture_moment_error(toy, x, labels) -> float:
     comps = np.flatnonzero(toy.classes == c)
     nearest = toy2d.nearest_component(toy, x=xc)
     weights = np.array([np.mean(nearest == k) for k in comps])
-    err += (np.abs(xc.mean(0) - mean).sum() + np.abs(np.cov(xc.T) - cov).sum()
-            + np.abs(weights - toy.weights[comps]).sum())
+    err += (
+      np.abs(xc.mean(0) - mean).sum()
+      + np.abs(np.cov(xc.T) - cov).sum()
+      + np.abs(weights - toy.weights[comps]).sum()
+    )
   return float(err)
 
 
@@ -51,6 +56,7 @@ def class_separation_and_spread(toy, x, labels) -> tuple[float, float]:
   """Mean over classes of (the mean distance of a class's samples to the nearest component of the
   other classes, the trace of the class's sample covariance)."""
   import numpy as np
+
   d, s = [], []
   for c in range(toy.num_classes):
     xc, others = x[labels == c], toy.means[toy.classes != c]

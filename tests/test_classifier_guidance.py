@@ -3,6 +3,7 @@ guidance term is exactly σ ∇ log p(c | z), scale 0 is the model, the exact-sc
 exact classifier recovers the conditional distribution (Bayes) under every sampler and scale > 1
 separates the classes, and the CLI trains on the digits pipeline (its loss falls), logs to
 TensorBoard and writes a checkpoint that loads."""
+
 import functools
 import json
 import os
@@ -21,7 +22,7 @@ from tests.helpers import REPO, class_separation_and_spread, load_config, mixtur
 TOY = toy2d.default_toy()
 K = TOY.num_classes
 TOY_EPS = toy2d.eps_fn(TOY)
-N = 1500                                   # 500 per class
+N = 1500  # 500 per class
 LABELS = np.arange(N) % K
 
 
@@ -35,29 +36,45 @@ def toy_classifier_apply(variables, z, logsnr, *, train):
   """The mixture's exact log p(c | z, λ) up to a constant: log p_λ(z | c) + log p(c), [B, K]."""
   del variables, train
   full = lambda c: jnp.full(z.shape[:1], c, jnp.int32)
-  log_lik = jnp.stack([toy2d.log_prob(TOY, z=z, logsnr=logsnr, labels=full(c))
-                       for c in range(K)], axis=-1)
+  log_lik = jnp.stack(
+    [toy2d.log_prob(TOY, z=z, logsnr=logsnr, labels=full(c)) for c in range(K)], axis=-1
+  )
   return log_lik + jnp.log(jnp.asarray(TOY.class_prior))
 
 
 def tiny_classifier_config(**overrides):
   """The digits config with a tiny classifier section (one 8×8 level: fast to compile)."""
   c = load_config("digits")
-  c.classifier.update({**dict(ch=8, ch_mult=(1,), attn_resolutions=(), head_channels=8,
-                              num_groups=4, batch_size=32, learning_rate=5e-3), **overrides})
+  c.classifier.update(
+    {
+      **dict(
+        ch=8,
+        ch_mult=(1,),
+        attn_resolutions=(),
+        head_channels=8,
+        num_groups=4,
+        batch_size=32,
+        learning_rate=5e-3,
+      ),
+      **overrides,
+    }
+  )
   return c
 
 
 def _random_params(model):
   """Params of `model` with every leaf random (the zero-initialised head would make ∇ log p = 0);
   from numpy, so nothing is compiled."""
-  shapes = jax.eval_shape(lambda r: model.init(r, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)),
-                                               train=False)["params"], jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda r: model.init(r, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), train=False)["params"],
+    jax.random.key(0),
+  )
   rs = np.random.RandomState(0)
   return jax.tree.map(lambda a: jnp.asarray(0.3 * rs.randn(*a.shape), jnp.float32), shapes)
 
 
 # --- the guidance term ----------------------------------------------------------------------------
+
 
 def test_guidance_term_is_sigma_times_grad_log_softmax():
   b, shape = 6, (3, 3, 2)
@@ -65,27 +82,30 @@ def test_guidance_term_is_sigma_times_grad_log_softmax():
   w1 = jax.random.normal(k1, (9 * 2, 16))
   w2 = jax.random.normal(k2, (16, K))
 
-  def toy_clf(variables, z, logsnr, *, train):   # a nonlinear λ-dependent toy classifier
+  def toy_clf(variables, z, logsnr, *, train):  # a nonlinear λ-dependent toy classifier
     del variables, train
     return jnp.tanh(z.reshape(z.shape[0], -1) @ w1) @ w2 * (1.0 + 0.1 * logsnr)[:, None]
 
-  def model_eps(z, logsnr, labels):   # reveals the labels it was given
+  def model_eps(z, logsnr, labels):  # reveals the labels it was given
     return 0.5 * z + labels.astype(jnp.float32)[:, None, None, None]
 
-  def grad_log_softmax(zi, li, yi):   # ∇_z log softmax(logits)[y] of one example, by jax.grad
-    return jax.grad(lambda zi: jax.nn.log_softmax(toy_clf(None, zi[None], li[None],
-                                                          train=False))[0, yi])(zi)
+  def grad_log_softmax(zi, li, yi):  # ∇_z log softmax(logits)[y] of one example, by jax.grad
+    return jax.grad(
+      lambda zi: jax.nn.log_softmax(toy_clf(None, zi[None], li[None], train=False))[0, yi]
+    )(zi)
 
   z = jax.random.normal(k3, (b, *shape))
   lam = jnp.array([-8.0, -2.0, 0.0, 1.5, 4.0, 12.0])
-  y = jnp.array([0, 2, K, 1, 0, K], jnp.int32)   # two ∅ rows
+  y = jnp.array([0, 2, K, 1, 0, K], jnp.int32)  # two ∅ rows
   s = jnp.array([1.0, 2.5, 3.0, 0.5, 4.0, 1.0])
 
   @jax.jit
   def run(z, lam, y, s):
     """ε̂ and ε_θ for 'cond' and 'null', and s σ ∇ log p by per-example jax.grad."""
-    guided = [cg.classifier_guided_eps_fn(model_eps, toy_clf, None, scale=s, model_labels=m)(
-        z, lam, y) for m in cg.MODEL_LABELS]
+    guided = [
+      cg.classifier_guided_eps_fn(model_eps, toy_clf, None, scale=s, model_labels=m)(z, lam, y)
+      for m in cg.MODEL_LABELS
+    ]
     bases = [model_eps(z, lam, y), model_eps(z, lam, jnp.full_like(y, K))]
     _, sigma = schedules.alpha_sigma(lam)
     grads = jax.vmap(grad_log_softmax)(z, lam, jnp.minimum(y, K - 1))
@@ -107,8 +127,7 @@ def test_scale_zero_is_the_model_and_the_flax_classifier_is_per_row():
 
   @jax.jit
   def run(z, lam, y, scale):
-    eps_fn = cg.classifier_guided_eps_fn(model_eps, model.apply, params, scale=scale,
-                                         null_label=10)
+    eps_fn = cg.classifier_guided_eps_fn(model_eps, model.apply, params, scale=scale, null_label=10)
     return eps_fn(z, lam, y), logits_fn(z, lam)
 
   z = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
@@ -132,11 +151,13 @@ def test_scale_zero_is_the_model_and_the_flax_classifier_is_per_row():
 
 def test_bad_arguments_are_clear_errors():
   with pytest.raises(ValueError, match="model_labels"):
-    cg.classifier_guided_eps_fn(TOY_EPS, toy_classifier_apply, None, scale=1.0,
-                                model_labels="uncond")
+    cg.classifier_guided_eps_fn(
+      TOY_EPS, toy_classifier_apply, None, scale=1.0, model_labels="uncond"
+    )
   with pytest.raises(ValueError, match="guided=False"):
-    cg.make_classifier_guided_sampler(toy_apply, toy_classifier_apply, shape=(2,),
-                                      null_label=K, config=sampling.SamplerConfig())
+    cg.make_classifier_guided_sampler(
+      toy_apply, toy_classifier_apply, shape=(2,), null_label=K, config=sampling.SamplerConfig()
+    )
   f = cg.classifier_guided_eps_fn(TOY_EPS, toy_classifier_apply, None, scale=jnp.ones(3))
   with pytest.raises(ValueError, match="one scale per sample"):
     f(jnp.zeros((6, 2)), jnp.zeros(6), jnp.zeros(6, jnp.int32))
@@ -147,21 +168,25 @@ def test_bad_arguments_are_clear_errors():
 
 # --- the exact-score mixture: Bayes ---------------------------------------------------------------
 
+
 def test_exact_classifier_on_unconditional_eps_is_the_conditional_eps():
   # ∇ log p(z | c) = ∇ log p(z) + ∇ log p(c | z): ε_∅ − σ ∇ log p(c | z) = ε_c at every λ.
   lam = jnp.repeat(jnp.array([-20.0, -6.0, -1.0, 0.0, 2.0, 5.0, 10.0, 20.0]), 12)
   z = jax.random.normal(jax.random.key(3), (lam.shape[0], 2))
   z = z * jnp.where(lam < 5, 1.0, 0.6)[:, None]
   y = jnp.tile(jnp.arange(K, dtype=jnp.int32), lam.shape[0] // K)
-  f = jax.jit(cg.classifier_guided_eps_fn(TOY_EPS, toy_classifier_apply, None, scale=1.0,
-                                          model_labels="null", null_label=K))
+  f = jax.jit(
+    cg.classifier_guided_eps_fn(
+      TOY_EPS, toy_classifier_apply, None, scale=1.0, model_labels="null", null_label=K
+    )
+  )
   np.testing.assert_allclose(f(z, lam, y), jax.jit(TOY_EPS)(z, lam, y), rtol=1e-4, atol=2e-4)
 
 
 CALLS: dict[tuple[str, int], int] = {}  # Python calls of the classifier: counts traces
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cg_sampler(name: str, mesh_devices: int = 0):
   """make_classifier_guided_sampler on the mixture: the exact unconditional ε ('null') and the
   exact classifier; scale=None, so f's w slot carries a per-sample scale."""
@@ -172,14 +197,23 @@ def _cg_sampler(name: str, mesh_devices: int = 0):
     CALLS[(name, mesh_devices)] = CALLS.get((name, mesh_devices), 0) + 1
     return toy_classifier_apply(*args, **kwargs)
 
-  return cg.make_classifier_guided_sampler(toy_apply, counted, shape=(2,), null_label=K,
-                                           config=config, model_labels="null", mesh=mesh)
+  return cg.make_classifier_guided_sampler(
+    toy_apply, counted, shape=(2,), null_label=K, config=config, model_labels="null", mesh=mesh
+  )
 
 
 def draw_cg(name: str, scale: float, mesh_devices: int = 0) -> np.ndarray:
   f = _cg_sampler(name, mesh_devices)
-  x = np.asarray(f({}, {}, jax.random.key(0), jnp.arange(N), jnp.asarray(LABELS, jnp.int32),
-                   jnp.full((N,), scale, jnp.float32)))
+  x = np.asarray(
+    f(
+      {},
+      {},
+      jax.random.key(0),
+      jnp.arange(N),
+      jnp.asarray(LABELS, jnp.int32),
+      jnp.full((N,), scale, jnp.float32),
+    )
+  )
   assert np.isfinite(x).all()
   return x
 
@@ -187,9 +221,18 @@ def draw_cg(name: str, scale: float, mesh_devices: int = 0) -> np.ndarray:
 def draw_conditional(name: str) -> np.ndarray:
   """The exact conditional model, same noise (w = 0, conditional half only)."""
   config = sampling.SamplerConfig(num_steps=64, sampler=name, thresholding="none", guided=False)
-  f = jax.jit(lambda ids, y: sampling.sample(TOY_EPS, rng=jax.random.key(0), sample_ids=ids,
-                                             labels=y, w=0.0, shape=(2,), null_label=K,
-                                             config=config))
+  f = jax.jit(
+    lambda ids, y: sampling.sample(
+      TOY_EPS,
+      rng=jax.random.key(0),
+      sample_ids=ids,
+      labels=y,
+      w=0.0,
+      shape=(2,),
+      null_label=K,
+      config=config,
+    )
+  )
   return np.asarray(f(jnp.arange(N), jnp.asarray(LABELS, jnp.int32)))
 
 
@@ -225,26 +268,53 @@ def test_larger_scale_separates_classes_and_a_sweep_compiles_once(name, mesh_dev
 
 # --- the CLI: trains on the digits pipeline, logs, checkpoints; the evaluation job uses it --------
 
-TINY_CLI = ["--config.classifier.ch=8", "--config.classifier.head_channels=8",
-            "--config.classifier.num_res_blocks=0", "--config.classifier.batch_size=32",
-            "--config.classifier.learning_rate=5e-3", "--config.classifier.num_train_steps=150",
-            "--config.classifier.log_every_steps=50",
-            "--config.classifier.checkpoint_every_steps=0"]  # 0: a checkpoint at the end only
-TINY_DIFFUSION = ["--config.training.batch_size=16", "--config.training.num_train_steps=4",
-                  "--config.training.checkpoint_every_steps=4",
-                  "--config.training.grid_samples_per_class=1",
-                  "--config.evaluation.judge_num_samples=20", "--config.sampling.num_steps=4"]
-TINY_EVAL = ["--mode=evaluate", "--config.evaluation.guidance=classifier",
-             "--config.evaluation.classifier_scales=(0.,4.)", "--config.evaluation.num_samples=20",
-             "--config.evaluation.batch_size=20", "--config.evaluation.reference_num_examples=200"]
+TINY_CLI = [
+  "--config.classifier.ch=8",
+  "--config.classifier.head_channels=8",
+  "--config.classifier.num_res_blocks=0",
+  "--config.classifier.batch_size=32",
+  "--config.classifier.learning_rate=5e-3",
+  "--config.classifier.num_train_steps=150",
+  "--config.classifier.log_every_steps=50",
+  "--config.classifier.checkpoint_every_steps=0",
+]  # 0: a checkpoint at the end only
+TINY_DIFFUSION = [
+  "--config.training.batch_size=16",
+  "--config.training.num_train_steps=4",
+  "--config.training.checkpoint_every_steps=4",
+  "--config.training.grid_samples_per_class=1",
+  "--config.evaluation.judge_num_samples=20",
+  "--config.sampling.num_steps=4",
+]
+TINY_EVAL = [
+  "--mode=evaluate",
+  "--config.evaluation.guidance=classifier",
+  "--config.evaluation.classifier_scales=(0.,4.)",
+  "--config.evaluation.num_samples=20",
+  "--config.evaluation.batch_size=20",
+  "--config.evaluation.reference_num_examples=200",
+]
 
 
 def run_cli(workdir, *args, check=True):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run(
-      [sys.executable, "-m", "cfg_jax.main", "--config=configs/digits.py",
-       f"--workdir={workdir}", *TINY_CLI, *TINY_DIFFUSION, *args], cwd=REPO, env=env,
-      capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "cfg_jax.main",
+      "--config=configs/digits.py",
+      f"--workdir={workdir}",
+      *TINY_CLI,
+      *TINY_DIFFUSION,
+      *args,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
   return proc
@@ -261,8 +331,9 @@ def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
   assert os.listdir(os.path.join(cdir, "checkpoints")) == ["150"]
   acc = event_accumulator.EventAccumulator(cdir, size_guidance={"tensors": 0})
   acc.Reload()
-  scalar = lambda tag: [float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))
-                        for e in acc.Tensors(tag)]
+  scalar = lambda tag: [
+    float(np.asarray(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)
+  ]
   assert [e.step for e in acc.Tensors("train/loss")] == [50, 100, 150]
   loss = scalar("train/loss")
   # The loss falls (measured 2.27, 2.07, 1.91) and noised test digits at λ >= 5 are classified
@@ -270,15 +341,20 @@ def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
   assert np.isfinite(loss).all() and loss[-1] < loss[0] - 0.2, loss
   assert all(0.0 <= a <= 1.0 for a in scalar("train/accuracy"))
   edges = classifier.ACCURACY_LOGSNR_EDGES
-  accuracy = {lo: scalar(classifier.accuracy_tag(lo, hi))[0]
-              for lo, hi in zip(edges[:-1], edges[1:])}
+  accuracy = {
+    lo: scalar(classifier.accuracy_tag(lo, hi))[0] for lo, hi in zip(edges[:-1], edges[1:])
+  }
   assert all(0.0 <= a <= 1.0 for a in accuracy.values())
   assert accuracy[5.0] > 0.3 and accuracy[10.0] > 0.3 and accuracy[-20.0] < 0.2, accuracy
   # The checkpoint loads into the classifier of the same settings.
   config = tiny_classifier_config(ch_mult=(1, 2), attn_resolutions=(4,), num_res_blocks=0)
   params = classifier.load_classifier_params(config, workdir, mesh=sharding.make_mesh(1))
-  shapes = jax.eval_shape(lambda r: classifier.create_classifier(config).init(
-      r, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), train=False)["params"], jax.random.key(0))
+  shapes = jax.eval_shape(
+    lambda r: classifier.create_classifier(config).init(
+      r, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), train=False
+    )["params"],
+    jax.random.key(0),
+  )
   assert jax.tree.structure(params) == jax.tree.structure(shapes)
   assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(params))
   assert np.abs(np.asarray(params["logits"]["kernel"])).max() > 0  # trained off the zero init
@@ -299,21 +375,27 @@ def test_evaluation_job_sweeps_the_classifier_scale(tmp_path):
   with open(os.path.join(workdir, "eval", "results.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert [(r["guidance"], r["scale"], r["step"]) for r in rows] == [
-      ("classifier", 0.0, 4), ("classifier", 4.0, 4)]
+    ("classifier", 0.0, 4),
+    ("classifier", 4.0, 4),
+  ]
   assert not any("w" in r for r in rows)
   settings = json.loads(rows[0]["sampler_settings"])
   assert settings["guided"] is False and settings["classifier_guidance"]["model_labels"] == "cond"
   assert all(np.isfinite(r["fd"]) and 0.0 <= r["class_accuracy"] <= 1.0 for r in rows)
-  acc = event_accumulator.EventAccumulator(os.path.join(workdir, "eval"),
-                                           size_guidance={"tensors": 0})
+  acc = event_accumulator.EventAccumulator(
+    os.path.join(workdir, "eval"), size_guidance={"tensors": 0}
+  )
   acc.Reload()
   tags = acc.Tags()["tensors"]
-  for tag in ("eval/classifier_guidance/T4/fd/s=0", "eval/classifier_guidance/T4/fd/s=4",
-              "eval/classifier_guidance/T4/tradeoff", "eval/classifier_guidance/T4/samples/s=4"):
+  for tag in (
+    "eval/classifier_guidance/T4/fd/s=0",
+    "eval/classifier_guidance/T4/fd/s=4",
+    "eval/classifier_guidance/T4/tradeoff",
+    "eval/classifier_guidance/T4/samples/s=4",
+  ):
     assert tag in tags, (tag, tags)
   # The classifier-free sweep of the same checkpoint sits beside it in the same results file.
-  run_cli(workdir, "--mode=evaluate", "--config.evaluation.w_values=(0.,1.)",
-          *TINY_EVAL[2:])
+  run_cli(workdir, "--mode=evaluate", "--config.evaluation.w_values=(0.,1.)", *TINY_EVAL[2:])
   with open(os.path.join(workdir, "eval", "results.jsonl")) as f:
     rows = [json.loads(line) for line in f]
   assert [r["guidance"] for r in rows] == ["classifier", "classifier", "cfg", "cfg"]

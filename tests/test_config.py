@@ -1,4 +1,5 @@
 """Configs load, validate, and bad values get errors that name the field."""
+
 import ast
 import os
 import runpy
@@ -38,7 +39,9 @@ def test_locked_config_rejects_unknown_keys():
     c.training.bacth_size = 3
 
 
-@pytest.mark.parametrize("key,value,match", [
+@pytest.mark.parametrize(
+  "key,value,match",
+  [
     ("diffusion.logsnr_min", 20.0, "diffusion.logsnr_min"),
     ("guidance.p_uncond", 1.5, "guidance.p_uncond"),
     ("guidance.p_uncond", -0.1, "guidance.p_uncond"),
@@ -61,7 +64,8 @@ def test_locked_config_rejects_unknown_keys():
     ("sampling.labels", (3, 10), "sampling.labels"),
     ("guidance.w_values", (0.0, float("nan")), "guidance.w_values"),
     ("model.head_channels", 5, "model.head_channels"),
-])
+  ],
+)
 def test_bad_values_name_the_field(key, value, match):
   c = tiny_config(**{key: value})
   with pytest.raises(config_lib.ConfigError, match=match):
@@ -77,8 +81,15 @@ def test_errors_are_collected():
 
 def test_errors_list_every_section():
   """One bad field of each kind: the dataset, the U-Net, the sampler, the mesh, plain fields."""
-  c = tiny_config(**{"data.num_classes": 3, "model.head_channels": 5, "sampling.eta": 2.0,
-                     "mesh.fsdp": 3, "training.ema_decay": 1.0})
+  c = tiny_config(
+    **{
+      "data.num_classes": 3,
+      "model.head_channels": 5,
+      "sampling.eta": 2.0,
+      "mesh.fsdp": 3,
+      "training.ema_decay": 1.0,
+    }
+  )
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(c, num_devices=8)
   for field in ("data.num_classes", "sampling.eta", "mesh.fsdp", "training.ema_decay"):
@@ -106,7 +117,6 @@ def test_configs_import_only_ml_collections_and_the_standard_library(name):
     tree = ast.parse(f.read())
   for node in ast.walk(tree):
     if isinstance(node, (ast.Import, ast.ImportFrom)):
-      for module in ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module]):
+      for module in [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]:
         top = module.split(".")[0]
         assert top == "ml_collections" or top in sys.stdlib_module_names, (name, module)

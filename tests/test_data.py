@@ -1,4 +1,5 @@
 """Data layer: the offline cfg_digits dataset, input pipelines, validation."""
+
 import gc
 import hashlib
 import os
@@ -132,14 +133,12 @@ def test_digits_split_is_fixed_across_builds(digits_dir, tmp_path):
 
 def test_ensure_digits_second_call_is_noop(digits_dir):
   version_dir = os.path.join(digits_dir, "cfg_digits", "1.0.0")
-  before = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns
-            for f in os.listdir(version_dir)}
+  before = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns for f in os.listdir(version_dir)}
   start = time.perf_counter()
   builder = data.ensure_digits(digits_dir)
   assert time.perf_counter() - start < 0.5
   assert builder.is_prepared()
-  after = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns
-           for f in os.listdir(version_dir)}
+  after = {f: os.stat(os.path.join(version_dir, f)).st_mtime_ns for f in os.listdir(version_dir)}
   assert before == after
   assert any(f.startswith("cfg_digits-train.array_record") for f in after)
 
@@ -156,11 +155,11 @@ def test_check_available_digits(digits_cfg):
 
 def test_dataset_specs():
   expected = {
-      "digits": ("cfg_digits", (8, 8, 1), 10),
-      "mnist": ("cfg_mnist", (28, 28, 1), 10),
-      "cifar10": ("cifar10", (32, 32, 3), 10),
-      "imagenet64": ("imagenet_resized/64x64", (64, 64, 3), 1000),
-      "imagenet128": ("imagenet2012", (128, 128, 3), 1000),
+    "digits": ("cfg_digits", (8, 8, 1), 10),
+    "mnist": ("cfg_mnist", (28, 28, 1), 10),
+    "cifar10": ("cifar10", (32, 32, 3), 10),
+    "imagenet64": ("imagenet_resized/64x64", (64, 64, 3), 1000),
+    "imagenet128": ("imagenet2012", (128, 128, 3), 1000),
   }
   assert set(data.VALID_NAMES) == set(expected)
   for name, (tfds_name, shape, classes) in expected.items():
@@ -181,21 +180,35 @@ def test_resolve_data_dir_defaults(monkeypatch):
   monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
   home = os.path.expanduser("~")
   assert data.resolve_data_dir(_cfg(data_dir="")) == os.path.join(
-      home, ".cache", "cfg_jax", "tensorflow_datasets")
-  assert data.resolve_data_dir(
-      types.SimpleNamespace(name="cifar10")) == os.path.join(home, "tensorflow_datasets")
+    home, ".cache", "cfg_jax", "tensorflow_datasets"
+  )
+  assert data.resolve_data_dir(types.SimpleNamespace(name="cifar10")) == os.path.join(
+    home, "tensorflow_datasets"
+  )
   assert data.resolve_data_dir(_cfg(name="cifar10", data_dir="/x/y")) == "/x/y"
-  assert data.resolve_data_dir(
-      _cfg(name="imagenet64", data_dir="gs://bucket/tfds/")) == "gs://bucket/tfds"
+  assert (
+    data.resolve_data_dir(_cfg(name="imagenet64", data_dir="gs://bucket/tfds/"))
+    == "gs://bucket/tfds"
+  )
 
 
-@pytest.mark.parametrize("name, needles", [
+@pytest.mark.parametrize(
+  "name, needles",
+  [
     ("cifar10", ["'cifar10'", "tfds build cifar10", "data.data_dir"]),
     ("imagenet64", ["imagenet_resized/64x64", "tfds build imagenet_resized/64x64"]),
-    ("imagenet128", ["imagenet2012", "ILSVRC2012_img_train.tar",
-                     "ILSVRC2012_img_val.tar", "downloads/manual",
-                     "tfds build imagenet2012"]),
-])
+    (
+      "imagenet128",
+      [
+        "imagenet2012",
+        "ILSVRC2012_img_train.tar",
+        "ILSVRC2012_img_val.tar",
+        "downloads/manual",
+        "tfds build imagenet2012",
+      ],
+    ),
+  ],
+)
 def test_check_available_missing_dataset(name, needles, tmp_path, no_network):
   empty = tmp_path / "empty"
   empty.mkdir()
@@ -251,42 +264,43 @@ def test_train_iterator_batches_and_determinism(digits_cfg):
 
 def test_train_iterator_resume(digits_cfg):
   full = _take(data.train_iterator(digits_cfg, global_batch_size=64, seed=5), 30)
-  resumed = _take(
-      data.train_iterator(digits_cfg, global_batch_size=64, seed=5, start_step=21), 9)
+  resumed = _take(data.train_iterator(digits_cfg, global_batch_size=64, seed=5, start_step=21), 9)
   _assert_batches_equal(full[21:], resumed)  # Crosses the epoch boundary.
 
 
 def test_train_iterator_process_sharding(digits_cfg):
   steps, start = 4, 22  # 22 * 64 = 1408 < 1497 < 23 * 64: includes the wrap.
   single = _take(
-      data.train_iterator(digits_cfg, global_batch_size=64, seed=9, start_step=start), steps)
+    data.train_iterator(digits_cfg, global_batch_size=64, seed=9, start_step=start), steps
+  )
   parts = [
-      _take(data.train_iterator(digits_cfg, global_batch_size=64, seed=9,
-                                start_step=start, process_index=p, process_count=2), steps)
-      for p in range(2)
+    _take(
+      data.train_iterator(
+        digits_cfg, global_batch_size=64, seed=9, start_step=start, process_index=p, process_count=2
+      ),
+      steps,
+    )
+    for p in range(2)
   ]
   for s in range(steps):
     assert parts[0][s]["image"].shape == (32, 8, 8, 1)
     for key in ("image", "label"):
       np.testing.assert_array_equal(
-          np.concatenate([parts[0][s][key], parts[1][s][key]]), single[s][key])
+        np.concatenate([parts[0][s][key], parts[1][s][key]]), single[s][key]
+      )
 
 
 def test_train_iterator_epoch_wrap(digits_cfg, train_arrays):
   images, labels = train_arrays
   n, batch, seed = 1497, 500, 3
   got = _take(data.train_iterator(digits_cfg, global_batch_size=batch, seed=seed), 4)
-  idx = np.concatenate(
-      [data.global_batch_indices(n, batch, seed, s) for s in range(4)])
+  idx = np.concatenate([data.global_batch_indices(n, batch, seed, s) for s in range(4)])
   # Epoch 0 visits every train example exactly once, then epoch 1 starts.
   np.testing.assert_array_equal(np.sort(idx[:n]), np.arange(n))
-  np.testing.assert_array_equal(
-      idx[n:], pipeline.epoch_permutation(n, seed, 1)[:len(idx) - n])
-  assert not np.array_equal(idx[n:2 * n], idx[:len(idx) - n])  # Fresh order.
-  np.testing.assert_array_equal(
-      np.concatenate([b["image"] for b in got]), images[idx])
-  np.testing.assert_array_equal(
-      np.concatenate([b["label"] for b in got]), labels[idx])
+  np.testing.assert_array_equal(idx[n:], pipeline.epoch_permutation(n, seed, 1)[: len(idx) - n])
+  assert not np.array_equal(idx[n : 2 * n], idx[: len(idx) - n])  # Fresh order.
+  np.testing.assert_array_equal(np.concatenate([b["image"] for b in got]), images[idx])
+  np.testing.assert_array_equal(np.concatenate([b["label"] for b in got]), labels[idx])
   # A global batch larger than the dataset spans several epochs.
   big = next(data.train_iterator(digits_cfg, global_batch_size=4000, seed=seed))
   assert big["image"].shape == (4000, 8, 8, 1)
@@ -294,8 +308,7 @@ def test_train_iterator_epoch_wrap(digits_cfg, train_arrays):
 
 
 def test_train_iterator_streaming_reader_matches_in_memory(digits_cfg, monkeypatch):
-  in_memory = _take(
-      data.train_iterator(digits_cfg, global_batch_size=16, seed=4, start_step=90), 3)
+  in_memory = _take(data.train_iterator(digits_cfg, global_batch_size=16, seed=4, start_step=90), 3)
 
   def fail(*args):
     raise AssertionError("in-memory load used despite IN_MEMORY_MAX_BYTES=0")
@@ -321,8 +334,7 @@ def test_train_iterator_argument_errors(digits_cfg):
   with pytest.raises(ValueError, match=r"training\.batch_size"):
     data.train_iterator(digits_cfg, global_batch_size=0, seed=0)
   with pytest.raises(ValueError, match="process_index"):
-    data.train_iterator(digits_cfg, global_batch_size=8, seed=0,
-                        process_index=2, process_count=2)
+    data.train_iterator(digits_cfg, global_batch_size=8, seed=0, process_index=2, process_count=2)
   with pytest.raises(ValueError, match="start_step"):
     data.train_iterator(digits_cfg, global_batch_size=8, seed=0, start_step=-1)
   flip_cfg = _cfg(data_dir=digits_cfg.data_dir, random_flip=True)
@@ -342,8 +354,14 @@ def test_random_flip_deterministic_and_sharded(train_arrays):
 
   def run(start, p=0, count=1, n_steps=3):
     gen = pipeline._random_access_batches(
-        reader, global_batch_size=64, local_batch_size=64 // count, seed=7,
-        start_step=start, process_index=p, random_flip=True)
+      reader,
+      global_batch_size=64,
+      local_batch_size=64 // count,
+      seed=7,
+      start_step=start,
+      process_index=p,
+      random_flip=True,
+    )
     return _take(gen, n_steps)
 
   flipped = run(0)
@@ -352,8 +370,8 @@ def test_random_flip_deterministic_and_sharded(train_arrays):
   halves = [run(0, p, 2) for p in range(2)]
   for s in range(3):
     np.testing.assert_array_equal(
-        np.concatenate([halves[0][s]["image"], halves[1][s]["image"]]),
-        flipped[s]["image"])
+      np.concatenate([halves[0][s]["image"], halves[1][s]["image"]]), flipped[s]["image"]
+    )
   idx = data.global_batch_indices(len(labels), 64, 7, 0)
   plain, mirrored = images[idx], images[idx][:, :, ::-1]
   is_plain = np.all(flipped[0]["image"] == plain, axis=(1, 2, 3))
@@ -376,13 +394,13 @@ def test_tfrecord_path(tmp_path, digits_cfg):
   for b in batches:
     assert b["image"].shape == (64, 8, 8, 1) and b["image"].dtype == np.float32
     assert b["label"].dtype == np.int32
+  _assert_batches_equal(batches, _take(data.train_iterator(cfg, global_batch_size=64, seed=3), 5))
   _assert_batches_equal(
-      batches, _take(data.train_iterator(cfg, global_batch_size=64, seed=3), 5))
-  _assert_batches_equal(
-      batches[2:],
-      _take(data.train_iterator(cfg, global_batch_size=64, seed=3, start_step=2), 3))
-  half = next(data.train_iterator(cfg, global_batch_size=64, seed=3,
-                                  process_index=1, process_count=2))
+    batches[2:], _take(data.train_iterator(cfg, global_batch_size=64, seed=3, start_step=2), 3)
+  )
+  half = next(
+    data.train_iterator(cfg, global_batch_size=64, seed=3, process_index=1, process_count=2)
+  )
   assert half["image"].shape == (32, 8, 8, 1)
   # Same eval data as the array_record build, in the same order.
   images, labels = data.eval_arrays(cfg, max_examples=50)
@@ -393,8 +411,7 @@ def test_tfrecord_path(tmp_path, digits_cfg):
 
 def test_resize_center_crop_numpy_and_tf_agree():
   yy, xx = np.mgrid[0:150, 0:100]
-  image = np.stack([xx * 255 / 100, yy * 255 / 150, (xx + yy) * 255 / 250],
-                   -1).astype(np.uint8)
+  image = np.stack([xx * 255 / 100, yy * 255 / 150, (xx + yy) * 255 / 250], -1).astype(np.uint8)
   out = pipeline._resize_center_crop_np(image, 64)
   assert out.shape == (64, 64, 3) and out.dtype == np.uint8
   exact = image[:64, :70]
@@ -402,10 +419,14 @@ def test_resize_center_crop_numpy_and_tf_agree():
 
   tf = pipeline._import_tf()
   spec = pipeline.DatasetSpec("fake", (64, 64, 3), 10, "train", "test", crop_size=64)
-  builder = types.SimpleNamespace(info=types.SimpleNamespace(
-      features={"image": types.SimpleNamespace(decode_example=lambda x: x)}))
+  builder = types.SimpleNamespace(
+    info=types.SimpleNamespace(
+      features={"image": types.SimpleNamespace(decode_example=lambda x: x)}
+    )
+  )
   tf_image, tf_label = pipeline._tf_preprocess_fn(tf, builder, spec)(
-      {"image": tf.constant(image), "label": tf.constant(3, tf.int64)})
+    {"image": tf.constant(image), "label": tf.constant(3, tf.int64)}
+  )
   assert int(tf_label) == 3
   tf_u8 = (tf_image.numpy() + 1) * 127.5
   assert np.abs(tf_u8 - out).max() <= 2.0  # PIL vs TF bicubic, both antialiased.
@@ -440,5 +461,6 @@ def test_validate_batch():
   with pytest.raises(ValueError, match="'image' and 'label'"):
     data.validate_batch({"image": good["image"]}, spec)
   # Value checks are skipped when asked (cheap per-batch check).
-  data.validate_batch(dict(good, image=np.full((4, 8, 8, 1), 3.0, np.float32)),
-                      spec, check_values=False)
+  data.validate_batch(
+    dict(good, image=np.full((4, 8, 8, 1), 3.0, np.float32)), spec, check_values=False
+  )

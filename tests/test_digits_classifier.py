@@ -1,4 +1,5 @@
 """Digits-classifier metrics network: accuracy, determinism, disk cache, outputs."""
+
 import json
 import logging
 import os
@@ -96,8 +97,9 @@ def test_corrupt_params_retrain(data_dir, classifier, tmp_path, monkeypatch, cap
     f.write(b"\x00\x01\x02\x03")
   calls = []
   real_train = dc.train_digits_net
-  monkeypatch.setattr(dc, "train_digits_net",
-                      lambda *a, **k: calls.append(1) or real_train(*a, **k))
+  monkeypatch.setattr(
+    dc, "train_digits_net", lambda *a, **k: calls.append(1) or real_train(*a, **k)
+  )
   with caplog.at_level(logging.WARNING):
     retrained = dc.load_or_train(_cfg(path))
   assert calls == [1]
@@ -131,8 +133,7 @@ def test_unusable_cache_is_rejected(damage, data_dir, classifier, tmp_path, monk
   else:
     os.remove(info_file)
   calls = []
-  monkeypatch.setattr(dc, "train_digits_net",
-                      lambda *a, **k: calls.append(1) or classifier.params)
+  monkeypatch.setattr(dc, "train_digits_net", lambda *a, **k: calls.append(1) or classifier.params)
   _assert_params_equal(dc.load_or_train(_cfg(path)).params, classifier.params)
   assert calls == [1]
 

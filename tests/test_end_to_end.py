@@ -1,4 +1,5 @@
 """The CLI end to end on the embedded default: train, resume, sample; TensorBoard reads it back."""
+
 import glob
 import os
 import subprocess
@@ -11,17 +12,35 @@ from tensorboard.util import tensor_util
 
 from tests.helpers import REPO
 
-TINY = ["--config.training.batch_size=16", "--config.training.log_every_steps=2",
-        "--config.training.checkpoint_every_steps=2", "--config.training.grid_samples_per_class=2",
-        "--config.sampling.num_steps=4", "--config.sampling.num_samples=12",
-        "--config.evaluation.judge_num_samples=20"]
+TINY = [
+  "--config.training.batch_size=16",
+  "--config.training.log_every_steps=2",
+  "--config.training.checkpoint_every_steps=2",
+  "--config.training.grid_samples_per_class=2",
+  "--config.sampling.num_steps=4",
+  "--config.sampling.num_samples=12",
+  "--config.evaluation.judge_num_samples=20",
+]
 
 
 def run_cli(workdir, *args, check=True):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run(
-      [sys.executable, "-m", "cfg_jax.main", "--config=configs/digits.py", f"--workdir={workdir}",
-       *TINY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "cfg_jax.main",
+      "--config=configs/digits.py",
+      f"--workdir={workdir}",
+      *TINY,
+      *args,
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
   return proc
@@ -44,12 +63,19 @@ def test_train_writes_events_checkpoints_and_grids(trained):
   workdir, proc = trained
   acc = read_events(workdir)
   tags = acc.Tags()
-  for tag in ("train/loss", "train/grad_norm", "train/learning_rate", "train/images_per_sec",
-              "steps_per_sec", "eval/svm_class_accuracy/w=1"):
+  for tag in (
+    "train/loss",
+    "train/grad_norm",
+    "train/learning_rate",
+    "train/images_per_sec",
+    "steps_per_sec",
+    "eval/svm_class_accuracy/w=1",
+  ):
     assert tag in tags["tensors"], (tag, tags)
   assert [e.step for e in acc.Tensors("train/loss")] == [2, 4]
-  loss = [float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))
-          for e in acc.Tensors("train/loss")]
+  loss = [
+    float(np.asarray(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors("train/loss")
+  ]
   assert all(np.isfinite(loss)) and loss[0] > 0
   for w in ("0", "1", "3"):
     tag = f"samples/w={w}"
@@ -82,6 +108,7 @@ def test_sample_mode_writes_grids_and_npz(trained):
     np.testing.assert_array_equal(f["labels"], np.resize(np.arange(10), 12))
     np.testing.assert_allclose(f["w_values"], [0.0, 2.0])
     import json
+
     settings = json.loads(str(f["sampler_settings"]))
     assert settings["sampler"] == "ancestral" and settings["num_steps"] == 4
   assert os.path.exists(os.path.join(os.path.dirname(npz[0]), "w2.png"))
@@ -104,12 +131,17 @@ def test_sample_without_checkpoint_is_a_clear_error(tmp_path):
 
 def _rows(workdir):
   import json
+
   with open(os.path.join(workdir, "eval", "results.jsonl")) as f:
     return [json.loads(line) for line in f]
 
 
-EVAL = ["--mode=evaluate", "--config.evaluation.num_samples=20",
-        "--config.evaluation.w_values=(0.,2.)", "--config.evaluation.num_steps_values=(4,8)"]
+EVAL = [
+  "--mode=evaluate",
+  "--config.evaluation.num_samples=20",
+  "--config.evaluation.w_values=(0.,2.)",
+  "--config.evaluation.num_steps_values=(4,8)",
+]
 
 
 def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
@@ -117,7 +149,11 @@ def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
   run_cli(workdir, *EVAL, "--config.evaluation.checkpoint_step=4")
   rows = _rows(workdir)
   assert [(r["step"], r["num_steps"], r["w"]) for r in rows] == [
-      (4, 4, 0.0), (4, 4, 2.0), (4, 8, 0.0), (4, 8, 2.0)]
+    (4, 4, 0.0),
+    (4, 4, 2.0),
+    (4, 8, 0.0),
+    (4, 8, 2.0),
+  ]
   for r in rows:
     assert r["sampler"] == "ancestral" and '"v": 0.3' in r["sampler_settings"]
     assert r["guidance"] == "cfg"
@@ -126,8 +162,13 @@ def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
     assert 0.0 <= r["class_accuracy"] <= 1.0 and 0.0 <= r["precision"] <= 1.0
   acc = read_events(os.path.join(workdir, "eval"))
   tags = acc.Tags()["tensors"]
-  for tag in ("eval/T4/fd/w=0", "eval/T8/is/w=2", "eval/T4/class_accuracy/w=2",
-              "eval/T4/tradeoff", "eval/T8/samples/w=2"):
+  for tag in (
+    "eval/T4/fd/w=0",
+    "eval/T8/is/w=2",
+    "eval/T4/class_accuracy/w=2",
+    "eval/T4/tradeoff",
+    "eval/T8/samples/w=2",
+  ):
     assert tag in tags, (tag, tags)
   assert [e.step for e in acc.Tensors("eval/T4/fd/w=0")] == [4]
   assert acc.SummaryMetadata("eval/T4/tradeoff").plugin_data.plugin_name == "images"
@@ -144,33 +185,47 @@ def test_evaluate_adds_inception_fid_on_digits(trained, tmp_path):
   from flax import traverse_util
 
   from cfg_jax.evaluation import inception
+
   workdir = str(tmp_path / "run")
   shutil.copytree(trained[0], workdir)  # leaves the shared run's results alone
   rs = np.random.RandomState(0)
-  flat = {k: (rs.standard_normal(shape) * 0.05).astype(np.float32)
-          for k, shape in inception.param_shapes(with_logits=False).items()}
+  flat = {
+    k: (rs.standard_normal(shape) * 0.05).astype(np.float32)
+    for k, shape in inception.param_shapes(with_logits=False).items()
+  }
   weights = str(tmp_path / "inception_fid.npz")
   inception.save_params(traverse_util.unflatten_dict(flat, sep="/"), weights)
   before = len(_rows(workdir))
-  proc = run_cli(workdir, "--mode=evaluate", "--config.evaluation.num_samples=10",
-                 "--config.evaluation.w_values=(1.,)", "--config.evaluation.checkpoint_step=4",
-                 "--config.evaluation.reference_num_examples=20",
-                 f"--config.evaluation.inception_weights={weights}",
-                 "--config.evaluation.save_features=true")
+  proc = run_cli(
+    workdir,
+    "--mode=evaluate",
+    "--config.evaluation.num_samples=10",
+    "--config.evaluation.w_values=(1.,)",
+    "--config.evaluation.checkpoint_step=4",
+    "--config.evaluation.reference_num_examples=20",
+    f"--config.evaluation.inception_weights={weights}",
+    "--config.evaluation.save_features=true",
+  )
   [row] = _rows(workdir)[before:]
   # The saved features give back the row's FID and FD (what benchmarks/fid_vs_w.py bootstraps).
   from cfg_jax import evaluate
   from cfg_jax.evaluation import metrics
-  path = evaluate.features_path(workdir, step=4, num_steps=4, guidance="cfg", w=1.0,
-                                num_samples=10)
+
+  path = evaluate.features_path(workdir, step=4, num_steps=4, guidance="cfg", w=1.0, num_samples=10)
   with np.load(path) as f:
     saved = {k: f[k] for k in f.files}
   assert saved["inception"].shape == (10, 2048) and saved["labels"].tolist() == list(
-      np.resize(np.arange(10), 10))
-  for key, column, net in (("inception", "fid", "reference_inception-"),
-                           ("features", "fd", "reference_digits_classifier_v")):
-    [ref] = [n for n in os.listdir(os.path.join(workdir, "eval"))
-             if n.startswith(net) and n.endswith("_20.npz")]
+    np.resize(np.arange(10), 10)
+  )
+  for key, column, net in (
+    ("inception", "fid", "reference_inception-"),
+    ("features", "fd", "reference_digits_classifier_v"),
+  ):
+    [ref] = [
+      n
+      for n in os.listdir(os.path.join(workdir, "eval"))
+      if n.startswith(net) and n.endswith("_20.npz")
+    ]
     with np.load(os.path.join(workdir, "eval", ref)) as f:
       mu, sigma = f["mu"], f["sigma"]
     got = metrics.frechet_distance(*metrics.feature_statistics(saved[key]), mu, sigma)
@@ -188,14 +243,19 @@ def test_evaluate_adds_inception_fid_on_digits(trained, tmp_path):
 
 def test_evaluate_poll_does_each_checkpoint_once(trained):
   workdir, _ = trained
-  poll = [*EVAL, "--config.evaluation.poll=true", "--config.evaluation.poll_timeout_secs=0",
-          "--config.training.num_train_steps=6"]
+  poll = [
+    *EVAL,
+    "--config.evaluation.poll=true",
+    "--config.evaluation.poll_timeout_secs=0",
+    "--config.training.num_train_steps=6",
+  ]
   before = len(_rows(workdir))
   run_cli(workdir, *poll)
   new = _rows(workdir)[before:]
   steps = sorted({r["step"] for r in new})
   assert 4 not in steps and steps == sorted(
-      int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s != "4")
+    int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s != "4"
+  )
   run_cli(workdir, *poll)  # a restart of the evaluation job redoes nothing
   assert len(_rows(workdir)) == before + len(new)
 
@@ -205,6 +265,7 @@ def test_evaluate_skips_a_checkpoint_deleted_meanwhile(trained, tmp_path):
 
   from cfg_jax import evaluate
   from tests.helpers import tiny_config
+
   workdir, _ = trained
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)

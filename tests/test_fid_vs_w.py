@@ -1,4 +1,5 @@
 """benchmarks/fid_vs_w.py's analysis: paired bootstrap verdicts and the report, on known data."""
+
 import os
 import sys
 
@@ -18,11 +19,21 @@ def _rows_and_boot(shifts):
   mu, sigma = metrics.feature_statistics(ref)
   base = rng.normal(size=(400, 8))
   feats = {w: base + s for w, s in shifts.items()}  # paired: same rows, shifted
-  rows = [{"step": 1, "w": w, "num_samples": 400, "fid_precision": 0.5, "fid_recall": 0.5,
-           "is": 9.0, "class_accuracy": 0.9, "seconds": 1.0,
-           "fid": metrics.frechet_distance(*metrics.feature_statistics(f), mu, sigma),
-           "fd": metrics.frechet_distance(*metrics.feature_statistics(f), mu, sigma)}
-          for w, f in feats.items()]
+  rows = [
+    {
+      "step": 1,
+      "w": w,
+      "num_samples": 400,
+      "fid_precision": 0.5,
+      "fid_recall": 0.5,
+      "is": 9.0,
+      "class_accuracy": 0.9,
+      "seconds": 1.0,
+      "fid": metrics.frechet_distance(*metrics.feature_statistics(f), mu, sigma),
+      "fd": metrics.frechet_distance(*metrics.feature_statistics(f), mu, sigma),
+    }
+    for w, f in feats.items()
+  ]
   b = metrics.bootstrap_frechet_distances(feats, mu, sigma, num_rounds=100)
   return rows, {"fid": b, "fd": b}
 
@@ -41,11 +52,28 @@ def test_minimum_beyond_noise_and_not():
 def test_report_renders_every_cell():
   rows, boot = _rows_and_boot({0.0: 0.3, 0.3: 0.0})
   cells = fid_vs_w.summarize(rows, boot)
-  sweep = {"dataset": "digits", "p_uncond": 0.1, "step": 1, "fraction": "all", "num_steps": 8,
-           "cells": cells, "verdict": fid_vs_w.verdict(cells),
-           "verdict_fd": fid_vs_w.verdict(cells, "fd_")}
-  md = fid_vs_w.markdown({"argv": "--quick", "machine": "m", "minutes": 1.0, "num_samples": 400,
-                          "rounds": 100, "sweeps": [sweep], "train_seconds": {}, "commands": []})
+  sweep = {
+    "dataset": "digits",
+    "p_uncond": 0.1,
+    "step": 1,
+    "fraction": "all",
+    "num_steps": 8,
+    "cells": cells,
+    "verdict": fid_vs_w.verdict(cells),
+    "verdict_fd": fid_vs_w.verdict(cells, "fd_"),
+  }
+  md = fid_vs_w.markdown(
+    {
+      "argv": "--quick",
+      "machine": "m",
+      "minutes": 1.0,
+      "num_samples": 400,
+      "rounds": 100,
+      "sweeps": [sweep],
+      "train_seconds": {},
+      "commands": [],
+    }
+  )
   assert "| digits | 0.1 | 1 | Inception FID | 0.3 |" in md and "| 0.3 | " in md
   assert "| 1.8 |" in md and "| 3.03 |" in md  # the paper's ImageNet 64 FID beside w = 0, 0.3
 
@@ -59,11 +87,20 @@ class _RecordingEvaluator:
 
   def evaluate_step(self, step):
     from cfg_jax import evaluate
+
     c = self.config
     t, n = c.sampling.num_steps, c.evaluation.num_samples
     self.calls.append(tuple(c.evaluation.w_values))
-    rows = [{"step": step, "w": float(w), "num_samples": n, "fid": 10.0 + w,
-             "sampler_settings": evaluate.settings_key(c, t)} for w in c.evaluation.w_values]
+    rows = [
+      {
+        "step": step,
+        "w": float(w),
+        "num_samples": n,
+        "fid": 10.0 + w,
+        "sampler_settings": evaluate.settings_key(c, t),
+      }
+      for w in c.evaluation.w_values
+    ]
     for w in c.evaluation.w_values:
       path = fid_vs_w.feature_file(self.workdir, step, t, w, n)
       os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -73,8 +110,9 @@ class _RecordingEvaluator:
 
 
 def test_evaluate_cells_runs_only_the_missing_w(tmp_path):
-  args = fid_vs_w.argparse.Namespace(num_samples=20, reference_examples=-1, eval_batch=10,
-                                     inception_weights="", quick=False)
+  args = fid_vs_w.argparse.Namespace(
+    num_samples=20, reference_examples=-1, eval_batch=10, inception_weights="", quick=False
+  )
   ev = _RecordingEvaluator(fid_vs_w.load_config("digits", 0.1, args), str(tmp_path))
   first = fid_vs_w.evaluate_cells(ev, str(tmp_path), 7, (0.0, 0.5))
   both = fid_vs_w.evaluate_cells(ev, str(tmp_path), 7, (0.0, 0.3, 0.5, 1.0))

@@ -1,5 +1,6 @@
 """The (data, fsdp) mesh: which arrays shard how, that they really are sharded, that sampling
 works from fsdp-sharded params, the config errors, and `--config.mesh.fsdp` through the CLI."""
+
 import json
 import os
 import shutil
@@ -12,23 +13,36 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cfg_jax import checkpointing, config_lib, evaluate, models, sample, sampling
-from cfg_jax import sampling_runner, sharding, train, train_state
+from cfg_jax import (
+  checkpointing,
+  config_lib,
+  evaluate,
+  models,
+  sample,
+  sampling,
+  sampling_runner,
+  sharding,
+  train,
+  train_state,
+)
 from tests.helpers import REPO, tiny_config
 
 FSDP_SPEC = P(None, None, None, "fsdp")
 
 
-@pytest.mark.parametrize("shape,fsdp,min_size,spec", [
-    ((3, 3, 16, 32), 2, 1, FSDP_SPEC),             # largest divisible dim: output channels
+@pytest.mark.parametrize(
+  "shape,fsdp,min_size,spec",
+  [
+    ((3, 3, 16, 32), 2, 1, FSDP_SPEC),  # largest divisible dim: output channels
     ((3, 3, 32, 16), 2, 1, P(None, None, "fsdp")),  # ... or input channels when larger
-    ((64, 64), 4, 1, P(None, "fsdp")),              # ties go to the last dimension
-    ((48, 30), 4, 1, P("fsdp")),                    # 30 is not divisible by 4
-    ((15, 3), 2, 1, P()),                           # nothing divisible: replicated
-    ((3, 3, 16, 32), 2, 10_000, P()),               # below fsdp_min_size: replicated
-    ((3, 3, 16, 32), 1, 1, P()),                    # fsdp = 1: data parallel
-    ((), 2, 0, P()),                                # scalars (step counters)
-])
+    ((64, 64), 4, 1, P(None, "fsdp")),  # ties go to the last dimension
+    ((48, 30), 4, 1, P("fsdp")),  # 30 is not divisible by 4
+    ((15, 3), 2, 1, P()),  # nothing divisible: replicated
+    ((3, 3, 16, 32), 2, 10_000, P()),  # below fsdp_min_size: replicated
+    ((3, 3, 16, 32), 1, 1, P()),  # fsdp = 1: data parallel
+    ((), 2, 0, P()),  # scalars (step counters)
+  ],
+)
 def test_param_spec_rules(shape, fsdp, min_size, spec):
   assert sharding.param_spec(shape, fsdp, min_size) == spec
 
@@ -39,7 +53,8 @@ def test_mesh_shape_and_batch_split():
   batch = sharding.global_batch({"x": np.arange(16 * 3, dtype=np.float32).reshape(16, 3)}, mesh)
   assert {s.data.shape for s in batch["x"].addressable_shards} == {(2, 3)}  # 16 / 8 devices
   assert sorted(int(s.data[0, 0]) // 3 for s in batch["x"].addressable_shards) == list(
-      range(0, 16, 2))
+    range(0, 16, 2)
+  )
   with pytest.raises(ValueError, match=r"mesh.fsdp=3 does not divide the 8 devices"):
     sharding.make_mesh(8, fsdp=3)
 
@@ -58,9 +73,12 @@ def test_params_ema_and_adam_moments_are_sharded(fsdp_state):
   assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
   kernel = state.params["down_0_res_0"]["conv_in"]["kernel"]  # 3x3x16x16 = 2304 elements
   adam = state.opt_state[1][0]  # (clip, adam) chain; ScaleByAdamState
-  for x in (kernel, state.ema_params["down_0_res_0"]["conv_in"]["kernel"],
-            adam.mu["down_0_res_0"]["conv_in"]["kernel"],
-            adam.nu["down_0_res_0"]["conv_in"]["kernel"]):
+  for x in (
+    kernel,
+    state.ema_params["down_0_res_0"]["conv_in"]["kernel"],
+    adam.mu["down_0_res_0"]["conv_in"]["kernel"],
+    adam.nu["down_0_res_0"]["conv_in"]["kernel"],
+  ):
     assert x.shape == (3, 3, 16, 16)
     assert {s.data.shape for s in x.addressable_shards} == {(3, 3, 16, 8)}
     assert x.sharding.spec == FSDP_SPEC
@@ -86,26 +104,43 @@ def test_sampling_from_fsdp_params_matches_one_device(fsdp_state):
   gathered = sharding.gather_replicated(state.ema_params)
   assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(gathered))
   x8 = sampling_runner.generate(
-      sampling_runner.make_sampler(model.apply, shape=(8, 8, 1), null_label=10, config=cfg,
-                                   mesh=mesh),
-      state.ema_params, rng, labels=labels, w=1.0, batch_size=16, num_devices=mesh.size)
+    sampling_runner.make_sampler(
+      model.apply, shape=(8, 8, 1), null_label=10, config=cfg, mesh=mesh
+    ),
+    state.ema_params,
+    rng,
+    labels=labels,
+    w=1.0,
+    batch_size=16,
+    num_devices=mesh.size,
+  )
   one = sharding.make_mesh(1)
   params1 = jax.device_put(jax.device_get(state.ema_params), sharding.replicated(one))
   x1 = sampling_runner.generate(
-      sampling_runner.make_sampler(model.apply, shape=(8, 8, 1), null_label=10, config=cfg,
-                                   mesh=one),
-      params1, rng, labels=labels, w=1.0, batch_size=16, num_devices=1)
+    sampling_runner.make_sampler(model.apply, shape=(8, 8, 1), null_label=10, config=cfg, mesh=one),
+    params1,
+    rng,
+    labels=labels,
+    w=1.0,
+    batch_size=16,
+    num_devices=1,
+  )
   assert x8.shape == (10, 8, 8, 1)
   np.testing.assert_allclose(x8, x1, atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides,match", [
+@pytest.mark.parametrize(
+  "overrides,match",
+  [
     ({"mesh.fsdp": 3}, r"mesh.fsdp=3 does not divide the 8 devices .*use one of \[1, 2, 4, 8\]"),
     ({"mesh.fsdp": 0}, r"mesh.fsdp must be >= 1"),
     ({"mesh.fsdp_min_size": -1}, r"mesh.fsdp_min_size must be >= 0"),
-    ({"mesh.fsdp": 2, "training.batch_size": 12},
-     r"training.batch_size=12 is not divisible by the 8 devices of the mesh \(data=4 x fsdp=2\)"),
-])
+    (
+      {"mesh.fsdp": 2, "training.batch_size": 12},
+      r"training.batch_size=12 is not divisible by the 8 devices of the mesh \(data=4 x fsdp=2\)",
+    ),
+  ],
+)
 def test_mesh_config_errors(overrides, match):
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(tiny_config(**overrides), num_devices=8)
@@ -115,15 +150,25 @@ def test_cli_trains_and_samples_with_fsdp(tmp_path):
   """`--config.mesh.fsdp=2` on 4 devices trains, checkpoints and writes sample grids; the fsdp
   checkpoint then restores into a data-parallel mesh for --mode=sample."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  common = [sys.executable, "-m", "cfg_jax.main", "--config=configs/digits.py",
-            f"--workdir={tmp_path}", "--config.training.batch_size=16",
-            "--config.training.num_train_steps=2", "--config.training.log_every_steps=1",
-            "--config.training.grid_samples_per_class=1", "--config.sampling.num_steps=4",
-            "--config.sampling.num_samples=4", "--config.evaluation.judge_num_samples=0",
-            "--config.mesh.fsdp_min_size=1024"]
+  common = [
+    sys.executable,
+    "-m",
+    "cfg_jax.main",
+    "--config=configs/digits.py",
+    f"--workdir={tmp_path}",
+    "--config.training.batch_size=16",
+    "--config.training.num_train_steps=2",
+    "--config.training.log_every_steps=1",
+    "--config.training.grid_samples_per_class=1",
+    "--config.sampling.num_steps=4",
+    "--config.sampling.num_samples=4",
+    "--config.evaluation.judge_num_samples=0",
+    "--config.mesh.fsdp_min_size=1024",
+  ]
   for extra in (["--config.mesh.fsdp=2"], ["--mode=sample", "--config.mesh.fsdp=1"]):
-    proc = subprocess.run(common + extra, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+      common + extra, cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   assert (tmp_path / "samples" / "step_00000002_w1.png").stat().st_size > 100
@@ -150,13 +195,15 @@ def _record_reads(monkeypatch) -> list[tuple[str, object]]:
   async def spy(self, infos, args=None):
     reads.extend((i.name, getattr(a, "sharding", None)) for i, a in zip(infos, args or infos))
     return await deserialize(self, infos, args)
+
   monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "deserialize", spy)
   return reads
 
 
 @pytest.mark.parametrize("use_ema", [True, False])
-def test_load_params_reads_only_the_params_it_returns(fsdp_state, fsdp_checkpoint, monkeypatch,
-                                                      use_ema):
+def test_load_params_reads_only_the_params_it_returns(
+  fsdp_state, fsdp_checkpoint, monkeypatch, use_ema
+):
   """Sampling and evaluation restore the EMA (or raw) params alone, in the fsdp plan of the
   training mesh: the optimizer state (2x the params under Adam) is never read."""
   config, mesh, _, _ = fsdp_state
@@ -166,8 +213,9 @@ def test_load_params_reads_only_the_params_it_returns(fsdp_state, fsdp_checkpoin
   params, step = sample.load_params(config, workdir, mesh, step=None, use_ema=use_ema)
   assert step == 1
   field = "ema_params" if use_ema else "params"
-  assert {n for n, _ in reads} == {field + "." + ".".join(str(k.key) for k in p)
-                                   for p, _ in jax.tree.leaves_with_path(want)}
+  assert {n for n, _ in reads} == {
+    field + "." + ".".join(str(k.key) for k in p) for p, _ in jax.tree.leaves_with_path(want)
+  }
   assert len(reads) == len(jax.tree.leaves(want))  # each once
   assert dict(reads)[f"{field}.down_0_res_0.conv_in.kernel"].spec == FSDP_SPEC  # read as sharded
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), jax.device_get(want))
@@ -180,8 +228,9 @@ def test_restore_params_keeps_the_fsdp_plan(fsdp_state, fsdp_checkpoint):
   config, mesh, _, state = fsdp_state
   workdir, saved = fsdp_checkpoint
   params, _ = sample.restore_params(config, workdir, mesh, step=1)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
-               jax.device_get(saved.ema_params))
+  jax.tree.map(
+    np.testing.assert_array_equal, jax.device_get(params), jax.device_get(saved.ema_params)
+  )
   for x, trained in zip(jax.tree.leaves(params), jax.tree.leaves(state.ema_params)):
     assert x.sharding.is_equivalent_to(trained.sharding, x.ndim), (x.sharding, trained.sharding)
   kernel = params["down_0_res_0"]["conv_in"]["kernel"]
@@ -189,8 +238,9 @@ def test_restore_params_keeps_the_fsdp_plan(fsdp_state, fsdp_checkpoint):
   assert {s.data.shape for s in kernel.addressable_shards} == {(3, 3, 16, 8)}
 
 
-def test_restore_params_checks_the_fingerprint_of_what_it_reads(fsdp_state, fsdp_checkpoint,
-                                                              tmp_path):
+def test_restore_params_checks_the_fingerprint_of_what_it_reads(
+  fsdp_state, fsdp_checkpoint, tmp_path
+):
   """The fingerprint entries of the restored leaves (and only those) are checked: a tampered EMA
   entry fails the EMA restore, not the raw-params restore, and vice versa."""
   config, mesh, _, _ = fsdp_state
@@ -230,9 +280,14 @@ def test_evaluator_uses_the_config_mesh(fsdp_state, fsdp_checkpoint, monkeypatch
   net = evaluate.FeatureNet("stub", lambda x: (flat(x), flat(x)[:, :10]), True)
   monkeypatch.setattr(evaluate, "feature_net", lambda config, mesh=None: net)
   monkeypatch.setattr(evaluate, "reference_features", lambda config, net, workdir: {})
-  monkeypatch.setattr(evaluate, "sample_metrics", lambda feats, logits, labels, net, ref, pr_k=3: {
-      k: float(np.mean(feats)) for k in ("fd", "is", "is_std", "precision", "recall",
-                                     "class_accuracy")})
+  monkeypatch.setattr(
+    evaluate,
+    "sample_metrics",
+    lambda feats, logits, labels, net, ref, pr_k=3: {
+      k: float(np.mean(feats))
+      for k in ("fd", "is", "is_std", "precision", "recall", "class_accuracy")
+    },
+  )
   evaluator = evaluate.Evaluator(config, workdir)
   assert dict(evaluator.mesh.shape) == {"data": 4, "fsdp": 2}
   reads = _record_reads(monkeypatch)

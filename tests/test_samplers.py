@@ -1,5 +1,6 @@
 """Samplers and guidance variants: determinism, equivalences, the guidance interval's cost, CFG
 rescale, thresholding, one compile per w sweep, batch-independent noise, config plumbing."""
+
 import dataclasses
 import functools
 import json
@@ -19,8 +20,9 @@ IDS = jnp.arange(B)
 LABELS = jnp.array([0, 1, 2, 0, 1, 2, 0, 1], jnp.int32)
 Z_INIT = jax.random.normal(jax.random.key(42), (B, 2))
 # Every option on (used for each sampler): interval, rescale, dynamic thresholding, DDIM noise.
-ALL_OPTIONS = dict(num_steps=8, eta=0.5, guidance_interval=(-5.0, 5.0), rescale_phi=0.5,
-                   thresholding="dynamic")
+ALL_OPTIONS = dict(
+  num_steps=8, eta=0.5, guidance_interval=(-5.0, 5.0), rescale_phi=0.5, thresholding="dynamic"
+)
 CALLS: list[tuple[int, float]] = []
 RECORD = [False]
 
@@ -40,13 +42,24 @@ def cfg(**kw) -> sampling.SamplerConfig:
   return sampling.SamplerConfig(**{"num_steps": 16, "thresholding": "none", **kw})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def runner(config: sampling.SamplerConfig):
   """jit f(rng, ids, labels, w, z_init); its traces are counted in TRACES[config]."""
+
   def f(rng, ids, y, w, z_init):
     TRACES[config] = TRACES.get(config, 0) + 1
-    return sampling.sample(EPS, rng=rng, sample_ids=ids, labels=y, w=w, shape=(2,),
-                           null_label=TOY.null_label, config=config, z_init=z_init)
+    return sampling.sample(
+      EPS,
+      rng=rng,
+      sample_ids=ids,
+      labels=y,
+      w=w,
+      shape=(2,),
+      null_label=TOY.null_label,
+      config=config,
+      z_init=z_init,
+    )
+
   return jax.jit(f)
 
 
@@ -60,6 +73,7 @@ def run(config, *, w=0.0, seed=0, ids=IDS, labels=LABELS, z_init=Z_INIT):
 
 # --- determinism and equivalences between samplers ----------------------------------------------
 
+
 def test_ddim_eta0_depends_only_on_initial_noise():
   c = cfg(sampler="ddim", eta=0.0)
   np.testing.assert_array_equal(run(c, w=2.0, seed=0), run(c, w=2.0, seed=1))
@@ -70,8 +84,12 @@ def test_ddim_eta0_depends_only_on_initial_noise():
 
 def test_ddim_eta1_is_ancestral_with_posterior_variance():
   for w in (0.0, 3.0):
-    np.testing.assert_allclose(run(cfg(sampler="ddim", eta=1.0), w=w),
-                               run(cfg(sampler="ancestral", v=0.0), w=w), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+      run(cfg(sampler="ddim", eta=1.0), w=w),
+      run(cfg(sampler="ancestral", v=0.0), w=w),
+      rtol=1e-4,
+      atol=1e-4,
+    )
 
 
 def test_euler_equals_ddim_eta0_and_heun_converges_to_it():
@@ -85,6 +103,7 @@ def test_euler_equals_ddim_eta0_and_heun_converges_to_it():
 
 
 # --- guidance interval ---------------------------------------------------------------------------
+
 
 def test_guidance_interval_runs_only_the_conditional_half_outside():
   c = cfg(sampler="heun", **ALL_OPTIONS)
@@ -122,6 +141,7 @@ def test_interval_from_edm_sigmas():
 
 # --- CFG rescale and thresholding ---------------------------------------------------------------
 
+
 def test_rescale_phi0_is_plain_and_phi1_matches_conditional_std():
   x_c = jax.random.normal(jax.random.key(0), (4, 3, 3, 2))
   noise = jax.random.normal(jax.random.key(1), (4, 3, 3, 2))
@@ -129,8 +149,9 @@ def test_rescale_phi0_is_plain_and_phi1_matches_conditional_std():
 
   @jax.jit
   def check(x_g, x_c):
-    out = {phi: guidance.rescale_guided(x_guided=x_g, x_cond=x_c, phi=phi)
-           for phi in (0.0, 0.5, 1.0)}
+    out = {
+      phi: guidance.rescale_guided(x_guided=x_g, x_cond=x_c, phi=phi) for phi in (0.0, 0.5, 1.0)
+    }
     return out, guidance.per_sample_std(x_g), guidance.per_sample_std(x_c)
 
   out, std_g, std_c = check(x_g, x_c)
@@ -153,10 +174,16 @@ def test_dynamic_thresholding():
 
   @jax.jit
   def check(big, small):
-    return {p: (guidance.dynamic_threshold(big, p=p), guidance.dynamic_threshold(small, p=p),
-                guidance.threshold(small, mode="dynamic", p=p)) for p in (0.9, 1.0)}
+    return {
+      p: (
+        guidance.dynamic_threshold(big, p=p),
+        guidance.dynamic_threshold(small, p=p),
+        guidance.threshold(small, mode="dynamic", p=p),
+      )
+      for p in (0.9, 1.0)
+    }
 
-  for p, (out_big, out_small, out_mode) in check(big, small).items():
+  for out_big, out_small, out_mode in check(big, small).values():
     assert float(jnp.max(jnp.abs(out_big))) <= 1.0 + 1e-6
     # Equals static (and the identity) when all |x̃| <= 1.
     np.testing.assert_array_equal(out_small, np.clip(small, -1.0, 1.0))
@@ -170,11 +197,13 @@ def test_thresholding_and_clip_x_interaction():
   assert sampling.SamplerConfig().effective_thresholding == "static"  # the old default
   assert sampling.SamplerConfig(clip_x=False).effective_thresholding == "none"
   assert sampling.SamplerConfig(clip_x=False, thresholding="dynamic").effective_thresholding == (
-      "dynamic")
+    "dynamic"
+  )
   assert sampling.SamplerConfig(thresholding="none").effective_thresholding == "none"
 
 
 # --- compile once, batch layout, numerics -------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sampling.SAMPLERS)
 def test_w_sweep_compiles_once_and_noise_independent_of_batch_layout(name):
@@ -194,6 +223,7 @@ def test_w_sweep_compiles_once_and_noise_independent_of_batch_layout(name):
 
 # --- config plumbing -----------------------------------------------------------------------------
 
+
 def test_sampler_config_from_config_and_describe():
   c = load_config("default")
   base = sampling.SamplerConfig.from_config(c)
@@ -205,19 +235,34 @@ def test_sampler_config_from_config_and_describe():
     c.sampling.rescale_phi, c.sampling.thresholding = 0.7, "dynamic"
     c.sampling.dynamic_threshold_p = 0.99
   s = sampling.SamplerConfig.from_config(c, num_steps=12)
-  assert s == dataclasses.replace(base, num_steps=12, sampler="ddim", eta=0.5,
-                                  guidance_interval=(-3.0, 2.5), rescale_phi=0.7,
-                                  thresholding="dynamic", dynamic_threshold_p=0.99)
+  assert s == dataclasses.replace(
+    base,
+    num_steps=12,
+    sampler="ddim",
+    eta=0.5,
+    guidance_interval=(-3.0, 2.5),
+    rescale_phi=0.7,
+    thresholding="dynamic",
+    dynamic_threshold_p=0.99,
+  )
   d = json.loads(json.dumps(s.describe()))
   assert d["sampler"] == "ddim" and d["guidance_interval"] == [-3.0, 2.5]
   assert d["thresholding"] == "dynamic" and d["network_evals"] == 12
   assert sampling.SamplerConfig(sampler="heun", num_steps=5).describe()["network_evals"] == 9
 
 
-@pytest.mark.parametrize("field,value", [
-    ("sampler", "dpm"), ("eta", 1.5), ("guidance_interval", (2.0, -2.0)),
-    ("guidance_interval", (1.0,)), ("rescale_phi", -0.1), ("thresholding", "soft"),
-    ("dynamic_threshold_p", 0.0)])
+@pytest.mark.parametrize(
+  "field,value",
+  [
+    ("sampler", "dpm"),
+    ("eta", 1.5),
+    ("guidance_interval", (2.0, -2.0)),
+    ("guidance_interval", (1.0,)),
+    ("rescale_phi", -0.1),
+    ("thresholding", "soft"),
+    ("dynamic_threshold_p", 0.0),
+  ],
+)
 def test_bad_sampling_fields_name_the_field(field, value):
   with pytest.raises(ValueError, match=f"sampling.{field}"):
     sampling.SamplerConfig(**{field: value})

@@ -1,4 +1,5 @@
 """The exact-score 2D mixture: its ε, and every sampler against its known moments."""
+
 import functools
 
 import jax
@@ -10,27 +11,35 @@ from cfg_jax import sampling, schedules, toy2d
 from tests.helpers import class_separation_and_spread, mixture_moment_error
 
 TOY = toy2d.default_toy()
-N = 1500                                   # 500 per class
+N = 1500  # 500 per class
 LABELS = np.arange(N) % TOY.num_classes
 W_SWEEP = (0.0, 1.0, 3.0, 8.0)
 T_SMALL, T_LARGE = 4, 64
 TRACES: dict[tuple[str, int], int] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sampler(name: str, num_steps: int):
   cfg = sampling.SamplerConfig(num_steps=num_steps, sampler=name, thresholding="none")
   eps = toy2d.eps_fn(TOY)
 
   def run(ids, y, w):
     TRACES[(name, num_steps)] = TRACES.get((name, num_steps), 0) + 1
-    return sampling.sample(eps, rng=jax.random.key(0), sample_ids=ids, labels=y, w=w, shape=(2,),
-                           null_label=TOY.null_label, config=cfg)
+    return sampling.sample(
+      eps,
+      rng=jax.random.key(0),
+      sample_ids=ids,
+      labels=y,
+      w=w,
+      shape=(2,),
+      null_label=TOY.null_label,
+      config=cfg,
+    )
 
   return jax.jit(run)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def draw(name: str, num_steps: int, w: float) -> np.ndarray:
   """N samples (same ids for every call: common noise across T and w)."""
   f = _sampler(name, num_steps)
@@ -55,6 +64,7 @@ def max_class_energy(a: np.ndarray, b: np.ndarray) -> float:
 
 # --- the mixture itself ------------------------------------------------------------------------
 
+
 def test_eps_is_minus_sigma_times_score():
   # At λ = −20, −3, 0, 3, 10, 20 at once (λ per sample), labels incl. ∅ = 3.
   logsnrs = np.array([-20.0, -3.0, 0.0, 3.0, 10.0, 20.0], np.float32)
@@ -78,8 +88,9 @@ def test_null_eps_is_the_class_mixture():
   @jax.jit
   def both(z):
     per_class = jnp.stack([f(z, lam, jnp.full((5,), c)) for c in range(3)], axis=1)
-    log_post = jnp.stack([toy2d.log_prob(TOY, z=z, logsnr=lam, labels=jnp.full((5,), c))
-                          for c in range(3)], axis=1) + jnp.log(TOY.class_prior)
+    log_post = jnp.stack(
+      [toy2d.log_prob(TOY, z=z, logsnr=lam, labels=jnp.full((5,), c)) for c in range(3)], axis=1
+    ) + jnp.log(TOY.class_prior)
     mix = jnp.sum(jax.nn.softmax(log_post, axis=1)[..., None] * per_class, axis=1)
     return f(z, lam, jnp.full((5,), 3)), mix
 
@@ -91,12 +102,13 @@ def test_exact_data_samples_match_closed_form_moments():
   x = toy2d.sample_data(TOY, labels=np.repeat(np.arange(3), 20000), seed=0)
   for c in range(3):
     mean, cov = toy2d.class_moments(TOY, label=c)
-    xc = x[c * 20000:(c + 1) * 20000]
+    xc = x[c * 20000 : (c + 1) * 20000]
     np.testing.assert_allclose(xc.mean(0), mean, atol=0.01)
     np.testing.assert_allclose(np.cov(xc.T), cov, atol=0.005)
 
 
 # --- every sampler on the mixture --------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sampling.SAMPLERS)
 def test_w0_recovers_mixture_moments_as_T_grows(name):
@@ -135,11 +147,13 @@ def test_guidance_moves_away_from_other_classes_and_sharpens(name):
 
 # --- the demo ------------------------------------------------------------------------------------
 
+
 def test_main_writes_png_and_returns_figure(tmp_path):
   from matplotlib.figure import Figure
 
   out = tmp_path / "toy.png"
-  fig = toy2d.main(["--out", str(out), "--samples", "10", "--steps", "4", "--sampler", "ddim",
-                    "--w", "0,3"])
+  fig = toy2d.main(
+    ["--out", str(out), "--samples", "10", "--steps", "4", "--sampler", "ddim", "--w", "0,3"]
+  )
   assert isinstance(fig, Figure) and len(fig.axes) == 2  # what make_figure returns
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

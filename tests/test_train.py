@@ -1,5 +1,6 @@
 """The sharded train step: 8 devices (data parallel or fsdp) match 1, non-finite steps are skipped,
 EMA starts as a copy."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +12,13 @@ from tests.helpers import tiny_config
 
 def _batches(n, batch_size, seed=0):
   rs = np.random.RandomState(seed)
-  return [{"image": rs.uniform(-1, 1, (batch_size, 8, 8, 1)).astype(np.float32),
-           "label": rs.randint(0, 10, (batch_size,)).astype(np.int32)} for _ in range(n)]
+  return [
+    {
+      "image": rs.uniform(-1, 1, (batch_size, 8, 8, 1)).astype(np.float32),
+      "label": rs.randint(0, 10, (batch_size,)).astype(np.int32),
+    }
+    for _ in range(n)
+  ]
 
 
 def _run(config, num_devices, batches, fsdp=1):
@@ -43,10 +49,12 @@ def test_eight_devices_match_one(one_device_run, fsdp):
   s8, l8 = _run(config, 8, batches, fsdp=fsdp)
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
   assert int(s8.step) == int(s1.step) == 4
-  for tree8, tree1 in ((s8.params, s1.params), (s8.ema_params, s1.ema_params),
-                       (s8.opt_state, s1.opt_state)):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 tree8, tree1)
+  for tree8, tree1 in (
+    (s8.params, s1.params),
+    (s8.ema_params, s1.ema_params),
+    (s8.opt_state, s1.opt_state),
+  ):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), tree8, tree1)
   sharded = [x for x in jax.tree.leaves(s8.params) if not x.sharding.is_fully_replicated]
   assert bool(sharded) == (fsdp > 1)
   assert l1[0] > 0 and np.isfinite(l1).all()

@@ -1,6 +1,7 @@
 """The shared training loop on a toy state (no model, no TF): periodic work at the right steps,
 exact resume, SIGTERM → checkpoint and stop, metrics averaged (counts summed) per window, the
 non-finite streak limit."""
+
 import itertools
 import os
 import signal
@@ -22,8 +23,9 @@ class _State:
 
 
 def _fresh():
-  return _State(step=jnp.zeros((), jnp.int32), total=jnp.zeros(()),
-                nonfinite_streak=jnp.zeros((), jnp.int32))
+  return _State(
+    step=jnp.zeros((), jnp.int32), total=jnp.zeros(()), nonfinite_streak=jnp.zeros((), jnp.int32)
+  )
 
 
 @jax.jit
@@ -31,43 +33,59 @@ def _step(state, batch, rng):
   del rng
   x = batch["x"]
   finite = jnp.all(jnp.isfinite(x))
-  new = _State(step=state.step + 1, total=state.total + jnp.where(finite, jnp.sum(x), 0.0),
-               nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+  new = _State(
+    step=state.step + 1,
+    total=state.total + jnp.where(finite, jnp.sum(x), 0.0),
+    nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+  )
   return new, {"loss": jnp.mean(x), "nonfinite": 1.0 - finite.astype(jnp.float32)}
 
 
 def _batches(sigterm_at=None, nan_from=None):
   """batches(start_step) of the loop: step s gets x = [s, s]; SIGTERM while making step
   `sigterm_at`'s batch; NaN from step `nan_from` on."""
+
   def make(*, start_step):
     for s in itertools.count(start_step + 1):
       if s == sigterm_at:
         os.kill(os.getpid(), signal.SIGTERM)
       yield {"x": np.full((2,), np.nan if nan_from and s >= nan_from else float(s), np.float32)}
+
   return make
 
 
 def _run(workdir, num_steps, calls, *, batches=None, **loop_kw):
-  loop = train_loop.LoopConfig(**{**dict(num_steps=num_steps, batch_size=2, log_every=2,
-                                         checkpoint_every=2), **loop_kw})
+  loop = train_loop.LoopConfig(
+    **{**dict(num_steps=num_steps, batch_size=2, log_every=2, checkpoint_every=2), **loop_kw}
+  )
 
   def periodic(step, state, *, last, writer):
     assert writer is not None and int(state.step) == step
     calls.append((step, last))
 
-  return train_loop.run(_fresh(), _step, workdir=str(workdir), loop=loop,
-                        batches=batches or _batches(), mesh=sharding.make_mesh(1),
-                        rng=jax.random.key(0), hparams={"toy": 1}, metadata={"toy": True},
-                        periodic=periodic)
+  return train_loop.run(
+    _fresh(),
+    _step,
+    workdir=str(workdir),
+    loop=loop,
+    batches=batches or _batches(),
+    mesh=sharding.make_mesh(1),
+    rng=jax.random.key(0),
+    hparams={"toy": 1},
+    metadata={"toy": True},
+    periodic=periodic,
+  )
 
 
 def _scalars(workdir, tag):
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
+
   acc = event_accumulator.EventAccumulator(str(workdir), size_guidance={"tensors": 0})
   acc.Reload()
-  return [(e.step, float(np.asarray(tensor_util.make_ndarray(e.tensor_proto))))
-          for e in acc.Tensors(tag)]
+  return [
+    (e.step, float(np.asarray(tensor_util.make_ndarray(e.tensor_proto)))) for e in acc.Tensors(tag)
+  ]
 
 
 def test_every():
@@ -78,9 +96,11 @@ def test_every():
 
 
 def test_summarize_averages_and_sums_counts():
-  window = [{"loss": jnp.array(1.0), "nonfinite": jnp.array(1.0)},
-            {"loss": jnp.array(3.0), "nonfinite": jnp.array(0.0)},
-            {"loss": jnp.array(5.0), "nonfinite": jnp.array(1.0)}]
+  window = [
+    {"loss": jnp.array(1.0), "nonfinite": jnp.array(1.0)},
+    {"loss": jnp.array(3.0), "nonfinite": jnp.array(0.0)},
+    {"loss": jnp.array(5.0), "nonfinite": jnp.array(1.0)},
+  ]
   assert train_loop.summarize(window) == pytest.approx({"loss": 3.0, "nonfinite": 2.0})
 
 
@@ -118,10 +138,16 @@ def test_sigterm_checkpoints_the_step_and_stops(tmp_path):
 
 def test_nonfinite_streak_limit_stops_the_loop(tmp_path):
   with pytest.raises(train_loop.NonFiniteLossError, match="4 consecutive steps up to step 5"):
-    _run(tmp_path, 8, [], batches=_batches(nan_from=2), log_every=1, checkpoint_every=1,
-         max_consecutive_nonfinite=4)
-  assert _scalars(tmp_path, "train/nonfinite") == [(1, 0.0), (2, 1.0), (3, 1.0), (4, 1.0),
-                                                  (5, 1.0)]
+    _run(
+      tmp_path,
+      8,
+      [],
+      batches=_batches(nan_from=2),
+      log_every=1,
+      checkpoint_every=1,
+      max_consecutive_nonfinite=4,
+    )
+  assert _scalars(tmp_path, "train/nonfinite") == [(1, 0.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 1.0)]
 
 
 def _imports_at_load(module: str) -> set[str]:
@@ -129,6 +155,7 @@ def _imports_at_load(module: str) -> set[str]:
   imports inside functions are lazy and left out)."""
   import ast
   import importlib.util
+
   seen, todo = set(), [module]
   while todo:
     name = todo.pop()
@@ -146,8 +173,12 @@ def _imports_at_load(module: str) -> set[str]:
       elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cfg_jax"):
         for a in node.names:
           sub = f"{node.module}.{a.name}"
-          todo.append(sub if importlib.util.find_spec(node.module).submodule_search_locations
-                      and importlib.util.find_spec(sub) else node.module)
+          todo.append(
+            sub
+            if importlib.util.find_spec(node.module).submodule_search_locations
+            and importlib.util.find_spec(sub)
+            else node.module
+          )
   return seen
 
 

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import os
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from cfg_jax.data import embedded
 
 __all__ = [
-    "CfgDigits",
-    "DIGITS_NAME",
-    "NUM_TEST",
-    "SPLIT_SEED",
-    "digits_split_indices",
-    "digits_uint8",
-    "ensure_digits",
+  "CfgDigits",
+  "DIGITS_NAME",
+  "NUM_TEST",
+  "SPLIT_SEED",
+  "digits_split_indices",
+  "digits_uint8",
+  "ensure_digits",
 ]
 
 DIGITS_NAME = "cfg_digits"
@@ -50,9 +50,7 @@ def digits_uint8() -> tuple[np.ndarray, np.ndarray]:
   images = scaled.astype(np.uint8).reshape(-1, *IMAGE_SHAPE)
   labels = np.asarray(data.target, dtype=np.int64)
   if images.shape[0] != NUM_EXAMPLES:
-    raise ValueError(
-        f"Expected {NUM_EXAMPLES} digits from scikit-learn, got {images.shape[0]}."
-    )
+    raise ValueError(f"Expected {NUM_EXAMPLES} digits from scikit-learn, got {images.shape[0]}.")
   return images, labels
 
 
@@ -70,9 +68,7 @@ class CfgDigits(embedded.EmbeddedBuilder):
   """UCI handwritten digits (8x8, from scikit-learn) with a fixed split."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {
-      "1.0.0": "Initial release: 1,497 train / 300 test (RandomState(0) split).",
-  }
+  RELEASE_NOTES = {"1.0.0": "Initial release: 1,497 train / 300 test (RandomState(0) split)."}
   IMAGE_SHAPE = IMAGE_SHAPE
   # tfds 4.9.10's `DatasetBuilder.code_path` evaluates
   # `importlib_resources.abc.Traversable`, but tfds only depends on the
@@ -83,22 +79,19 @@ class CfgDigits(embedded.EmbeddedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info(
-        description=(
-            "UCI optical recognition of handwritten digits as shipped by "
-            "scikit-learn (load_digits): 8x8 grayscale images, pixel values "
-            "0..16 rescaled to 0..255 with round(v*255/16), 10 classes. "
-            "Fixed split: np.random.RandomState(0).permutation(1797); first "
-            "300 -> test, remaining 1,497 -> train (not stratified)."
-        ),
-        homepage=(
-            "https://archive.ics.uci.edu/dataset/80/"
-            "optical+recognition+of+handwritten+digits"
-        ),
-        citation=(
-            "@misc{alpaydin1998digits, author={Alpaydin, E. and Kaynak, C.}, "
-            "title={Optical Recognition of Handwritten Digits}, "
-            "year={1998}, howpublished={UCI Machine Learning Repository}}"
-        ),
+      description=(
+        "UCI optical recognition of handwritten digits as shipped by "
+        "scikit-learn (load_digits): 8x8 grayscale images, pixel values "
+        "0..16 rescaled to 0..255 with round(v*255/16), 10 classes. "
+        "Fixed split: np.random.RandomState(0).permutation(1797); first "
+        "300 -> test, remaining 1,497 -> train (not stratified)."
+      ),
+      homepage=("https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits"),
+      citation=(
+        "@misc{alpaydin1998digits, author={Alpaydin, E. and Kaynak, C.}, "
+        "title={Optical Recognition of Handwritten Digits}, "
+        "year={1998}, howpublished={UCI Machine Learning Repository}}"
+      ),
     )
 
   def _arrays(self) -> tuple[np.ndarray, np.ndarray]:

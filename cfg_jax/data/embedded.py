@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -41,30 +41,36 @@ class EmbeddedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_indices(self, labels: np.ndarray) -> dict[str, np.ndarray]:
     """{split name: the sorted indices of its examples}."""
 
-  def dataset_info(self, *, description: str, homepage: str, citation: str
-                   ) -> tfds.core.DatasetInfo:
+  def dataset_info(
+    self, *, description: str, homepage: str, citation: str
+  ) -> tfds.core.DatasetInfo:
     """The `DatasetInfo` of `_info`: uint8 images, labels '0'..'9', stored in key order."""
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=description,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=self.IMAGE_SHAPE, dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=[str(i) for i in range(self.NUM_CLASSES)]),
-        }),
-        supervised_keys=("image", "label"),
-        disable_shuffling=True,  # records stay in key (= array index) order
-        homepage=homepage,
-        citation=citation,
+      builder=self,
+      description=description,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=self.IMAGE_SHAPE, dtype=np.uint8),
+          "label": tfds.features.ClassLabel(names=[str(i) for i in range(self.NUM_CLASSES)]),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,  # records stay in key (= array index) order
+      homepage=homepage,
+      citation=citation,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Unused: the data ships with an installed package.
     images, labels = self._arrays()
-    return {split: self._generate_examples(images, labels, indices)
-            for split, indices in self._split_indices(labels).items()}
+    return {
+      split: self._generate_examples(images, labels, indices)
+      for split, indices in self._split_indices(labels).items()
+    }
 
-  def _generate_examples(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
-                         ) -> Iterator[tuple[int, dict[str, object]]]:
+  def _generate_examples(
+    self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray
+  ) -> Iterator[tuple[int, dict[str, object]]]:
     for i in indices:
       yield int(i), {"image": to_pil(images[i], self.IMAGE_SHAPE), "label": int(labels[i])}
 
@@ -82,16 +88,20 @@ def ensure_built(builder_cls, data_dir: str | os.PathLike[str]):
   builder = builder_cls(data_dir=data_dir)
   if builder.is_prepared():
     return builder
-  lock = (contextlib.nullcontext() if remote
-          else fileio.file_lock(os.path.join(data_dir, f".{builder.name}.lock")))
+  lock = (
+    contextlib.nullcontext()
+    if remote
+    else fileio.file_lock(os.path.join(data_dir, f".{builder.name}.lock"))
+  )
   with lock:
     builder = builder_cls(data_dir=data_dir)  # Re-read: another process may have built it.
     if not builder.is_prepared():
       builder.download_and_prepare(
-          file_format="array_record",
-          download_config=tfds.download.DownloadConfig(
-              # No download happens; keep tfds from computing anything slow.
-              compute_stats=tfds.download.ComputeStatsMode.SKIP),
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(
+          # No download happens; keep tfds from computing anything slow.
+          compute_stats=tfds.download.ComputeStatsMode.SKIP
+        ),
       )
       builder = builder_cls(data_dir=data_dir)
   return builder

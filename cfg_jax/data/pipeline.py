@@ -16,10 +16,11 @@ import os
 import queue
 import re
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
-from etils import epath
 import numpy as np
+from etils import epath
 
 # Environment defaults for when TensorFlow gets imported (tf.data path only):
 # quiet C++ INFO logs, and never pre-allocate GPU memory that JAX needs.
@@ -32,17 +33,17 @@ from cfg_jax.data import digits as digits_lib  # pylint: disable=g-import-not-at
 from cfg_jax.data import mnist as mnist_lib  # pylint: disable=g-import-not-at-top
 
 __all__ = [
-    "DatasetNotAvailableError",
-    "DatasetSpec",
-    "VALID_NAMES",
-    "check_available",
-    "dataset_spec",
-    "epoch_permutation",
-    "eval_arrays",
-    "global_batch_indices",
-    "resolve_data_dir",
-    "train_iterator",
-    "validate_batch",
+  "DatasetNotAvailableError",
+  "DatasetSpec",
+  "VALID_NAMES",
+  "check_available",
+  "dataset_spec",
+  "epoch_permutation",
+  "eval_arrays",
+  "global_batch_indices",
+  "resolve_data_dir",
+  "train_iterator",
+  "validate_batch",
 ]
 
 VALUE_RANGE_TOLERANCE = 1e-3
@@ -89,30 +90,51 @@ class DatasetSpec:
 
 
 _SPECS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec(
-        name=digits_lib.DIGITS_NAME, image_shape=(8, 8, 1), num_classes=10,
-        train_split="train", eval_split="test", config_name="digits",
-        flip_invariant=False, ensure=digits_lib.ensure_digits,
-    ),
-    "mnist": DatasetSpec(
-        name=mnist_lib.MNIST_NAME, image_shape=(28, 28, 1), num_classes=10,
-        train_split="train", eval_split="test", config_name="mnist",
-        flip_invariant=False, ensure=mnist_lib.ensure_mnist,
-    ),
-    "cifar10": DatasetSpec(
-        name="cifar10", image_shape=(32, 32, 3), num_classes=10,
-        train_split="train", eval_split="test", config_name="cifar10",
-    ),
-    "imagenet64": DatasetSpec(
-        name="imagenet_resized/64x64", image_shape=(64, 64, 3),
-        num_classes=1000, train_split="train", eval_split="validation",
-        config_name="imagenet64",
-    ),
-    "imagenet128": DatasetSpec(
-        name="imagenet2012", image_shape=(128, 128, 3), num_classes=1000,
-        train_split="train", eval_split="validation", config_name="imagenet128",
-        crop_size=128,
-    ),
+  "digits": DatasetSpec(
+    name=digits_lib.DIGITS_NAME,
+    image_shape=(8, 8, 1),
+    num_classes=10,
+    train_split="train",
+    eval_split="test",
+    config_name="digits",
+    flip_invariant=False,
+    ensure=digits_lib.ensure_digits,
+  ),
+  "mnist": DatasetSpec(
+    name=mnist_lib.MNIST_NAME,
+    image_shape=(28, 28, 1),
+    num_classes=10,
+    train_split="train",
+    eval_split="test",
+    config_name="mnist",
+    flip_invariant=False,
+    ensure=mnist_lib.ensure_mnist,
+  ),
+  "cifar10": DatasetSpec(
+    name="cifar10",
+    image_shape=(32, 32, 3),
+    num_classes=10,
+    train_split="train",
+    eval_split="test",
+    config_name="cifar10",
+  ),
+  "imagenet64": DatasetSpec(
+    name="imagenet_resized/64x64",
+    image_shape=(64, 64, 3),
+    num_classes=1000,
+    train_split="train",
+    eval_split="validation",
+    config_name="imagenet64",
+  ),
+  "imagenet128": DatasetSpec(
+    name="imagenet2012",
+    image_shape=(128, 128, 3),
+    num_classes=1000,
+    train_split="train",
+    eval_split="validation",
+    config_name="imagenet128",
+    crop_size=128,
+  ),
 }
 VALID_NAMES = tuple(_SPECS)
 
@@ -127,8 +149,7 @@ def dataset_spec(data_config: Any) -> DatasetSpec:
   name = data_config.name
   if name not in _SPECS:
     raise ValueError(
-        f"Unknown dataset data.name={name!r}; valid names are: "
-        f"{', '.join(VALID_NAMES)}."
+      f"Unknown dataset data.name={name!r}; valid names are: {', '.join(VALID_NAMES)}."
     )
   return _SPECS[name]
 
@@ -176,31 +197,31 @@ def _find_prepared_dir(data_dir: str, tfds_name: str) -> str | None:
 def _not_available_message(spec: DatasetSpec, data_dir: str) -> str:
   """Explains that `spec` is missing from `data_dir` and how to provide it."""
   return (
-      f"Dataset {spec.name!r} (data.name={spec.config_name!r}) is not "
-      f"prepared in data dir {data_dir!r} (looked for "
-      f"{os.path.join(data_dir, spec.name)}/<version>/dataset_info.json), and "
-      "this machine cannot download it. " + _how_to_provide(spec, data_dir)
+    f"Dataset {spec.name!r} (data.name={spec.config_name!r}) is not "
+    f"prepared in data dir {data_dir!r} (looked for "
+    f"{os.path.join(data_dir, spec.name)}/<version>/dataset_info.json), and "
+    "this machine cannot download it. " + _how_to_provide(spec, data_dir)
   )
 
 
 def _how_to_provide(spec: DatasetSpec, data_dir: str) -> str:
   if spec.name == "imagenet2012":
     return (
-        "ImageNet (ILSVRC2012) needs a manual download: get "
-        "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
-        "https://image-net.org (registration required), place them in "
-        f"{os.path.join(data_dir, 'downloads', 'manual')}/, then run "
-        f"`tfds build imagenet2012 --data_dir={data_dir} "
-        "--file_format=array_record` (array_record gives exact resume; "
-        "tfrecord also works). Or set --config.data.data_dir to a directory "
-        "where imagenet2012 is already prepared."
+      "ImageNet (ILSVRC2012) needs a manual download: get "
+      "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from "
+      "https://image-net.org (registration required), place them in "
+      f"{os.path.join(data_dir, 'downloads', 'manual')}/, then run "
+      f"`tfds build imagenet2012 --data_dir={data_dir} "
+      "--file_format=array_record` (array_record gives exact resume; "
+      "tfrecord also works). Or set --config.data.data_dir to a directory "
+      "where imagenet2012 is already prepared."
     )
   return (
-      f"To provide it, run `tfds build {spec.name} --data_dir=DIR "
-      "--file_format=array_record` on a machine with network access "
-      "(array_record gives exact resume; the default tfrecord also works) "
-      f"and copy the contents of DIR into {data_dir}, or set "
-      "--config.data.data_dir=DIR to where the copy is."
+    f"To provide it, run `tfds build {spec.name} --data_dir=DIR "
+    "--file_format=array_record` on a machine with network access "
+    "(array_record gives exact resume; the default tfrecord also works) "
+    f"and copy the contents of DIR into {data_dir}, or set "
+    "--config.data.data_dir=DIR to where the copy is."
   )
 
 
@@ -236,15 +257,11 @@ def _checked_builder(data_config: Any):
   spec = dataset_spec(data_config)
   data_dir = resolve_data_dir(data_config)
   builder = _prepared_builder(spec, data_dir)
-  missing = [
-      s for s in (spec.train_split, spec.eval_split)
-      if s not in builder.info.splits
-  ]
+  missing = [s for s in (spec.train_split, spec.eval_split) if s not in builder.info.splits]
   if missing:
     raise DatasetNotAvailableError(
-        f"Dataset {spec.name!r} in {builder.data_dir!r} has no split(s) "
-        f"{missing}; found {sorted(builder.info.splits)}. "
-        + _how_to_provide(spec, data_dir)
+      f"Dataset {spec.name!r} in {builder.data_dir!r} has no split(s) "
+      f"{missing}; found {sorted(builder.info.splits)}. " + _how_to_provide(spec, data_dir)
     )
   _check_features(spec, builder)
   return spec, builder
@@ -256,25 +273,23 @@ def _check_features(spec: DatasetSpec, builder) -> None:
   where = f"Dataset prepared in {os.fspath(builder.data_dir)!r}"
   if "image" not in features or "label" not in features:
     raise ValueError(
-        f"{where} has features {sorted(features)}; expected 'image' and "
-        f"'label' for data.name={spec.config_name!r}."
+      f"{where} has features {sorted(features)}; expected 'image' and "
+      f"'label' for data.name={spec.config_name!r}."
     )
   shape = tuple(features["image"].shape)
   wanted = spec.image_shape if spec.crop_size is None else (None, None, spec.image_shape[-1])
-  if len(shape) != 3 or any(
-      w is not None and s != w for s, w in zip(shape, wanted)
-  ):
+  if len(shape) != 3 or any(w is not None and s != w for s, w in zip(shape, wanted)):
     raise ValueError(
-        f"{where} has images of shape {shape}, but data.name="
-        f"{spec.config_name!r} needs {spec.image_shape}"
-        + ("" if spec.crop_size is None else " (after resize + crop)")
-        + "."
+      f"{where} has images of shape {shape}, but data.name="
+      f"{spec.config_name!r} needs {spec.image_shape}"
+      + ("" if spec.crop_size is None else " (after resize + crop)")
+      + "."
     )
   num_classes = getattr(features["label"], "num_classes", None)
   if num_classes != spec.num_classes:
     raise ValueError(
-        f"{where} has {num_classes} classes, but data.name="
-        f"{spec.config_name!r} needs {spec.num_classes}."
+      f"{where} has {num_classes} classes, but data.name="
+      f"{spec.config_name!r} needs {spec.num_classes}."
     )
 
 
@@ -291,7 +306,7 @@ def _seed_word(seed: int) -> int:
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   """The (read-only) permutation of ``range(num_examples)`` for `epoch`."""
   rng = np.random.default_rng(
-      np.random.SeedSequence([_seed_word(seed), _SEED_TAG_PERMUTATION, epoch])
+    np.random.SeedSequence([_seed_word(seed), _SEED_TAG_PERMUTATION, epoch])
   )
   perm = rng.permutation(num_examples)
   perm.flags.writeable = False
@@ -299,7 +314,7 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def global_batch_indices(
-    num_examples: int, global_batch_size: int, seed: int, step: int
+  num_examples: int, global_batch_size: int, seed: int, step: int
 ) -> np.ndarray:
   """Example indices of the global batch at `step` (int64 [global_batch]).
 
@@ -319,9 +334,7 @@ def global_batch_indices(
 
 def _flip_mask(global_batch_size: int, seed: int, step: int) -> np.ndarray:
   """Which examples of the global batch at `step` get flipped (bool)."""
-  rng = np.random.default_rng(
-      np.random.SeedSequence([_seed_word(seed), _SEED_TAG_FLIP, step])
-  )
+  rng = np.random.default_rng(np.random.SeedSequence([_seed_word(seed), _SEED_TAG_FLIP, step]))
   return rng.random(global_batch_size) < 0.5
 
 
@@ -348,7 +361,7 @@ def _resize_center_crop_np(image: np.ndarray, size: int) -> np.ndarray:
     pil = pil.resize((nw, nh), resample=PILImage.BICUBIC)
   out = np.asarray(pil).reshape(nh, nw, c)
   top, left = (nh - size) // 2, (nw - size) // 2
-  return out[top:top + size, left:left + size]
+  return out[top : top + size, left : left + size]
 
 
 class _SourceReader:
@@ -395,9 +408,7 @@ class _InMemory:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_in_memory(
-    prepared_dir: str, split: str, spec: DatasetSpec, count: int
-) -> _InMemory:
+def _load_in_memory(prepared_dir: str, split: str, spec: DatasetSpec, count: int) -> _InMemory:
   """Decodes the first `count` examples of `split` once (cached, read-only)."""
   reader = _SourceReader(tfds.builder_from_directory(prepared_dir), split, spec)
   images = np.empty((count, *spec.image_shape), np.uint8)
@@ -459,8 +470,10 @@ class _Prefetch:
     self._queue: queue.Queue = queue.Queue(maxsize=size)
     self._stop = threading.Event()
     threading.Thread(
-        target=_prefetch_worker, args=(iterator, self._queue, self._stop),
-        name="cfg_jax-data-prefetch", daemon=True,
+      target=_prefetch_worker,
+      args=(iterator, self._queue, self._stop),
+      name="cfg_jax-data-prefetch",
+      daemon=True,
     ).start()
 
   def __iter__(self):
@@ -483,8 +496,14 @@ class _Prefetch:
 
 
 def _random_access_batches(
-    reader, *, global_batch_size: int, local_batch_size: int, seed: int,
-    start_step: int, process_index: int, random_flip: bool,
+  reader,
+  *,
+  global_batch_size: int,
+  local_batch_size: int,
+  seed: int,
+  start_step: int,
+  process_index: int,
+  random_flip: bool,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless batches from `start_step` on (see module docstring)."""
   lo = process_index * local_batch_size
@@ -527,13 +546,11 @@ def _tf_preprocess_fn(tf, builder, spec: DatasetSpec) -> Callable:
     if spec.crop_size is not None:
       size = spec.crop_size
       hw = tf.cast(tf.shape(image)[:2], tf.float32)
-      new_hw = tf.maximum(
-          tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32), size
-      )
+      new_hw = tf.maximum(tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32), size)
       image = tf.image.resize(image, new_hw, method="bicubic", antialias=True)
       top = (new_hw[0] - size) // 2
       left = (new_hw[1] - size) // 2
-      image = image[top:top + size, left:left + size]
+      image = image[top : top + size, left : left + size]
       image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
     image = tf.cast(image, tf.float32) / 127.5 - 1.0
     image = tf.ensure_shape(image, spec.image_shape)
@@ -550,35 +567,34 @@ def _tf_options(tf):
 
 
 def _tfrecord_batches(
-    builder, spec: DatasetSpec, *, local_batch_size: int,
-    seed: int, start_step: int, process_index: int, process_count: int,
-    random_flip: bool,
+  builder,
+  spec: DatasetSpec,
+  *,
+  local_batch_size: int,
+  seed: int,
+  start_step: int,
+  process_index: int,
+  process_count: int,
+  random_flip: bool,
 ) -> Iterator[dict[str, np.ndarray]]:
   """tf.data pipeline over this process's shard (see module docstring)."""
   tf = _import_tf()
-  split = tfds.even_splits(
-      spec.train_split, n=process_count, drop_remainder=True
-  )[process_index]
+  split = tfds.even_splits(spec.train_split, n=process_count, drop_remainder=True)[process_index]
   process_seed = int(
-      np.random.SeedSequence([_seed_word(seed), process_index]).generate_state(1)[0]
-      & 0x7FFFFFFF
+    np.random.SeedSequence([_seed_word(seed), process_index]).generate_state(1)[0] & 0x7FFFFFFF
   )
   ds = builder.as_dataset(
-      split=split,
-      # Ordered datasets (e.g. cfg_digits) refuse file shuffling; the example
-      # shuffle buffer below still shuffles them.
-      shuffle_files=not builder.info.disable_shuffling,
-      decoders={"image": tfds.decode.SkipDecoding()},
-      read_config=tfds.ReadConfig(
-          shuffle_seed=process_seed, options=_tf_options(tf)
-      ),
+    split=split,
+    # Ordered datasets (e.g. cfg_digits) refuse file shuffling; the example
+    # shuffle buffer below still shuffles them.
+    shuffle_files=not builder.info.disable_shuffling,
+    decoders={"image": tfds.decode.SkipDecoding()},
+    read_config=tfds.ReadConfig(shuffle_seed=process_seed, options=_tf_options(tf)),
   )
   ds = ds.repeat().shuffle(SHUFFLE_BUFFER, seed=process_seed, reshuffle_each_iteration=True)
   # Skip whole batches on still-encoded examples (cheaper than after decoding).
   ds = ds.skip(start_step * local_batch_size)
-  ds = ds.map(
-      _tf_preprocess_fn(tf, builder, spec), num_parallel_calls=tf.data.AUTOTUNE
-  )
+  ds = ds.map(_tf_preprocess_fn(tf, builder, spec), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   if random_flip:
     ds = ds.enumerate(start=start_step)
@@ -586,7 +602,7 @@ def _tfrecord_batches(
     def flip(step, batch):
       image, label = batch
       image = tf.image.stateless_random_flip_left_right(
-          image, seed=tf.stack([tf.constant(process_seed, tf.int64), step])
+        image, seed=tf.stack([tf.constant(process_seed, tf.int64), step])
       )
       return image, label
 
@@ -605,13 +621,11 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   if process_count < 1:
     raise ValueError(f"process_count must be >= 1, got {process_count}.")
   if global_batch_size < 1:
-    raise ValueError(
-        f"training.batch_size must be positive, got {global_batch_size}."
-    )
+    raise ValueError(f"training.batch_size must be positive, got {global_batch_size}.")
   if global_batch_size % process_count:
     raise ValueError(
-        f"training.batch_size={global_batch_size} (the global batch) must be "
-        f"divisible by the number of processes ({process_count})."
+      f"training.batch_size={global_batch_size} (the global batch) must be "
+      f"divisible by the number of processes ({process_count})."
     )
   return global_batch_size // process_count
 
@@ -620,14 +634,14 @@ def _random_flip(data_config, spec: DatasetSpec) -> bool:
   flip = bool(getattr(data_config, "random_flip", False))
   if flip and not spec.flip_invariant:
     raise ValueError(
-        f"data.random_flip=True is not allowed for data.name="
-        f"{spec.config_name!r}: its images are not flip-invariant."
+      f"data.random_flip=True is not allowed for data.name="
+      f"{spec.config_name!r}: its images are not flip-invariant."
     )
   return flip
 
 
 def _validated(
-    batches: Iterator[dict[str, np.ndarray]], spec: DatasetSpec
+  batches: Iterator[dict[str, np.ndarray]], spec: DatasetSpec
 ) -> Iterator[dict[str, np.ndarray]]:
   """Full check of the first batch, shape/dtype/label checks of the rest."""
   for i, batch in enumerate(batches):
@@ -636,13 +650,13 @@ def _validated(
 
 
 def train_iterator(
-    data_config: Any,
-    *,
-    global_batch_size: int,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
+  data_config: Any,
+  *,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
   """Endless training batches for this process, from `start_step` on.
 
@@ -667,9 +681,7 @@ def train_iterator(
   """
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   if not 0 <= process_index < process_count:
-    raise ValueError(
-        f"process_index={process_index} not in [0, {process_count})."
-    )
+    raise ValueError(f"process_index={process_index} not in [0, {process_count}).")
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   spec, builder = _checked_builder(data_config)
@@ -677,23 +689,32 @@ def train_iterator(
   if _is_random_access(builder):
     reader = _random_access_reader(builder, spec.train_split, spec)
     batches = _random_access_batches(
-        reader, global_batch_size=global_batch_size,
-        local_batch_size=local_batch_size, seed=seed, start_step=start_step,
-        process_index=process_index, random_flip=random_flip,
+      reader,
+      global_batch_size=global_batch_size,
+      local_batch_size=local_batch_size,
+      seed=seed,
+      start_step=start_step,
+      process_index=process_index,
+      random_flip=random_flip,
     )
     if isinstance(reader, _SourceReader):
       batches = _Prefetch(batches)
   else:
     batches = _tfrecord_batches(
-        builder, spec, local_batch_size=local_batch_size,
-        seed=seed, start_step=start_step, process_index=process_index,
-        process_count=process_count, random_flip=random_flip,
+      builder,
+      spec,
+      local_batch_size=local_batch_size,
+      seed=seed,
+      start_step=start_step,
+      process_index=process_index,
+      process_count=process_count,
+      random_flip=random_flip,
     )
   return _validated(batches, spec)
 
 
 def eval_arrays(
-    data_config: Any, *, split: str | None = None, max_examples: int | None = None
+  data_config: Any, *, split: str | None = None, max_examples: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
   """The first `max_examples` (default: all) examples of a split, in memory.
 
@@ -706,8 +727,7 @@ def eval_arrays(
   split = split or spec.eval_split
   if split not in builder.info.splits:
     raise ValueError(
-        f"Split {split!r} not in {spec.name!r}; available: "
-        f"{sorted(builder.info.splits)}."
+      f"Split {split!r} not in {spec.name!r}; available: {sorted(builder.info.splits)}."
     )
   total = builder.info.splits[split].num_examples
   count = total if max_examples is None else max(0, min(int(max_examples), total))
@@ -718,20 +738,19 @@ def eval_arrays(
   else:
     tf = _import_tf()
     ds = builder.as_dataset(
-        split=split, shuffle_files=False,
-        decoders={"image": tfds.decode.SkipDecoding()},
-        read_config=tfds.ReadConfig(
-            options=_tf_options(tf), try_autocache=False
-        ),
+      split=split,
+      shuffle_files=False,
+      decoders={"image": tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(options=_tf_options(tf), try_autocache=False),
     )
     ds = ds.take(count).map(
-        _tf_preprocess_fn(tf, builder, spec), num_parallel_calls=tf.data.AUTOTUNE
+      _tf_preprocess_fn(tf, builder, spec), num_parallel_calls=tf.data.AUTOTUNE
     )
     images = np.zeros((count, *spec.image_shape), np.float32)
     labels = np.zeros((count,), np.int32)
     pos = 0
     for image, label in tfds.as_numpy(ds.batch(256)):
-      images[pos:pos + len(label)], labels[pos:pos + len(label)] = image, label
+      images[pos : pos + len(label)], labels[pos : pos + len(label)] = image, label
       pos += len(label)
     images, labels = images[:pos], labels[:pos]
   result = {"image": images, "label": np.asarray(labels, np.int32)}
@@ -746,7 +765,7 @@ def eval_arrays(
 
 
 def validate_batch(
-    batch: Mapping[str, Any], spec: DatasetSpec, *, check_values: bool = True
+  batch: Mapping[str, Any], spec: DatasetSpec, *, check_values: bool = True
 ) -> None:
   """Raises ValueError unless `batch` is a well-formed batch of `spec`.
 
@@ -763,8 +782,7 @@ def validate_batch(
   shape = tuple(getattr(image, "shape", ()))
   if len(shape) != 4 or shape[1:] != tuple(spec.image_shape):
     raise ValueError(
-        f"{where}: image shape {shape}, expected (batch, "
-        f"{', '.join(map(str, spec.image_shape))})."
+      f"{where}: image shape {shape}, expected (batch, {', '.join(map(str, spec.image_shape))})."
     )
   if np.dtype(image.dtype) != np.float32:
     raise ValueError(f"{where}: image dtype {image.dtype}, expected float32.")
@@ -772,17 +790,12 @@ def validate_batch(
     raise ValueError(f"{where}: empty batch.")
   label_shape = tuple(getattr(label, "shape", ()))
   if label_shape != (shape[0],):
-    raise ValueError(
-        f"{where}: label shape {label_shape}, expected ({shape[0]},)."
-    )
+    raise ValueError(f"{where}: label shape {label_shape}, expected ({shape[0]},).")
   if not np.issubdtype(np.dtype(label.dtype), np.integer):
     raise ValueError(f"{where}: label dtype {label.dtype}, expected integer.")
   lo, hi = int(label.min()), int(label.max())
   if lo < 0 or hi >= spec.num_classes:
-    raise ValueError(
-        f"{where}: labels span [{lo}, {hi}], expected in "
-        f"[0, {spec.num_classes})."
-    )
+    raise ValueError(f"{where}: labels span [{lo}, {hi}], expected in [0, {spec.num_classes}).")
   if check_values:
     values = np.asarray(image)
     vmin, vmax = float(values.min()), float(values.max())
@@ -791,6 +804,5 @@ def validate_batch(
       raise ValueError(f"{where}: image contains NaN or inf.")
     if vmin < -1 - tol or vmax > 1 + tol:
       raise ValueError(
-          f"{where}: image values span [{vmin:.4g}, {vmax:.4g}], expected "
-          f"[-1, 1] (tolerance {tol})."
+        f"{where}: image values span [{vmin:.4g}, {vmax:.4g}], expected [-1, 1] (tolerance {tol})."
       )

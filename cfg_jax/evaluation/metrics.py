@@ -72,8 +72,9 @@ def sqrt_trace_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
   return float(np.sum(_psd_eigvals_sqrt(np.linalg.eigvalsh(0.5 * (m + m.T)))))
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
+def frechet_distance(
+  mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
   """FID: ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) between N(μ1, Σ1) and N(μ2, Σ2).
 
   Same formula as guided-diffusion's `FIDStatistics.frechet_distance` (from bioinf-jku/TTUR), but
@@ -84,8 +85,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
   sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
   if mu1.ndim != 1 or mu1.shape != mu2.shape:
-    raise ValueError(f"mu1 and mu2 must be vectors of the same length, got {mu1.shape} and "
-                     f"{mu2.shape}.")
+    raise ValueError(
+      f"mu1 and mu2 must be vectors of the same length, got {mu1.shape} and {mu2.shape}."
+    )
   d = mu1.shape[0]
   for name, sigma in (("sigma1", sigma1), ("sigma2", sigma2)):
     if sigma.shape != (d, d):
@@ -94,14 +96,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     if not np.all(np.isfinite(x)):
       raise ValueError(f"{name} contains NaN or inf.")
   diff = mu1 - mu2
-  fid = (diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-         - 2.0 * sqrt_trace_product(sigma1, sigma2))
+  fid = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * sqrt_trace_product(sigma1, sigma2)
   return max(float(fid), 0.0)
 
 
-def bootstrap_frechet_distances(features: dict[str, np.ndarray], mu_ref: np.ndarray,
-                                sigma_ref: np.ndarray, *, num_rounds: int, seed: int = 0
-                                ) -> dict[str, np.ndarray]:
+def bootstrap_frechet_distances(
+  features: dict[str, np.ndarray],
+  mu_ref: np.ndarray,
+  sigma_ref: np.ndarray,
+  *,
+  num_rounds: int,
+  seed: int = 0,
+) -> dict[str, np.ndarray]:
   """Paired bootstrap of the FD of several sample sets of equal size n against one reference.
 
   Round r draws one multiset of n row indices and applies it to every set (rows i of the sets
@@ -139,8 +145,9 @@ def bootstrap_frechet_distances(features: dict[str, np.ndarray], mu_ref: np.ndar
 # Inception score.
 
 
-def inception_score(logits_or_probs: np.ndarray, *, num_splits: int = 10,
-                    from_logits: bool = True) -> tuple[float, float]:
+def inception_score(
+  logits_or_probs: np.ndarray, *, num_splits: int = 10, from_logits: bool = True
+) -> tuple[float, float]:
   """(mean, std) over `num_splits` splits of exp(E_x KL(p(y|x) ‖ p(y))), p(y) = split mean.
 
   As openai/improved-gan `inception_score/model.py` (Salimans et al. 2016): split i is rows
@@ -151,19 +158,22 @@ def inception_score(logits_or_probs: np.ndarray, *, num_splits: int = 10,
   x = _check_features(logits_or_probs, "logits_or_probs").astype(np.float64)
   n = x.shape[0]
   if num_splits < 1 or n < num_splits:
-    raise ValueError(f"need 1 <= num_splits <= N, got num_splits={num_splits} for N={n} "
-                     "predictions (the usual protocol is 10 splits of 5000).")
+    raise ValueError(
+      f"need 1 <= num_splits <= N, got num_splits={num_splits} for N={n} "
+      "predictions (the usual protocol is 10 splits of 5000)."
+    )
   if from_logits:
     logp = special.log_softmax(x, axis=1)
   else:
     if np.any(x < 0) or not np.allclose(x.sum(axis=1), 1.0, atol=1e-3):
-      raise ValueError("probabilities must be non-negative and sum to 1 per row; "
-                       "pass from_logits=True for logits.")
+      raise ValueError(
+        "probabilities must be non-negative and sum to 1 per row; pass from_logits=True for logits."
+      )
     with np.errstate(divide="ignore"):
       logp = np.log(x)
   scores = []
   for i in range(num_splits):
-    part = logp[i * n // num_splits:(i + 1) * n // num_splits]
+    part = logp[i * n // num_splits : (i + 1) * n // num_splits]
     # log p(y) = log mean_x p(y|x), shifted by the column max so that it stays finite and exact.
     shift = np.max(part, axis=0)
     shift = np.where(np.isfinite(shift), shift, 0.0)
@@ -181,7 +191,7 @@ def inception_score(logits_or_probs: np.ndarray, *, num_splits: int = 10,
 
 def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
   """Squared Euclidean distances [A, B] as ‖a‖² − 2 a·b + ‖b‖², clipped at 0 (as the reference)."""
-  d = (jnp.sum(a * a, axis=1)[:, None] - 2.0 * (a @ b.T) + jnp.sum(b * b, axis=1)[None, :])
+  d = jnp.sum(a * a, axis=1)[:, None] - 2.0 * (a @ b.T) + jnp.sum(b * b, axis=1)[None, :]
   return jnp.maximum(d, 0.0)
 
 
@@ -227,8 +237,9 @@ def _blocks(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
   return xp.reshape(nb, size, -1), valid.reshape(nb, size)
 
 
-def precision_recall(real_features: np.ndarray, fake_features: np.ndarray, *, k: int = 3,
-                     batch_size: int = 10000) -> tuple[float, float]:
+def precision_recall(
+  real_features: np.ndarray, fake_features: np.ndarray, *, k: int = 3, batch_size: int = 10000
+) -> tuple[float, float]:
   """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds.
 
   Each set's manifold is the union of balls around its samples whose radius is the distance to
@@ -246,8 +257,10 @@ def precision_recall(real_features: np.ndarray, fake_features: np.ndarray, *, k:
   if real.shape[1] != fake.shape[1]:
     raise ValueError(f"real and fake features differ in dimension: {real.shape} vs {fake.shape}.")
   if k < 1 or min(len(real), len(fake)) <= k:
-    raise ValueError(f"need k >= 1 and more than k samples per set, got k={k}, "
-                     f"{len(real)} real and {len(fake)} fake.")
+    raise ValueError(
+      f"need k >= 1 and more than k samples per set, got k={k}, "
+      f"{len(real)} real and {len(fake)} fake."
+    )
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
   center = real.mean(axis=0)

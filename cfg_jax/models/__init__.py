@@ -13,15 +13,26 @@ __all__ = ["UNet", "count_params", "create_model", "image_shape"]
 def create_model(config: ml_collections.ConfigDict) -> UNet:
   """The U-Net of `config` (its model section, data.num_classes, the diffusion λ range)."""
   m = config.model
-  return UNet(num_classes=config.data.num_classes, ch=m.ch, ch_mult=tuple(m.ch_mult),
-              num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
-              head_channels=m.head_channels, num_heads=m.num_heads, dropout=m.dropout,
-              resblock_updown=m.resblock_updown, num_groups=m.num_groups,
-              logsnr_min=config.diffusion.logsnr_min, logsnr_max=config.diffusion.logsnr_max,
-              dtype=jnp.dtype(m.dtype), remat=m.remat)
+  return UNet(
+    num_classes=config.data.num_classes,
+    ch=m.ch,
+    ch_mult=tuple(m.ch_mult),
+    num_res_blocks=m.num_res_blocks,
+    attn_resolutions=tuple(m.attn_resolutions),
+    head_channels=m.head_channels,
+    num_heads=m.num_heads,
+    dropout=m.dropout,
+    resblock_updown=m.resblock_updown,
+    num_groups=m.num_groups,
+    logsnr_min=config.diffusion.logsnr_min,
+    logsnr_max=config.diffusion.logsnr_max,
+    dtype=jnp.dtype(m.dtype),
+    remat=m.remat,
+  )
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   """(H, W, C) of the images of config.data's dataset."""
   from cfg_jax import data  # imported lazily: TF is heavy and only needed here
+
   return tuple(data.dataset_spec(config.data).image_shape)

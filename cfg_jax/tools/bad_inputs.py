@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import ml_collections
@@ -22,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _digits_config(**overrides):
   from cfg_jax import config_lib
+
   c = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   with c.unlocked():
     for key, value in overrides.items():
@@ -32,6 +33,7 @@ def _digits_config(**overrides):
 
 def _validate(**overrides):
   from cfg_jax import config_lib
+
   config_lib.validate(_digits_config(**overrides), num_devices=8)
 
 
@@ -74,39 +76,59 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
     inception.load_params(path)
 
   return [
-      ("unknown config key (`--config.training.bacth_size=3`)", unknown_key),
-      ("λ_min ≥ λ_max", lambda: _validate(**{"diffusion.logsnr_min": 20.0})),
-      ("p_uncond outside [0, 1]", lambda: _validate(**{"guidance.p_uncond": 1.5})),
-      ("w below −1 or NaN", lambda: _validate(**{"guidance.w_values": (0.0, -2.0)})),
-      ("image size the U-Net cannot halve (8×8 digits, five levels)",
-       lambda: _validate(**{"model.ch_mult": (1, 2, 2, 2, 2)})),
-      ("attention at a resolution the U-Net lacks",
-       lambda: _validate(**{"model.attn_resolutions": (3,)})),
-      ("batch size not divisible by the devices", lambda: _validate(**{"training.batch_size": 12})),
-      ("fsdp size that does not divide the devices (`--config.mesh.fsdp=3` on 8)",
-       lambda: _validate(**{"mesh.fsdp": 3})),
-      ("image_size ≠ the dataset's (`--config.data.image_size=7`)",
-       lambda: _validate(**{"data.image_size": 7})),
-      ("num_classes ≠ the dataset's", lambda: _validate(**{"data.num_classes": 12})),
-      ("sample labels out of range", lambda: _validate(**{"sampling.labels": (3, 10)})),
-      ("sampler variance v outside [0, 1]", lambda: _validate(**{"sampling.v": 2.0})),
-      ("unknown dataset", lambda: data.dataset_spec(ml_collections.ConfigDict({"name": "svhn"}))),
-      ("dataset not prepared locally (cifar10)",
-       lambda: data.check_available(ml_collections.ConfigDict(
-           {"name": "cifar10", "data_dir": os.path.join(tmp, "tfds")}))),
-      ("batch with the wrong image shape",
-       lambda: data.validate_batch({**good, "image": np.zeros((4, 28, 28, 1), np.float32)}, spec)),
-      ("batch with pixels outside [−1, 1]",
-       lambda: data.validate_batch({**good, "image": good["image"] + 255.0}, spec)),
-      ("batch with labels out of range",
-       lambda: data.validate_batch({**good, "label": np.full((4,), 10, np.int32)}, spec)),
-      ("missing Inception weights", lambda: inception.load_params(os.path.join(tmp, "none.npz"))),
-      ("pickled weight file", pickled_weights),
-      ("`--mode=sample` with no checkpoint",
-       lambda: sample.load_params(_digits_config(), os.path.join(tmp, "empty"),
-                                  sharding.make_mesh(1))),
-      ("corrupt checkpoint (the only one)", corrupt_checkpoint),
-      ("saving a state with NaN", nan_checkpoint),
+    ("unknown config key (`--config.training.bacth_size=3`)", unknown_key),
+    ("λ_min ≥ λ_max", lambda: _validate(**{"diffusion.logsnr_min": 20.0})),
+    ("p_uncond outside [0, 1]", lambda: _validate(**{"guidance.p_uncond": 1.5})),
+    ("w below −1 or NaN", lambda: _validate(**{"guidance.w_values": (0.0, -2.0)})),
+    (
+      "image size the U-Net cannot halve (8×8 digits, five levels)",
+      lambda: _validate(**{"model.ch_mult": (1, 2, 2, 2, 2)}),
+    ),
+    (
+      "attention at a resolution the U-Net lacks",
+      lambda: _validate(**{"model.attn_resolutions": (3,)}),
+    ),
+    ("batch size not divisible by the devices", lambda: _validate(**{"training.batch_size": 12})),
+    (
+      "fsdp size that does not divide the devices (`--config.mesh.fsdp=3` on 8)",
+      lambda: _validate(**{"mesh.fsdp": 3}),
+    ),
+    (
+      "image_size ≠ the dataset's (`--config.data.image_size=7`)",
+      lambda: _validate(**{"data.image_size": 7}),
+    ),
+    ("num_classes ≠ the dataset's", lambda: _validate(**{"data.num_classes": 12})),
+    ("sample labels out of range", lambda: _validate(**{"sampling.labels": (3, 10)})),
+    ("sampler variance v outside [0, 1]", lambda: _validate(**{"sampling.v": 2.0})),
+    ("unknown dataset", lambda: data.dataset_spec(ml_collections.ConfigDict({"name": "svhn"}))),
+    (
+      "dataset not prepared locally (cifar10)",
+      lambda: data.check_available(
+        ml_collections.ConfigDict({"name": "cifar10", "data_dir": os.path.join(tmp, "tfds")})
+      ),
+    ),
+    (
+      "batch with the wrong image shape",
+      lambda: data.validate_batch({**good, "image": np.zeros((4, 28, 28, 1), np.float32)}, spec),
+    ),
+    (
+      "batch with pixels outside [−1, 1]",
+      lambda: data.validate_batch({**good, "image": good["image"] + 255.0}, spec),
+    ),
+    (
+      "batch with labels out of range",
+      lambda: data.validate_batch({**good, "label": np.full((4,), 10, np.int32)}, spec),
+    ),
+    ("missing Inception weights", lambda: inception.load_params(os.path.join(tmp, "none.npz"))),
+    ("pickled weight file", pickled_weights),
+    (
+      "`--mode=sample` with no checkpoint",
+      lambda: sample.load_params(
+        _digits_config(), os.path.join(tmp, "empty"), sharding.make_mesh(1)
+      ),
+    ),
+    ("corrupt checkpoint (the only one)", corrupt_checkpoint),
+    ("saving a state with NaN", nan_checkpoint),
   ]
 
 
@@ -140,5 +162,6 @@ saved checkpoint. Non-finite losses are skipped and counted (`train/nonfinite`);
 
 if __name__ == "__main__":
   import logging
+
   logging.disable(logging.WARNING)
   sys.stdout.write(HEADER + table() + "\n")

@@ -21,26 +21,45 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = ["--config.training.batch_size=16", "--config.training.log_every_steps=4",
-        "--config.training.checkpoint_every_steps=1", "--config.training.grid_samples_per_class=1",
-        "--config.training.sample_every_steps=0", "--config.sampling.num_steps=2",
-        "--config.evaluation.judge_num_samples=0", "--config.training.warmup_steps=4"]
+TINY = [
+  "--config.training.batch_size=16",
+  "--config.training.log_every_steps=4",
+  "--config.training.checkpoint_every_steps=1",
+  "--config.training.grid_samples_per_class=1",
+  "--config.training.sample_every_steps=0",
+  "--config.sampling.num_steps=2",
+  "--config.evaluation.judge_num_samples=0",
+  "--config.training.warmup_steps=4",
+]
 
 
 def command(workdir: str, steps: int) -> list[str]:
   config = os.path.join(REPO, "configs", "digits.py")
-  return [sys.executable, "-m", "cfg_jax.main", f"--config={config}", f"--workdir={workdir}",
-          f"--config.training.num_train_steps={steps}", *TINY]
+  return [
+    sys.executable,
+    "-m",
+    "cfg_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    f"--config.training.num_train_steps={steps}",
+    *TINY,
+  ]
 
 
 def env() -> dict[str, str]:
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-              TF_CPP_MIN_LOG_LEVEL="2")
+  return dict(
+    os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="2"
+  )
 
 
 def run_clean(workdir: str, steps: int) -> None:
-  subprocess.run(command(workdir, steps), env=env(), check=True, stdout=subprocess.DEVNULL,
-                 stderr=subprocess.DEVNULL)
+  subprocess.run(
+    command(workdir, steps),
+    env=env(),
+    check=True,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -48,13 +67,13 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(x) for x in os.listdir(d) if x.isdigit()) if os.path.isdir(d) else []
 
 
-def run_with_faults(workdir: str, steps: int, faults: int, rng: random.Random,
-                    log=print) -> int:
+def run_with_faults(workdir: str, steps: int, faults: int, rng: random.Random, log=print) -> int:
   """Kills and restarts training `faults` times, then lets it finish; returns kills done."""
   done = 0
   while True:
-    proc = subprocess.Popen(command(workdir, steps), env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+      command(workdir, steps), env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     if done < faults:
       # Wait until training runs (a new checkpoint appears), then a random extra delay: the kill
       # lands in a step, in a checkpoint write, or in start-up / shutdown.
@@ -69,8 +88,10 @@ def run_with_faults(workdir: str, steps: int, faults: int, rng: random.Random,
         proc.send_signal(sig)
         code = proc.wait()
         done += 1
-        log(f"fault {done}: {signal.Signals(sig).name}, exit code {code}, checkpoints now "
-            f"{checkpoint_steps(workdir)[-3:]}")
+        log(
+          f"fault {done}: {signal.Signals(sig).name}, exit code {code}, checkpoints now "
+          f"{checkpoint_steps(workdir)[-3:]}"
+        )
         continue
     if proc.wait() != 0:
       raise RuntimeError(f"training exited with {proc.returncode} after {done} faults")
@@ -84,6 +105,7 @@ def final_states_equal(workdir_a: str, workdir_b: str, steps: int) -> bool:
   import numpy as np
 
   from cfg_jax import checkpointing, config_lib, sharding, train_state
+
   config = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   abstract = train_state.abstract_state(config, sharding.make_mesh(1))
   a = checkpointing.Checkpointer(workdir_a, read_only=True).restore(steps, abstract)
@@ -105,9 +127,11 @@ def main(argv=None) -> int:
   run_clean(ref, args.steps)
   kills = run_with_faults(faulty, args.steps, args.faults, random.Random(args.seed))
   equal = final_states_equal(ref, faulty, args.steps)
-  print(f"faults tried: {kills}, survived: {kills if equal else 0} "
-        f"(final state bitwise equal to the uninterrupted run: {equal}; "
-        f"{args.steps} steps, {time.time() - start:.0f} s)")
+  print(
+    f"faults tried: {kills}, survived: {kills if equal else 0} "
+    f"(final state bitwise equal to the uninterrupted run: {equal}; "
+    f"{args.steps} steps, {time.time() - start:.0f} s)"
+  )
   return 0 if equal else 1
 
 
