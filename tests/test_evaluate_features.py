@@ -13,6 +13,7 @@ from cfg_jax import evaluate, sharding
 from cfg_jax.evaluation import inception
 
 
+@pytest.mark.slow
 def test_inception_features_sharded_match_single_device(tmp_path):
   rs = np.random.RandomState(0)
   params = {

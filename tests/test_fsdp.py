@@ -68,6 +68,7 @@ def fsdp_state():
   return config, mesh, model, state
 
 
+@pytest.mark.slow
 def test_params_ema_and_adam_moments_are_sharded(fsdp_state):
   _, mesh, _, state = fsdp_state
   assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
@@ -96,6 +97,7 @@ def test_params_ema_and_adam_moments_are_sharded(fsdp_state):
   assert per_device_bytes(state.params) < 0.6 * total_bytes(state.params)
 
 
+@pytest.mark.slow
 def test_sampling_from_fsdp_params_matches_one_device(fsdp_state):
   config, mesh, model, state = fsdp_state
   cfg = sampling.SamplerConfig.from_config(config)
@@ -146,6 +148,7 @@ def test_mesh_config_errors(overrides, match):
     config_lib.validate(tiny_config(**overrides), num_devices=8)
 
 
+@pytest.mark.slow
 def test_cli_trains_and_samples_with_fsdp(tmp_path):
   """`--config.mesh.fsdp=2` on 4 devices trains, checkpoints and writes sample grids; the fsdp
   checkpoint then restores into a data-parallel mesh for --mode=sample."""
@@ -200,6 +203,7 @@ def _record_reads(monkeypatch) -> list[tuple[str, object]]:
   return reads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_ema", [True, False])
 def test_load_params_reads_only_the_params_it_returns(
   fsdp_state, fsdp_checkpoint, monkeypatch, use_ema

@@ -569,6 +569,7 @@ def agreement(got, ref):
   return float(rel.max()), float(np.abs(got - ref).max()), float(np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_matches_fid_helper_torchscript(fid_helper):
   """Same pool_3 features as the TorchScript graph, from the same 299×299 input: uint8 images
   (8×8 and 28×28 grayscale, resized to 299, and 299×299 RGB) through the TF-graph preprocessing

@@ -81,6 +81,7 @@ def test_corrupt_csv_is_refused(monkeypatch, tmp_path):
     mnist.mnist_uint8()
 
 
+@pytest.mark.slow
 def test_judges_classify_real_test_digits(mnist_cfg, monkeypatch):
   # A shorter recipe than the cached default (1,500 steps, 98.7% test accuracy) keeps this fast.
   short = dc.Recipe("test-short", (28, 28, 1), 2, {**dc.RECIPES["mnist"].train, "steps": 300})

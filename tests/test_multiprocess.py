@@ -129,6 +129,7 @@ def runs(tmp_path_factory):
   return single, multi, first, second, events_after_first
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(runs):
   single, multi, first, second, events_after_first = runs
   assert "2 local / 4 global devices" in first[0] and "process 1 / 2" in first[1]
@@ -152,6 +153,7 @@ def test_only_process_zero_writes_events_and_images(runs):
   assert pngs == ["step_00000002_w1.png", "step_00000004_w1.png"], pngs
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_like_one(runs):
   single, multi, *_ = runs
   run_single(single, *EVAL)

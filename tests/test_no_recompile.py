@@ -65,6 +65,7 @@ def test_transfer_guard_catches_a_host_array():
       f(np.ones(2, np.float32))
 
 
+@pytest.mark.slow
 def test_train_loop_does_not_recompile_or_transfer():
   config = tiny_config()
   mesh = sharding.make_mesh()
@@ -94,6 +95,7 @@ def test_train_loop_does_not_recompile_or_transfer():
   assert int(jax.device_get(state.step)) == len(host_batches)
 
 
+@pytest.mark.slow
 def test_sampling_loop_does_not_recompile_or_transfer():
   config = tiny_config()
   mesh = sharding.make_mesh()

@@ -3,11 +3,13 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from tests.helpers import REPO
 
 
+@pytest.mark.slow
 def test_demo_notebook_executes(tmp_path, monkeypatch):
   monkeypatch.setenv("CFG_JAX_NOTEBOOK_TINY", "1")
   monkeypatch.setenv("CFG_JAX_NOTEBOOK_WORKDIR", str(tmp_path / "run"))

@@ -128,6 +128,7 @@ def test_nonfinite_streak_stops_with_clear_error():
     train_loop.check_nonfinite_streak(state.replace(nonfinite_streak=jnp.array(3)), loop, _Ckpt())
 
 
+@pytest.mark.slow
 def test_fault_injection_harness_survives_kills(tmp_path):
   """SIGTERM and SIGKILL during steps and checkpoint writes; the end state is bitwise the same."""
   proc = subprocess.run(

@@ -40,6 +40,7 @@ def one_device_run():
   return config, batches, _run(config, 1, batches)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [1, 2, 8])
 def test_eight_devices_match_one(one_device_run, fsdp):
   """data 8 x fsdp 1, data 4 x fsdp 2 and data 1 x fsdp 8 all give the 1-device losses, params,
@@ -60,6 +61,7 @@ def test_eight_devices_match_one(one_device_run, fsdp):
   assert l1[0] > 0 and np.isfinite(l1).all()
 
 
+@pytest.mark.slow
 def test_nonfinite_update_is_skipped():
   config = tiny_config()
   mesh = sharding.make_mesh(1)
@@ -89,6 +91,7 @@ def test_learning_rate_warmup():
   assert float(lr(100)) == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step():
   """During warm-up a skipped (NaN) step does not advance the optimizer's schedule count, so the
   rate logged for every later step must be the schedule at that count, not at state.step."""

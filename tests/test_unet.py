@@ -143,6 +143,7 @@ def _primitives(jaxpr) -> list:
   return out
 
 
+@pytest.mark.slow
 def test_remat_checkpoints_every_block_and_keeps_gradients(tiny):
   """model.remat wraps each res-block and attention block in a checkpoint (activations are
   recomputed in the backward pass) without changing the gradients."""
