@@ -266,6 +266,7 @@ def test_evaluate_poll_does_each_checkpoint_once(trained):
   assert len(_rows(workdir)) == before + len(new)
 
 
+@pytest.mark.slow
 def test_evaluate_skips_a_checkpoint_deleted_meanwhile(trained, tmp_path):
   import shutil
 

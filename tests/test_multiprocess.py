@@ -144,6 +144,7 @@ def test_two_processes_train_like_one(runs):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
 
 
+@pytest.mark.slow
 def test_only_process_zero_writes_events_and_images(runs):
   _, multi, _, _, events_after_first = runs
   # One events file per invocation (process 0's), none from process 1.
