@@ -53,42 +53,15 @@ ACCURACY_LOGSNR_EDGES = (-20.0, -10.0, -5.0, -2.0, 0.0, 2.0, 5.0, 10.0, 20.0)
 # --------------------------------------------------------------------------------------------
 
 
-class NoisyClassifier(nn.Module):
+class NoisyClassifier(unet.ADMBase):
   """ADM encoder classifier of noisy images: ``NoisyClassifier(...)(z, logsnr, train=...)`` →
-  logits [B, num_classes].
+  logits [B, num_classes]; the U-Net's hyperparameters and λ embedding (no label term).
 
   Args (call):
     z: [B, H, W, C] noisy images z_λ (NHWC).
     logsnr: [B] log-SNR λ of each z.
     train: enables dropout (then ``rngs={'dropout': key}`` is required when dropout > 0).
   """
-
-  num_classes: int
-  ch: int = 128
-  ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-  num_res_blocks: int = 2
-  attn_resolutions: tuple[int, ...] = (16,)
-  head_channels: int = 64
-  num_heads: int = -1
-  dropout: float = 0.0
-  resblock_updown: bool = True
-  num_groups: int = 32
-  logsnr_min: float = schedules.LOGSNR_MIN
-  logsnr_max: float = schedules.LOGSNR_MAX
-  dtype: Any = jnp.float32
-
-  def _heads(self, channels: int) -> int:
-    return unet.resolve_num_heads(channels, self.head_channels, self.num_heads)
-
-  def _embed(self, logsnr: jax.Array) -> jax.Array:
-    """λ embedding [B, 4ch]: MLP(sinusoidal(1000 u(λ))), as the U-Net's (no label term)."""
-    dense = functools.partial(
-      nn.Dense, 4 * self.ch, dtype=self.dtype, kernel_init=unet.torch_default_init
-    )
-    u = unet.logsnr_to_unit_time(logsnr, self.logsnr_min, self.logsnr_max)
-    emb = unet.sinusoidal_embedding(1000.0 * u, self.ch).astype(self.dtype)
-    emb = dense(name="logsnr_dense_0")(emb)
-    return dense(name="logsnr_dense_1")(nn.silu(emb))
 
   @nn.compact
   def __call__(self, z: jax.Array, logsnr: jax.Array, *, train: bool) -> jax.Array:
@@ -101,7 +74,7 @@ class NoisyClassifier(nn.Module):
     for m in self.ch_mult:
       self._heads(m * self.ch)
     common = dict(num_groups=self.num_groups, dtype=self.dtype)
-    emb = self._embed(logsnr)
+    emb = self._logsnr_embedding(logsnr)
 
     def res_block(h, out_ch, name, down=False):
       block = unet.ResBlock(out_ch, dropout=self.dropout, down=down, name=name, **common)

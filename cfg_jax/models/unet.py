@@ -257,18 +257,9 @@ class Upsample(nn.Module):
 # ----------------------------------------------------------------------------------
 
 
-class UNet(nn.Module):
-  """Class- and log-SNR-conditional ADM U-Net: ``UNet(...)(z, logsnr, labels, train=...)``.
-
-  Args (call):
-    z: [B, H, W, C] noisy images (NHWC).
-    logsnr: [B] log-SNR lambda of each z.
-    labels: [B] int class ids in [0, num_classes]; ``num_classes`` is the NULL label.
-    train: enables dropout (then ``rngs={'dropout': key}`` is required when dropout > 0).
-
-  Returns:
-    eps prediction with the shape of z (``out_channels`` channels if set).
-  """
+class ADMBase(nn.Module):
+  """The ADM hyperparameters, λ embedding and attention heads that the U-Net and the noisy
+  classifier of classifier guidance (its encoder half) share."""
 
   num_classes: int
   ch: int = 128
@@ -282,23 +273,42 @@ class UNet(nn.Module):
   num_groups: int = 32
   logsnr_min: float = -20.0
   logsnr_max: float = 20.0
-  out_channels: int | None = None
   dtype: Any = jnp.float32
+
+  def _logsnr_embedding(self, logsnr: jax.Array) -> jax.Array:
+    """[B, 4ch]: MLP(sinusoidal(1000 u(lambda)))."""
+    dense = functools.partial(
+      nn.Dense, 4 * self.ch, dtype=self.dtype, kernel_init=torch_default_init
+    )
+    u = logsnr_to_unit_time(logsnr, self.logsnr_min, self.logsnr_max)
+    emb = sinusoidal_embedding(1000.0 * u, self.ch).astype(self.dtype)
+    emb = dense(name="logsnr_dense_0")(emb)
+    return dense(name="logsnr_dense_1")(nn.silu(emb))
+
+  def _heads(self, channels: int) -> int:
+    return resolve_num_heads(channels, self.head_channels, self.num_heads)
+
+
+class UNet(ADMBase):
+  """Class- and log-SNR-conditional ADM U-Net: ``UNet(...)(z, logsnr, labels, train=...)``.
+
+  Args (call):
+    z: [B, H, W, C] noisy images (NHWC).
+    logsnr: [B] log-SNR lambda of each z.
+    labels: [B] int class ids in [0, num_classes]; ``num_classes`` is the NULL label.
+    train: enables dropout (then ``rngs={'dropout': key}`` is required when dropout > 0).
+
+  Returns:
+    eps prediction with the shape of z (``out_channels`` channels if set).
+  """
+
+  out_channels: int | None = None
   remat: bool = False
 
   def _embed(self, logsnr: jax.Array, labels: jax.Array) -> jax.Array:
     """Conditioning vector [B, 4ch]: MLP(sinusoidal(1000 u(lambda))) + Embed(label)."""
-    emb_dim = 4 * self.ch
-    dense = functools.partial(nn.Dense, emb_dim, dtype=self.dtype, kernel_init=torch_default_init)
-    u = logsnr_to_unit_time(logsnr, self.logsnr_min, self.logsnr_max)
-    emb = sinusoidal_embedding(1000.0 * u, self.ch).astype(self.dtype)
-    emb = dense(name="logsnr_dense_0")(emb)
-    emb = dense(name="logsnr_dense_1")(nn.silu(emb))
-    label_emb = nn.Embed(self.num_classes + 1, emb_dim, dtype=self.dtype, name="label_emb")
-    return emb + label_emb(labels)
-
-  def _heads(self, channels: int) -> int:
-    return resolve_num_heads(channels, self.head_channels, self.num_heads)
+    label_emb = nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="label_emb")
+    return self._logsnr_embedding(logsnr) + label_emb(labels)
 
   @nn.compact
   def __call__(
