@@ -131,24 +131,32 @@ def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
   return np.repeat(classes, per_class).astype(np.int32)
 
 
+def samples_per_w(sampler, params, *, labels: np.ndarray, w_values, salt: int, config, mesh):
+  """(w, samples of `labels` at w) for each w, from the same noise (seed and `salt`)."""
+  rng = jax.random.fold_in(jax.random.key(config.seed), salt)
+  generate = functools.partial(
+    sampling_runner.generate, labels=labels, batch_size=config.sampling.batch_size, mesh=mesh
+  )
+  for w in w_values:
+    yield float(w), generate(sampler, params, rng, w=float(w))
+
+
 def write_sample_grids(
   *, writer, workdir: str, step: int, sampler, params, config, mesh
 ) -> dict[float, str]:
   """Samples a class-per-row grid for each w in guidance.w_values; writes PNGs and TB images."""
   per_class = config.training.grid_samples_per_class
   labels = grid_labels(config.data.num_classes, per_class)
-  rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_003)
   paths, tb_images = {}, {}
-  for w in config.guidance.w_values:
-    x = sampling_runner.generate(
-      sampler,
-      params,
-      rng,
-      labels=labels,
-      w=float(w),
-      batch_size=config.sampling.batch_size,
-      mesh=mesh,
-    )
+  for w, x in samples_per_w(
+    sampler,
+    params,
+    labels=labels,
+    w_values=config.guidance.w_values,
+    salt=1_000_003,
+    config=config,
+    mesh=mesh,
+  ):
     grid = images.make_grid(x, ncols=per_class)
     if jax.process_index() == 0:
       path = os.path.join(workdir, "samples", f"step_{step:08d}_w{w:g}.png")
@@ -163,18 +171,16 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   """Class accuracy of guided samples per w, judged by an SVM on pixels (embedded digits only)."""
   n = config.evaluation.judge_num_samples
   labels = np.resize(np.arange(config.data.num_classes, dtype=np.int32), n)
-  rng = jax.random.fold_in(jax.random.key(config.seed), 1_000_033)
   acc = {}
-  for w in config.evaluation.judge_w_values:
-    x = sampling_runner.generate(
-      sampler,
-      params,
-      rng,
-      labels=labels,
-      w=float(w),
-      batch_size=config.sampling.batch_size,
-      mesh=mesh,
-    )
+  for w, x in samples_per_w(
+    sampler,
+    params,
+    labels=labels,
+    w_values=config.evaluation.judge_w_values,
+    salt=1_000_033,
+    config=config,
+    mesh=mesh,
+  ):
     acc[float(w)] = digits_judge.class_accuracy(
       x, labels, data_dir=config.data.data_dir, name=config.data.name
     )
