@@ -40,38 +40,11 @@ from cfg_jax import (
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.evaluation import metrics
 
-RESULT_FIELDS = (
-  "step",
-  "guidance",
-  "num_steps",
-  "w",
-  "scale",
-  "num_samples",
-  "sampler",
-  "feature_net",
-  "fd",
-  "is",
-  "is_std",
-  "precision",
-  "recall",
-  "class_accuracy",
-  "fid",
-  "fid_precision",
-  "fid_recall",
-  "fid_net",
-  "seconds",
-  "sampler_settings",
+RESULT_FIELDS = tuple(
+  "step guidance num_steps w scale num_samples sampler feature_net fd is is_std precision recall "
+  "class_accuracy fid fid_precision fid_recall fid_net seconds sampler_settings".split()
 )
-SCALAR_FIELDS = (
-  "fd",
-  "is",
-  "precision",
-  "recall",
-  "class_accuracy",
-  "fid",
-  "fid_precision",
-  "fid_recall",
-)
+SCALAR_FIELDS = tuple("fd is precision recall class_accuracy fid fid_precision fid_recall".split())
 FID_FIELDS = ("fid", "fid_precision", "fid_recall")  # Inception FID and P/R; NaN without weights
 
 

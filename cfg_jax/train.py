@@ -131,7 +131,7 @@ def grid_labels(num_classes: int, per_class: int) -> np.ndarray:
   return np.repeat(classes, per_class).astype(np.int32)
 
 
-def samples_per_w(sampler, params, *, labels: np.ndarray, w_values, salt: int, config, mesh):
+def samples_per_w(sampler, params, config, mesh, labels: np.ndarray, w_values, *, salt: int):
   """(w, samples of `labels` at w) for each w, from the same noise (seed and `salt`)."""
   rng = jax.random.fold_in(jax.random.key(config.seed), salt)
   generate = functools.partial(
@@ -148,15 +148,8 @@ def write_sample_grids(
   per_class = config.training.grid_samples_per_class
   labels = grid_labels(config.data.num_classes, per_class)
   paths, tb_images = {}, {}
-  for w, x in samples_per_w(
-    sampler,
-    params,
-    labels=labels,
-    w_values=config.guidance.w_values,
-    salt=1_000_003,
-    config=config,
-    mesh=mesh,
-  ):
+  ws = config.guidance.w_values
+  for w, x in samples_per_w(sampler, params, config, mesh, labels, ws, salt=1_000_003):
     grid = images.make_grid(x, ncols=per_class)
     if jax.process_index() == 0:
       path = os.path.join(workdir, "samples", f"step_{step:08d}_w{w:g}.png")
@@ -172,15 +165,8 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   n = config.evaluation.judge_num_samples
   labels = np.resize(np.arange(config.data.num_classes, dtype=np.int32), n)
   acc = {}
-  for w, x in samples_per_w(
-    sampler,
-    params,
-    labels=labels,
-    w_values=config.evaluation.judge_w_values,
-    salt=1_000_033,
-    config=config,
-    mesh=mesh,
-  ):
+  ws = config.evaluation.judge_w_values
+  for w, x in samples_per_w(sampler, params, config, mesh, labels, ws, salt=1_000_033):
     acc[float(w)] = digits_judge.class_accuracy(
       x, labels, data_dir=config.data.data_dir, name=config.data.name
     )
