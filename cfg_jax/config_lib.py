@@ -9,24 +9,137 @@ rules that guard no single object (training intervals, the evaluation sweep) are
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import io
+import os
 import re
 import runpy
+import tokenize
 from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from cfg_jax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
   """A config field has an invalid value; the message names the field and the fix."""
 
 
+def read_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`, as `--config=path:arg` reads it."""
+  return runpy.run_path(path)["get_config"](arg)
+
+
 def load_config(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file at `path`, with the dataset's fields filled in (as
-  `--config=path:arg` gives it to cfg_jax.main)."""
-  return fill_dataset_fields(runpy.run_path(path)["get_config"](arg))
+  """`read_config` with the dataset's fields filled in (as cfg_jax.main gets it)."""
+  return fill_dataset_fields(read_config(path, arg))
+
+
+def unknown_field(config: ml_collections.ConfigDict, path: str) -> str | None:
+  """None if `path` (e.g. 'training.batch_size') names a field of `config`, else the message
+  for it, naming the section and the closest field: 'training.bacth_size: no such field; did you
+  mean training.batch_size?'."""
+  node, found, keys = config, [], path.split(".")
+  for i, key in enumerate(keys):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return f"{path}: no such field; {'.'.join(found)} is a value, not a section."
+    if key not in node:
+      close = difflib.get_close_matches(key, list(node.keys()), n=1)
+      section = ".".join(found) or "the config"
+      hint = (
+        f"did you mean {'.'.join(found + close + keys[i + 1 :])}?"
+        if close
+        else f"the fields of {section} are {', '.join(node.keys())}."
+      )
+      return f"{path}: no such field; {hint}"
+    node, found = node[key], found + [key]
+  return None
+
+
+def default_config_path(config_path: str) -> str:
+  """configs/default.py, beside the config file at `config_path` (every config builds on it)."""
+  return os.path.join(os.path.dirname(os.path.abspath(config_path)), "default.py")
+
+
+def leaves(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+  """{'section.key': value} of every field of `config`, in its order."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(leaves(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def _attribute_path(node: ast.expr) -> str | None:
+  """'training.batch_size' of the assignment target `c.training.batch_size`."""
+  names = []
+  while isinstance(node, ast.Attribute):
+    names.append(node.attr)
+    node = node.value
+  return ".".join(reversed(names)) if isinstance(node, ast.Name) and names else None
+
+
+def field_help(default_path: str) -> dict[str, str]:
+  """{'section.key': one-line help} from the comments of configs/default.py: a field's help is
+  the comment at the end of its assignment, or else the comment lines right above it."""
+  with open(default_path) as f:
+    source = f.read()
+  lines = source.splitlines()
+  comments = {
+    tok.start[0]: tok.string.lstrip("#").strip()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+    if tok.type == tokenize.COMMENT
+  }
+  out = {}
+  for node in ast.walk(ast.parse(source)):
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+      continue
+    path = _attribute_path(node.targets[0])
+    if path is None:
+      continue
+    if node.end_lineno in comments and not lines[node.end_lineno - 1].lstrip().startswith("#"):
+      out[path] = comments[node.end_lineno]
+      continue
+    above, n = [], node.lineno - 1
+    while n in comments and lines[n - 1].lstrip().startswith("#"):
+      above.insert(0, comments[n])
+      n -= 1
+    if above:
+      out[path] = " ".join(above)
+  return out
+
+
+def changed_fields(
+  config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
+) -> dict[str, Any]:
+  """{'section.key': value} of the fields of `config` whose value differs from `defaults`
+  (those the dataset fills, None in `defaults`, are left out)."""
+  base = leaves(defaults)
+  return {
+    k: v
+    for k, v in leaves(config).items()
+    if k not in base or (base[k] is not None and v != base[k])
+  }
+
+
+def describe(config: ml_collections.ConfigDict, *, default_path: str) -> str:
+  """Every field of `config` as `section.key = value  # help` lines, the help from the comments
+  of `default_path` (configs/default.py), with the default where the value differs from it."""
+  defaults = leaves(read_config(default_path))
+  helps = field_help(default_path)
+  changed = changed_fields(config, read_config(default_path))
+  rows = []
+  for path, value in leaves(config).items():
+    note = f" (default: {defaults[path]!r})" if path in changed and path in defaults else ""
+    rows.append(f"{path} = {value!r}  # {helps.get(path, '(no help)')}{note}")
+  return "\n".join(rows) + "\n"
 
 
 def fill_dataset_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -34,7 +34,7 @@ def parse_arg(arg, **defaults):
 def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0  # base of every random key: init, data order, dropout, sampling noise
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"  # digits | cifar10 | imagenet64 | imagenet128
@@ -42,26 +42,26 @@ def get_config(arg=None):
   # Set from the dataset (data.name) when the config is loaded or validated: leave them unset.
   # The null label ∅ is the extra class id `num_classes`.
   c.data.image_size = config_dict.placeholder(int)
-  c.data.num_classes = config_dict.placeholder(int)
-  c.data.random_flip = False
+  c.data.num_classes = config_dict.placeholder(int)  # set from data.name; the null label is this id
+  c.data.random_flip = False  # random horizontal flips of training images
 
   # ADM-style U-Net (models/unet.py).
   c.model = ml_collections.ConfigDict()
-  c.model.ch = 16
-  c.model.ch_mult = (1, 2)
-  c.model.num_res_blocks = 1
-  c.model.attn_resolutions = (4,)
+  c.model.ch = 16  # base channel count of the U-Net
+  c.model.ch_mult = (1, 2)  # channel multiplier per resolution level (one level per entry)
+  c.model.num_res_blocks = 1  # residual blocks per level
+  c.model.attn_resolutions = (4,)  # feature-map sizes that get self-attention
   c.model.head_channels = 16  # > 0: heads = channels // head_channels; else use num_heads
-  c.model.num_heads = -1
-  c.model.dropout = 0.0
-  c.model.resblock_updown = True
-  c.model.num_groups = 32
+  c.model.num_heads = -1  # attention heads when head_channels <= 0
+  c.model.dropout = 0.0  # dropout rate in the residual blocks
+  c.model.resblock_updown = True  # down/upsample with residual blocks (ADM) instead of conv/pool
+  c.model.num_groups = 32  # GroupNorm groups (at most the channel count)
   c.model.dtype = "float32"  # computation dtype; parameters stay float32
-  c.model.remat = False
+  c.model.remat = False  # rematerialise activations in the backward pass (saves memory)
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.logsnr_min = -20.0  # paper
-  c.diffusion.logsnr_max = 20.0
+  c.diffusion.logsnr_min = -20.0  # lambda_min of the cosine schedule (paper: -20)
+  c.diffusion.logsnr_max = 20.0  # lambda_max of the cosine schedule (paper: 20)
 
   c.guidance = ml_collections.ConfigDict()
   c.guidance.p_uncond = 0.1  # paper: 0.1 / 0.2 / 0.5
@@ -69,18 +69,18 @@ def get_config(arg=None):
 
   c.training = ml_collections.ConfigDict()
   c.training.batch_size = 64  # global, over all devices and processes
-  c.training.num_train_steps = 1000
-  c.training.learning_rate = 1e-3
-  c.training.warmup_steps = 100
-  c.training.adam_b1 = 0.9
-  c.training.adam_b2 = 0.999
+  c.training.num_train_steps = 1000  # train until this step
+  c.training.learning_rate = 1e-3  # peak Adam learning rate (after warmup)
+  c.training.warmup_steps = 100  # linear learning-rate warmup steps
+  c.training.adam_b1 = 0.9  # Adam beta_1
+  c.training.adam_b2 = 0.999  # Adam beta_2
   c.training.grad_clip = 1.0  # global-norm clipping; 0 disables
-  c.training.ema_decay = 0.999
-  c.training.log_every_steps = 100
-  c.training.checkpoint_every_steps = 500
+  c.training.ema_decay = 0.999  # decay of the EMA params that sampling uses
+  c.training.log_every_steps = 100  # console and TensorBoard metrics every this many steps
+  c.training.checkpoint_every_steps = 500  # orbax checkpoint every this many steps (and at the end)
   c.training.sample_every_steps = 0  # 0: sample grids only at the end
-  c.training.grid_samples_per_class = 10
-  c.training.max_checkpoints_to_keep = 3
+  c.training.grid_samples_per_class = 10  # columns of the class-per-row sample grids
+  c.training.max_checkpoints_to_keep = 3  # older checkpoints are deleted
   # Non-finite loss/gradient: the update is always skipped and counted; after this many in a
   # row training stops with an error (0: never stop).
   c.training.max_consecutive_nonfinite = 100
@@ -105,38 +105,38 @@ def get_config(arg=None):
   c.sampling.dynamic_threshold_p = 0.995  # percentile of |x~| for thresholding=dynamic
   c.sampling.num_samples = 100  # --mode=sample draws this many per w
   c.sampling.labels = ()  # () = cycle through all classes
-  c.sampling.w_values = (0.0, 1.0, 3.0)
-  c.sampling.batch_size = 500
+  c.sampling.w_values = (0.0, 1.0, 3.0)  # guidance strengths w of --mode=sample
+  c.sampling.batch_size = 500  # samples per sampler call (over all devices)
   c.sampling.checkpoint_step = -1  # -1 = latest
-  c.sampling.use_ema = True
+  c.sampling.use_ema = True  # sample with the EMA params (False: the raw params)
 
   # --mode=evaluate: the trade-off sweep (see cfg_jax/evaluate.py).
   c.evaluation = ml_collections.ConfigDict()
   c.evaluation.w_values = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # paper's grid
   c.evaluation.num_steps_values = ()  # T values to sweep; () = (sampling.num_steps,)
   c.evaluation.num_samples = 1000  # per (T, w); the paper uses 50,000
-  c.evaluation.batch_size = 500
-  c.evaluation.reference_split = "train"
+  c.evaluation.batch_size = 500  # samples per sampler / feature-network call
+  c.evaluation.reference_split = "train"  # dataset split of the reference statistics
   c.evaluation.reference_num_examples = -1  # -1 = the whole split
   c.evaluation.pr_k = 3  # k of the k-NN precision / recall
   # .npz of the FID Inception-v3: "" = ~/.cache/cfg_jax/inception_fid.npz if it exists (`make
   # fid-weights`); "none" = no Inception (digits and mnist keep their classifier metrics only).
   c.evaluation.inception_weights = ""
-  c.evaluation.save_features = False  # also write each (T, w) cell's sample features to
-  # <workdir>/eval/features/ (e.g. to bootstrap FID)
+  # Also write each (T, w) cell's sample features to <workdir>/eval/features/ (to bootstrap FID).
+  c.evaluation.save_features = False
   c.evaluation.checkpoint_step = -1  # -1 = latest (ignored when polling)
   c.evaluation.poll = False  # keep evaluating new checkpoints as training runs
-  c.evaluation.poll_interval_secs = 30
+  c.evaluation.poll_interval_secs = 30  # seconds between looks for a new checkpoint
   c.evaluation.poll_timeout_secs = 3600  # stop after this long without a new checkpoint
   # After training on digits: class accuracy of guided samples judged by an RBF SVM fit on the
   # digits train split (a digits-only sanity metric, not an Inception score).
   c.evaluation.judge_num_samples = 500
-  c.evaluation.judge_w_values = (0.0, 1.0, 3.0)
+  c.evaluation.judge_w_values = (0.0, 1.0, 3.0)  # w values the digits judge scores
   # Which guidance the sweep evaluates: 'cfg' (classifier-free, over w_values) or 'classifier'
   # (Dhariwal & Nichol's classifier guidance, over classifier_scales, with the noise-conditional
   # classifier of --mode=train_classifier, read from <classifier_workdir>/classifier).
   c.evaluation.guidance = "cfg"
-  c.evaluation.classifier_scales = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+  c.evaluation.classifier_scales = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # scales s (guidance=classifier)
   c.evaluation.classifier_model_labels = "cond"  # cond: eps(z, c) | null: eps(z, null), p_uncond=1
   c.evaluation.classifier_workdir = ""  # '' = the evaluated workdir
 
@@ -144,17 +144,17 @@ def get_config(arg=None):
   # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8
   # and 32 at 4x4, attention at 4x4.
   c.classifier = ml_collections.ConfigDict()
-  c.classifier.ch = 16
-  c.classifier.ch_mult = (1, 2)
-  c.classifier.num_res_blocks = 1
-  c.classifier.attn_resolutions = (4,)
-  c.classifier.head_channels = 16
+  c.classifier.ch = 16  # base channel count of the classifier
+  c.classifier.ch_mult = (1, 2)  # channel multiplier per level
+  c.classifier.num_res_blocks = 1  # residual blocks per level
+  c.classifier.attn_resolutions = (4,)  # feature-map sizes that get self-attention
+  c.classifier.head_channels = 16  # channels per attention head
   # GroupNorm groups: with gcd(32, 16) = 16 groups of one channel the pooled head sees
   # per-channel-normalised features and the classifier learns several times slower.
   c.classifier.num_groups = 4
-  c.classifier.batch_size = 64
-  c.classifier.num_train_steps = 1000
-  c.classifier.learning_rate = 2e-3
-  c.classifier.log_every_steps = 100
-  c.classifier.checkpoint_every_steps = 500
+  c.classifier.batch_size = 64  # global batch size
+  c.classifier.num_train_steps = 1000  # train until this step
+  c.classifier.learning_rate = 2e-3  # Adam learning rate
+  c.classifier.log_every_steps = 100  # metrics every this many steps
+  c.classifier.checkpoint_every_steps = 500  # checkpoint every this many steps (and at the end)
   return c

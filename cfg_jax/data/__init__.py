@@ -7,6 +7,7 @@ the digits dataset and its split.
 from cfg_jax.data.digits import CfgDigits, ensure_digits
 from cfg_jax.data.pipeline import (
   VALID_NAMES,
+  BadBatchError,
   DatasetNotAvailableError,
   DatasetSpec,
   check_available,
@@ -20,6 +21,7 @@ from cfg_jax.data.pipeline import (
 
 __all__ = [
   "CfgDigits",
+  "BadBatchError",
   "DatasetNotAvailableError",
   "DatasetSpec",
   "VALID_NAMES",

@@ -31,6 +31,7 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from cfg_jax.data import digits as digits_lib  # pylint: disable=g-import-not-at-top
 from cfg_jax.data import mnist as mnist_lib  # pylint: disable=g-import-not-at-top
+from cfg_jax.errors import UserError  # pylint: disable=g-import-not-at-top
 
 __all__ = [
   "DatasetNotAvailableError",
@@ -56,8 +57,12 @@ _SEED_TAG_PERMUTATION = 0
 _SEED_TAG_FLIP = 1
 
 
-class DatasetNotAvailableError(ValueError):
+class DatasetNotAvailableError(UserError, ValueError):
   """The dataset is not prepared in the data dir and cannot be fetched here."""
+
+
+class BadBatchError(UserError, ValueError):
+  """A batch of the input pipeline does not have the dataset's shapes, dtypes or value ranges."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -767,7 +772,7 @@ def eval_arrays(
 def validate_batch(
   batch: Mapping[str, Any], spec: DatasetSpec, *, check_values: bool = True
 ) -> None:
-  """Raises ValueError unless `batch` is a well-formed batch of `spec`.
+  """Raises BadBatchError unless `batch` is a well-formed batch of `spec`.
 
   Always checks keys, image shape ``[B, *spec.image_shape]`` and float32
   dtype, labels of integer dtype and shape ``[B]`` in ``[0, num_classes)``.
@@ -777,32 +782,32 @@ def validate_batch(
   where = f"Bad batch for dataset {spec.name!r}"
   if not isinstance(batch, Mapping) or not {"image", "label"} <= set(batch):
     keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
-    raise ValueError(f"{where}: expected a dict with 'image' and 'label', got {keys}.")
+    raise BadBatchError(f"{where}: expected a dict with 'image' and 'label', got {keys}.")
   image, label = batch["image"], batch["label"]
   shape = tuple(getattr(image, "shape", ()))
   if len(shape) != 4 or shape[1:] != tuple(spec.image_shape):
-    raise ValueError(
+    raise BadBatchError(
       f"{where}: image shape {shape}, expected (batch, {', '.join(map(str, spec.image_shape))})."
     )
   if np.dtype(image.dtype) != np.float32:
-    raise ValueError(f"{where}: image dtype {image.dtype}, expected float32.")
+    raise BadBatchError(f"{where}: image dtype {image.dtype}, expected float32.")
   if shape[0] == 0:
-    raise ValueError(f"{where}: empty batch.")
+    raise BadBatchError(f"{where}: empty batch.")
   label_shape = tuple(getattr(label, "shape", ()))
   if label_shape != (shape[0],):
-    raise ValueError(f"{where}: label shape {label_shape}, expected ({shape[0]},).")
+    raise BadBatchError(f"{where}: label shape {label_shape}, expected ({shape[0]},).")
   if not np.issubdtype(np.dtype(label.dtype), np.integer):
-    raise ValueError(f"{where}: label dtype {label.dtype}, expected integer.")
+    raise BadBatchError(f"{where}: label dtype {label.dtype}, expected integer.")
   lo, hi = int(label.min()), int(label.max())
   if lo < 0 or hi >= spec.num_classes:
-    raise ValueError(f"{where}: labels span [{lo}, {hi}], expected in [0, {spec.num_classes}).")
+    raise BadBatchError(f"{where}: labels span [{lo}, {hi}], expected in [0, {spec.num_classes}).")
   if check_values:
     values = np.asarray(image)
     vmin, vmax = float(values.min()), float(values.max())
     tol = VALUE_RANGE_TOLERANCE
     if not (np.isfinite(vmin) and np.isfinite(vmax)):
-      raise ValueError(f"{where}: image contains NaN or inf.")
+      raise BadBatchError(f"{where}: image contains NaN or inf.")
     if vmin < -1 - tol or vmax > 1 + tol:
-      raise ValueError(
+      raise BadBatchError(
         f"{where}: image values span [{vmin:.4g}, {vmax:.4g}], expected [-1, 1] (tolerance {tol})."
       )

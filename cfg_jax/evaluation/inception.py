@@ -22,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from cfg_jax import fileio
+from cfg_jax.errors import UserError
 
 INPUT_SIZE = 299  # the graph resizes every image to 299×299
 MIN_INPUT_SIZE = 75  # smallest input the (unresized) architecture accepts
@@ -50,7 +51,7 @@ WEIGHTS_ENV_VAR = "CFG_JAX_INCEPTION_WEIGHTS"
 PREPROCESSING_MODES = ("tf", "pytorch_fid")
 
 
-class InceptionWeightsError(FileNotFoundError):
+class InceptionWeightsError(UserError, FileNotFoundError):
   """The Inception weights .npz is missing, unreadable, or lacks / mismatches expected arrays."""
 
 
