@@ -20,6 +20,7 @@ import optax
 from absl import logging
 
 from cfg_jax import (
+  checkpointing,
   config_lib,
   diffusion,
   guidance,
@@ -209,14 +210,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         config=config,
         mesh=mesh,
       )
-      for w, p in paths.items():
-        logging.info("Wrote samples for w=%g to %s", w, p)
+      if paths:
+        logging.info(
+          "Wrote sample grids for w = %s: %s",
+          ", ".join(f"{w:g}" for w in paths),
+          os.path.join(workdir, "samples", f"step_{step:08d}_w*.png"),
+        )
     if last and judge:
       judge_digits(
         writer=writer, step=step, sampler=sampler, params=state.ema_params, config=config, mesh=mesh
       )
 
-  return train_loop.run(
+  state = train_loop.run(
     state,
     make_train_step(model, tx, config, mesh, state_sharding),
     workdir=workdir,
@@ -242,3 +247,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     metadata={"config": config.to_json()},
     periodic=periodic,
   )
+  if int(state.step) >= t.num_train_steps:
+    logging.info(
+      "Done: trained to step %d. Sample grids in %s, checkpoints in %s, TensorBoard events in %s.",
+      int(state.step),
+      os.path.join(workdir, "samples"),
+      checkpointing.checkpoint_dir(workdir),
+      workdir,
+    )
+  return state

@@ -20,10 +20,11 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
-from cfg_jax import checkpointing, preemption
+from cfg_jax import checkpointing, preemption, writers
 from cfg_jax import sharding as sharding_lib
+from cfg_jax.errors import UserError
 
 State = TypeVar("State")
 # (state, global batch, rng) -> (state, metrics): the jitted step of a job.
@@ -32,7 +33,7 @@ StepFn = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[Any, dict[str, j
 COUNT_METRICS = ("nonfinite",)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
   """Too many consecutive steps had a non-finite loss or gradient."""
 
 
@@ -92,6 +93,29 @@ def check_nonfinite_streak(state: Any, loop: LoopConfig, ckpt: checkpointing.Che
       f"skipped and the last good checkpoint (step {ckpt.latest_step()}) is kept. Lower "
       f"{s}.learning_rate, enable {s}.grad_clip, or check the data."
     )
+
+
+def format_duration(seconds: float) -> str:
+  """'1h02m03s', '4m05s' or '12s' (rounded to the second)."""
+  s = int(round(max(seconds, 0.0)))
+  h, m = s // 3600, s // 60 % 60
+  if h:
+    return f"{h}h{m:02d}m{s % 60:02d}s"
+  return f"{m}m{s % 60:02d}s" if m else f"{s}s"
+
+
+def progress_line(*, step: int, num_steps: int, summary: Mapping[str, float]) -> str:
+  """The console line of a logging window: step, metrics, throughput and the ETA from the
+  measured step rate (summary['steps_per_sec'], absent for a window of only the compiling step)."""
+  rate = summary.get("steps_per_sec")
+  shown = ", ".join(
+    f"{k}={v:.4g}" for k, v in summary.items() if k not in ("steps_per_sec", "images_per_sec")
+  )
+  line = f"step {step}/{num_steps}: {shown}"
+  if rate:
+    eta = format_duration((num_steps - step) / rate)
+    line += f"; {rate:.3g} steps/s, {summary['images_per_sec']:,.0f} images/s, ETA {eta}"
+  return line
 
 
 def summarize(window: list[dict[str, jax.Array]]) -> dict[str, float]:
@@ -160,17 +184,13 @@ def run(
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=loop.max_to_keep)
   state = ckpt.restore_or(state, what=what)
   start_step = int(state.step)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = writers.create_writer(workdir)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in hparams.items()})
   host_batches = batches(start_step=start_step)
-  report = periodic_actions.ReportProgress(
-    num_train_steps=loop.num_steps,
-    writer=writer,
-    every_steps=loop.log_every if loop.log_every > 0 else None,
-  )
   window: list[dict[str, jax.Array]] = []
-  last_log_time, last_log_step = time.time(), start_step
+  # The step rate is timed from the end of this run's first step: it compiles.
+  rate_time, rate_step = None, start_step + 1
 
   with metric_writers.ensure_flushes(writer), preemption.PreemptionWatcher() as watcher:
     for step in range(start_step + 1, loop.num_steps + 1):
@@ -178,13 +198,20 @@ def run(
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         state, metrics = step_fn(state, batch, rng)
       window.append(metrics)
-      report(step)
+      if rate_time is None:
+        jax.block_until_ready(metrics)
+        rate_time = time.time()
       last = step == loop.num_steps
       if every(step, loop.log_every, last=last):
         summary, now = summarize(window), time.time()
-        summary["images_per_sec"] = (step - last_log_step) * loop.batch_size / (now - last_log_time)
-        last_log_time, last_log_step, window = now, step, []
+        if step > rate_step:
+          summary["steps_per_sec"] = (step - rate_step) / (now - rate_time)
+          summary["images_per_sec"] = summary["steps_per_sec"] * loop.batch_size
+        rate_time, rate_step, window = now, step, []
         writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        logging.info(
+          "%s%s", prefix, progress_line(step=step, num_steps=loop.num_steps, summary=summary)
+        )
         check_nonfinite_streak(state, loop, ckpt)
       if save_or_stop(
         ckpt,

@@ -69,7 +69,7 @@ def test_train_writes_events_checkpoints_and_grids(trained):
     "train/grad_norm",
     "train/learning_rate",
     "train/images_per_sec",
-    "steps_per_sec",
+    "train/steps_per_sec",
     "eval/svm_class_accuracy/w=1",
   ):
     assert tag in tags["tensors"], (tag, tags)

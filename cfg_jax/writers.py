@@ -1,0 +1,14 @@
+"""The metric writer of every job: TensorBoard events, from process 0 only, and nothing on the
+console (the training loop logs one line per window and the jobs log their own results)."""
+
+from __future__ import annotations
+
+import jax
+from clu import metric_writers
+
+
+def create_writer(logdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard events in `logdir` on process 0; a writer that drops everything elsewhere."""
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.SummaryWriter(logdir)
