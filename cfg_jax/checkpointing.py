@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from cfg_jax.errors import UserError
 
-class CheckpointError(RuntimeError):
+T = TypeVar("T")
+
+
+class CheckpointError(UserError, RuntimeError):
   """A checkpoint is missing, unreadable, corrupt or does not match the model."""
 
 
@@ -166,26 +171,43 @@ class Checkpointer:
       )
     return meta["fingerprint"]
 
-  def restore_latest_valid(self, abstract_state: Any) -> Any | None:
-    """Restores the newest checkpoint that reads back intact, falling back to older ones with
-    a warning; None if there is none; CheckpointError if every one is unreadable."""
-    steps = sorted(self.all_steps(), reverse=True)
-    errors = []
-    for step in steps:
+  def restore_newest(
+    self, read: Callable[[int], T], *, setting: str | None = None
+  ) -> tuple[T, int] | None:
+    """(read(step), step) for the newest step that `read` restores intact. Each newer step whose
+    `read` raises CheckpointError (corrupt, unreadable) is skipped with a warning, and the step
+    used is then named, with `setting` (the config field that picks a step) when given. None when
+    there is no checkpoint; CheckpointError when none can be restored. Training, sampling,
+    evaluation and the classifier loader all fall back through here."""
+    skipped = []
+    for step in sorted(self.all_steps(), reverse=True):
       try:
-        return self.restore(step, abstract_state)
+        value = read(step)
       except CheckpointError as e:
-        logging.warning("%s Falling back to an older checkpoint.", e)
-        errors.append(str(e))
-    if errors:
+        logging.warning("%s", e)
+        skipped.append(str(e))
+        continue
+      if skipped:
+        logging.warning(
+          "Using checkpoint step %d, the newest intact one in %s%s.",
+          step,
+          self.directory,
+          f" (--config.{setting}=<step> picks another)" if setting else "",
+        )
+      return value, step
+    if skipped:
       raise CheckpointError(
-        "no checkpoint in "
-        + self.directory
-        + " could be restored:\n  "
-        + "\n  ".join(errors)
+        f"no checkpoint in {self.directory} could be restored:\n  "
+        + "\n  ".join(skipped)
         + "\nMove the directory away to start afresh."
       )
     return None
+
+  def restore_latest_valid(self, abstract_state: Any) -> Any | None:
+    """The newest checkpoint that reads back intact (`restore_newest`) as `abstract_state`;
+    None if there is none."""
+    restored = self.restore_newest(lambda step: self.restore(step, abstract_state))
+    return None if restored is None else restored[0]
 
   def restore_or(self, state: Any, *, what: str = "") -> Any:
     """Resume-or-start: the newest intact checkpoint restored into `state`'s shapes and
@@ -234,8 +256,16 @@ def _read_state(manager: ocp.CheckpointManager, step: int, args: Any, *, where: 
   except Exception as e:  # orbax / tensorstore raise many types for unreadable data
     raise CheckpointError(
       f"checkpoint step {step} in {where} cannot be read into this config's train "
-      f"state (corrupt, or trained with another config?): {type(e).__name__}: {e}"
+      f"state (corrupt, or trained with another config?): {_first_line(e)}"
     ) from e
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+  """`Type: message` of an orbax / TensorStore error, cut to its first line and `limit`
+  characters (the rest is a spec dump; --verbose shows it all)."""
+  lines = str(e).strip().splitlines()
+  text = f"{type(e).__name__}: {lines[0] if lines else ''}"
+  return text if len(text) <= limit else text[:limit] + " …"
 
 
 def _key_name(key: Any) -> Any:

@@ -339,7 +339,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
       ", ".join(f"[{lo:g},{hi:g}): {a:.3f}" for (lo, hi), a in acc.items()),
     )
 
-  return train_loop.run(
+  state = train_loop.run(
     state,
     make_train_step(model, tx, config, mesh, state_sharding),
     workdir=cdir,
@@ -365,12 +365,21 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> Classif
     periodic=periodic,
     what="Classifier",
   )
+  if int(state.step) >= cc.num_train_steps:
+    logging.info(
+      "Done: classifier trained to step %d. Checkpoints in %s, TensorBoard events in %s.",
+      int(state.step),
+      checkpointing.checkpoint_dir(cdir),
+      cdir,
+    )
+  return state
 
 
 def load_classifier_params(
   config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None, mesh=None
 ) -> Any:
-  """The classifier params of the checkpoint at `step` (None: latest) in `<workdir>/classifier`.
+  """The classifier params of the checkpoint at `step` (None: the newest intact one, skipping a
+  corrupt newer one with a warning) in `<workdir>/classifier`.
 
   Raises checkpointing.CheckpointError when there is none (train it first).
   """
@@ -395,10 +404,12 @@ def load_classifier_params(
       f"no classifier checkpoint in {os.path.join(workdir, SUBDIR)}: train one first with "
       f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}"
     ) from e
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
+  if step is not None:
+    return ckpt.restore(step, abstract).params
+  restored = ckpt.restore_newest(lambda s: ckpt.restore(s, abstract).params)
+  if restored is None:
     raise checkpointing.CheckpointError(
       f"no complete classifier checkpoint in {ckpt.directory}: train one first with "
       f"python -m cfg_jax.main --mode=train_classifier --config=... --workdir={workdir}"
     )
-  return ckpt.restore(step, abstract).params
+  return restored[0]

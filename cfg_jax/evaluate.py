@@ -24,7 +24,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from flax import traverse_util
 
 from cfg_jax import (
@@ -36,6 +35,7 @@ from cfg_jax import (
   sample,
   sampling,
   sampling_runner,
+  writers,
 )
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.evaluation import metrics
@@ -395,9 +395,7 @@ class Evaluator:
     self.shape = models.image_shape(config)
     self.apply_fn = models.create_model(config).apply
     self._samplers: dict[int, Any] = {}
-    self.writer = metric_writers.create_default_writer(
-      os.path.join(workdir, "eval"), just_logging=jax.process_index() > 0
-    )
+    self.writer = writers.create_writer(os.path.join(workdir, "eval"))
 
   def sampler(self, num_steps: int):
     """f(params, rng, ids, labels, w) of `sampling_runner.generate`; with classifier guidance the
@@ -465,10 +463,13 @@ class Evaluator:
     if jax.process_index() == 0:
       fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
 
-  def evaluate_step(self, step: int) -> list[dict[str, Any]]:
-    """Runs the whole (T, w) sweep on checkpoint `step`; returns and records its rows."""
+  def evaluate_step(self, step: int | None) -> list[dict[str, Any]]:
+    """Runs the whole (T, w) sweep on checkpoint `step` (None: the newest intact one); returns
+    and records its rows."""
     c, ev = self.config, self.config.evaluation
-    params, step = sample.load_params(c, self.workdir, self.mesh, step=step, use_ema=True)
+    params, step = sample.load_params(
+      c, self.workdir, self.mesh, step=step, use_ema=True, setting="evaluation.checkpoint_step"
+    )
     labels = np.resize(np.arange(c.data.num_classes, dtype=np.int32), ev.num_samples)
     rng = jax.random.fold_in(jax.random.key(c.seed), 3)
     rows = []
@@ -561,18 +562,23 @@ def evaluate_steps(evaluator: Evaluator, steps: list[int]) -> list[dict[str, Any
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Evaluates the chosen checkpoint once, or (evaluation.poll) every new checkpoint."""
+  rows = _evaluate(config, workdir)
+  logging.info(
+    "Done: %d rows (steps %s) in %s and results.csv; plots and TensorBoard events in %s.",
+    len(rows),
+    ", ".join(str(s) for s in sorted({r["step"] for r in rows})) or "none",
+    results_path(workdir),
+    os.path.dirname(results_path(workdir)),
+  )
+  return rows
+
+
+def _evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   ev = config.evaluation
   evaluator = Evaluator(config, workdir)
   rows: list[dict[str, Any]] = []
   if not ev.poll:
-    step = None if ev.checkpoint_step < 0 else ev.checkpoint_step
-    if step is None:
-      step = checkpointing.Checkpointer(workdir, read_only=True).latest_step()
-    if step is None:
-      raise checkpointing.CheckpointError(
-        f"no complete checkpoint in {checkpointing.checkpoint_dir(workdir)}: train first."
-      )
-    return evaluator.evaluate_step(step)
+    return evaluator.evaluate_step(None if ev.checkpoint_step < 0 else ev.checkpoint_step)
   last_new = time.time()
   final = config.training.num_train_steps
   while True:

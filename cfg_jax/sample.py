@@ -36,19 +36,27 @@ def restore_params(
   *,
   step: int | None = None,
   use_ema: bool = True,
+  setting: str = "sampling.checkpoint_step",
 ):
-  """(params, step): the EMA (or raw) params of a checkpoint (latest when step is None) alone,
-  in their training shardings on `mesh`. The optimizer state is never read, so whatever trained
-  with fsdp restores with the same mesh.fsdp."""
+  """(params, step): the EMA (or raw) params of checkpoint `step` alone, in their training
+  shardings on `mesh`; step None: the newest intact checkpoint (a corrupt newer one is skipped
+  with a warning that names `setting`, the field that picks a step). The optimizer state is never
+  read, so whatever trained with fsdp restores with the same mesh.fsdp."""
   ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
+  field = "ema_params" if use_ema else "params"
+  abstract = train_state.abstract_state(config, mesh)
+
+  def read(s: int):
+    return ckpt.restore_fields(s, abstract, (field,))[field]
+
+  if step is not None:
+    return read(step), step
+  restored = ckpt.restore_newest(read, setting=setting)
+  if restored is None:
     raise checkpointing.CheckpointError(
       f"no complete checkpoint in {ckpt.directory}: train first with --mode=train."
     )
-  field = "ema_params" if use_ema else "params"
-  abstract = train_state.abstract_state(config, mesh)
-  return ckpt.restore_fields(step, abstract, (field,))[field], step
+  return restored
 
 
 def load_params(
@@ -58,9 +66,10 @@ def load_params(
   *,
   step: int | None = None,
   use_ema: bool = True,
+  setting: str = "sampling.checkpoint_step",
 ):
   """(params, step) of `restore_params`, gathered to replicated: what the samplers take."""
-  params, step = restore_params(config, workdir, mesh, step=step, use_ema=use_ema)
+  params, step = restore_params(config, workdir, mesh, step=step, use_ema=use_ema, setting=setting)
   return sharding_lib.gather_replicated(params), step
 
 
@@ -112,5 +121,12 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
       v=s.v,
       sampler_settings=json.dumps(sampler_config.describe(), sort_keys=True),
     )
-    logging.info("Wrote %s (images uint8 [w, N, H, W, C])", npz)
+    logging.info(
+      "Done: %d samples per w for w = %s from checkpoint step %d: grids %s, arrays %s.",
+      len(labels),
+      ", ".join(f"{w:g}" for w in s.w_values),
+      step,
+      os.path.join(out_dir, "w*.png"),
+      npz,
+    )
   return npz

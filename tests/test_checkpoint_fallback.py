@@ -1,0 +1,109 @@
+"""A corrupt latest checkpoint, made for real by truncating the files orbax wrote: sampling,
+evaluation and the classifier loader fall back to the newest intact step, as training does, and
+say which step they use and which config field picks another."""
+
+import functools
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cfg_jax import checkpointing, classifier, evaluate, sample, sharding, train
+from tests.helpers import tiny_config
+
+
+def _truncate_step(directory: str, step: int) -> None:
+  """Cuts every array data file of checkpoint `step` to half its size."""
+  for root, _, files in os.walk(os.path.join(directory, str(step), "state")):
+    for name in files:
+      path = os.path.join(root, name)
+      if f"{os.sep}d{os.sep}" in path and os.path.getsize(path) > 16:
+        os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _config(**overrides):
+  return tiny_config(
+    **{
+      "training.num_train_steps": 2,
+      "training.checkpoint_every_steps": 1,
+      "training.log_every_steps": 1,
+      "training.grid_samples_per_class": 1,
+      "guidance.w_values": (1.0,),
+      "sampling.w_values": (1.0,),
+      "sampling.num_samples": 8,
+      "evaluation.num_samples": 10,
+      "evaluation.w_values": (1.0,),
+      **overrides,
+    }
+  )
+
+
+@pytest.fixture(scope="module")
+def corrupt_run(tmp_path_factory):
+  """A 2-step run (checkpoints 1 and 2) whose step 2 is then truncated."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(_config(), workdir)
+  directory = checkpointing.checkpoint_dir(workdir)
+  assert checkpointing.Checkpointer(workdir, read_only=True).all_steps() == [1, 2]
+  _truncate_step(directory, 2)
+  return workdir
+
+
+def _warnings(caplog):
+  return " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+@pytest.mark.slow
+def test_sample_falls_back_to_the_newest_intact_step(corrupt_run, caplog):
+  config, mesh = _config(), sharding.make_mesh(1)
+  with caplog.at_level(logging.WARNING):
+    npz = sample.sample_from_checkpoint(config, corrupt_run)
+  assert os.path.basename(os.path.dirname(npz)) == "step_00000001"
+  warned = _warnings(caplog)
+  assert "checkpoint step 2" in warned and "Using checkpoint step 1" in warned
+  assert "--config.sampling.checkpoint_step" in warned
+  params, step = sample.restore_params(config, corrupt_run, mesh)
+  expected, _ = sample.restore_params(config, corrupt_run, mesh, step=1)
+  assert step == 1
+  jax.tree.map(np.testing.assert_array_equal, params, expected)
+  with pytest.raises(checkpointing.CheckpointError, match="step 2"):  # asked for: no fallback
+    sample.restore_params(config, corrupt_run, mesh, step=2)
+
+
+@pytest.mark.slow
+def test_evaluate_falls_back_to_the_newest_intact_step(corrupt_run, caplog, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(corrupt_run, workdir)
+  with caplog.at_level(logging.WARNING):
+    rows = evaluate.evaluate(_config(), workdir)
+  assert [r["step"] for r in rows] == [1]
+  warned = _warnings(caplog)
+  assert "Using checkpoint step 1" in warned and "--config.evaluation.checkpoint_step" in warned
+
+
+def test_classifier_loader_falls_back_to_the_newest_intact_step(tmp_path, caplog):
+  config = _config()
+  config.classifier.update(
+    dict(ch=8, ch_mult=(1,), attn_resolutions=(), head_channels=8, num_groups=4)
+  )
+  init = functools.partial(
+    classifier.init_state,
+    model=classifier.create_classifier(config),
+    tx=classifier.create_optimizer(config),
+    shape=(8, 8, 1),
+  )
+  state = jax.jit(init)(jax.random.key(0))
+  workdir = str(tmp_path)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, classifier.SUBDIR))
+  ckpt.save(1, state)
+  ckpt.save(2, state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params)))
+  ckpt.close()
+  _truncate_step(ckpt.directory, 2)
+  mesh = sharding.make_mesh(1)
+  with caplog.at_level(logging.WARNING):
+    params = classifier.load_classifier_params(config, workdir, mesh=mesh)
+  assert "Using checkpoint step 1" in _warnings(caplog)
+  jax.tree.map(np.testing.assert_array_equal, params, state.params)  # step 1's, not step 2's
