@@ -4,6 +4,8 @@ import os
 import re
 import sys
 
+import pytest
+
 from tests.helpers import REPO
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -39,10 +41,30 @@ def test_config_docstrings_hold_launch_commands():
       assert f"python -m cfg_jax.main --config=configs/{name}.py" in f.read()
 
 
-def test_bad_inputs_doc_is_current():
+@pytest.fixture(scope="module")
+def bad_input_rows():
+  from cfg_jax.tools import bad_inputs
+
+  return bad_inputs.rows()
+
+
+def test_bad_inputs_doc_is_current(bad_input_rows):
   from cfg_jax.tools import bad_inputs
 
   with open(os.path.join(REPO, "docs", "bad_inputs.md")) as f:
-    assert f.read() == bad_inputs.HEADER + bad_inputs.table() + "\n", (
+    assert f.read() == bad_inputs.HEADER + bad_inputs.table(bad_input_rows) + "\n", (
       "regenerate: python -m cfg_jax.tools.bad_inputs > docs/bad_inputs.md"
     )
+
+
+def test_bad_inputs_print_one_block_and_exit_1(bad_input_rows):
+  """Every expected error of docs/bad_inputs.md ends the command line with status 1 and its
+  message alone: one `ERROR <type>: ...` block and the hint, no traceback."""
+  from cfg_jax import errors
+
+  for row in bad_input_rows:
+    assert row.status == errors.EXIT_STATUS, row
+    assert "Traceback" not in row.output, row
+    body = row.output.rstrip("\n")
+    assert body.startswith("ERROR ") and body.endswith(errors.HINT), row
+    assert body.count("ERROR ") == 1, row

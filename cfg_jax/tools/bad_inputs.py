@@ -1,21 +1,31 @@
-"""Tries each kind of bad input and records the message cfg_jax gives: docs/bad_inputs.md.
+"""Tries each kind of bad input and records what the command line prints: docs/bad_inputs.md.
 
     python -m cfg_jax.tools.bad_inputs > docs/bad_inputs.md
 
-Nothing here compiles a model: every check fires before any XLA compile. The test suite
-regenerates this table and compares it with the committed one.
+A config typo runs `python -m cfg_jax.main` itself (it fails while the flags are parsed); the
+other cases call the check that fires, through the same `errors.guarded` that the command line
+wraps every mode in, and record its exit status and message block. Nothing here compiles a
+model. The test suite regenerates this table, compares it with the committed one, and checks
+that every row exits with status 1 and prints no traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
+import re
+import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Callable
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from cfg_jax import errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,15 +47,32 @@ def _validate(**overrides):
   config_lib.validate(_digits_config(**overrides), num_devices=8)
 
 
+def _cli(tmp: str, *args: str) -> tuple[int, str]:
+  """(exit status, stderr) of `python -m cfg_jax.main --config=configs/digits.py *args`."""
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cfg_jax.main",
+      f"--config={os.path.join(REPO, 'configs', 'digits.py')}",
+      f"--workdir={os.path.join(tmp, 'cli')}",
+      *args,
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  return proc.returncode, proc.stderr
+
+
 def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
-  from cfg_jax import checkpointing, data, sample, sharding
+  """(bad input, a call that hits it), or (bad input, a `_cli` result) for the typo."""
+  from cfg_jax import checkpointing, data, sample, sharding, train_loop
   from cfg_jax.evaluation import inception
 
-  spec = data.dataset_spec(ml_collections.ConfigDict({"name": "digits"}))
   good = {"image": np.zeros((4, 8, 8, 1), np.float32), "label": np.zeros((4,), np.int32)}
-
-  def unknown_key():
-    _digits_config().training.bacth_size = 3
+  spec = data.dataset_spec(ml_collections.ConfigDict({"name": "digits"}))
 
   def corrupt_checkpoint():
     ckpt = checkpointing.Checkpointer(os.path.join(tmp, "corrupt"))
@@ -69,6 +96,24 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
     finally:
       ckpt.close()
 
+  def nonfinite_streak():
+    ckpt = checkpointing.Checkpointer(os.path.join(tmp, "nonfinite"))
+    ckpt.save(200, {"w": jnp.ones(3)})
+    ckpt.wait()
+    loop = train_loop.LoopConfig(
+      num_steps=1500,
+      batch_size=64,
+      log_every=100,
+      checkpoint_every=500,
+      max_consecutive_nonfinite=100,
+    )
+    try:
+      train_loop.check_nonfinite_streak(
+        types.SimpleNamespace(step=300, nonfinite_streak=100), loop, ckpt
+      )
+    finally:
+      ckpt.close()
+
   def pickled_weights():
     path = os.path.join(tmp, "pickled.npz")
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -76,7 +121,10 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
     inception.load_params(path)
 
   return [
-    ("unknown config key (`--config.training.bacth_size=3`)", unknown_key),
+    (
+      "unknown config key (`--config.training.bacth_size=3`)",
+      _cli(tmp, "--config.training.bacth_size=3"),
+    ),
     ("λ_min ≥ λ_max", lambda: _validate(**{"diffusion.logsnr_min": 20.0})),
     ("p_uncond outside [0, 1]", lambda: _validate(**{"guidance.p_uncond": 1.5})),
     ("w below −1 or NaN", lambda: _validate(**{"guidance.w_values": (0.0, -2.0)})),
@@ -100,7 +148,7 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
     ("num_classes ≠ the dataset's", lambda: _validate(**{"data.num_classes": 12})),
     ("sample labels out of range", lambda: _validate(**{"sampling.labels": (3, 10)})),
     ("sampler variance v outside [0, 1]", lambda: _validate(**{"sampling.v": 2.0})),
-    ("unknown dataset", lambda: data.dataset_spec(ml_collections.ConfigDict({"name": "svhn"}))),
+    ("unknown dataset (`--config.data.name=svhn`)", lambda: _validate(**{"data.name": "svhn"})),
     (
       "dataset not prepared locally (cifar10)",
       lambda: data.check_available(
@@ -129,33 +177,58 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
     ),
     ("corrupt checkpoint (the only one)", corrupt_checkpoint),
     ("saving a state with NaN", nan_checkpoint),
+    ("100 non-finite losses in a row", nonfinite_streak),
   ]
 
 
-def table() -> str:
-  rows = ["| bad input | error | message |", "|---|---|---|"]
+@dataclasses.dataclass(frozen=True)
+class Row:
+  bad_input: str
+  status: int  # the exit status the command line gives
+  output: str  # what it prints (stderr), temporary paths as <tmp>
+
+
+def rows() -> list[Row]:
+  """Runs every case and records its exit status and printed message block."""
+  out = []
   with tempfile.TemporaryDirectory() as tmp:
-    for name, fn in cases(tmp):
-      try:
-        fn()
-        message, kind = "(no error)", "—"
-      except Exception as e:  # the point is to record what the user sees
-        kind = type(e).__name__
-        message = str(e).replace(tmp, "<tmp>").replace(os.path.expanduser("~"), "~")
-        message = " ".join(message.split())
-        if len(message) > 400:
-          message = message[:400] + " …"
-      message = message.replace("|", "\\|")
-      rows.append(f"| {name} | `{kind}` | {message} |")
-  return "\n".join(rows)
+    for name, case in cases(tmp):
+      if callable(case):
+        buf = io.StringIO()
+        status, text = errors.guarded(case, stream=buf), buf.getvalue()
+      else:
+        status, text = case
+      text = text.replace(tmp, "<tmp>").replace(os.path.expanduser("~"), "~")
+      out.append(Row(name, status, text))
+  return out
 
 
-HEADER = """# Bad inputs and the messages they get
+def table(results: list[Row]) -> str:
+  """The markdown table of `results`: the error type and its message, without the hint line."""
+  lines = ["| bad input | exit status | error | message |", "|---|---|---|---|"]
+  for r in results:
+    m = re.match(r"ERROR (\w+): (.*)", r.output.replace(errors.HINT, ""), re.DOTALL)
+    kind, message = (m.group(1), m.group(2)) if m else ("—", r.output or "(no error)")
+    message = " ".join(message.split())
+    if len(message) > 500:
+      message = message[:500] + " …"
+    lines.append(
+      f"| {r.bad_input} | {r.status} | `{kind}` | {message.replace('|', chr(92) + '|')} |"
+    )
+  return "\n".join(lines)
+
+
+HEADER = f"""# Bad inputs and the messages they get
 
 Generated by `python -m cfg_jax.tools.bad_inputs > docs/bad_inputs.md`; a test regenerates it and
-compares. Each of these fires before anything is compiled, and none of them deletes or overwrites a
-saved checkpoint. Non-finite losses are skipped and counted (`train/nonfinite`); after
-`training.max_consecutive_nonfinite` in a row training stops with `NonFiniteLossError`.
+compares, and checks that each row exits with status 1 and prints no traceback. Each of these fires
+before anything is compiled (the non-finite streak at a logging step), and none of them deletes or
+overwrites a saved checkpoint. The command line prints each as one block, `ERROR <error>:
+<message>`, then the line
+`{errors.HINT}`;
+`--verbose` adds the traceback. Any other exception is a bug and prints its traceback. Non-finite
+losses are skipped and counted (`train/nonfinite`); after `training.max_consecutive_nonfinite` in a
+row training stops.
 
 """
 
@@ -164,4 +237,4 @@ if __name__ == "__main__":
   import logging
 
   logging.disable(logging.WARNING)
-  sys.stdout.write(HEADER + table() + "\n")
+  sys.stdout.write(HEADER + table(rows()) + "\n")
