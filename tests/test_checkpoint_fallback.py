@@ -1,6 +1,6 @@
-"""A corrupt latest checkpoint, made for real by truncating the files orbax wrote: sampling,
-evaluation and the classifier loader fall back to the newest intact step, as training does, and
-say which step they use and which config field picks another."""
+"""A corrupt latest checkpoint, made for real by truncating the data files orbax wrote: sampling,
+evaluation and the classifier loader fall back to the newest intact step, as training does, say
+which step they use and which config field picks another, and load exactly that step's arrays."""
 
 import functools
 import logging
@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from cfg_jax import checkpointing, classifier, evaluate, sample, sharding, train
+from cfg_jax import checkpointing, classifier, evaluate, models, sample, sharding, train_state
 from tests.helpers import tiny_config
 
 
@@ -27,11 +27,6 @@ def _truncate_step(directory: str, step: int) -> None:
 def _config(**overrides):
   return tiny_config(
     **{
-      "training.num_train_steps": 2,
-      "training.checkpoint_every_steps": 1,
-      "training.log_every_steps": 1,
-      "training.grid_samples_per_class": 1,
-      "guidance.w_values": (1.0,),
       "sampling.w_values": (1.0,),
       "sampling.num_samples": 8,
       "evaluation.num_samples": 10,
@@ -41,15 +36,32 @@ def _config(**overrides):
   )
 
 
+def _save_two_steps(directory: str, state) -> None:
+  """Checkpoints 1 (`state`) and 2 (its params shifted by 1) in `directory`; then truncates 2."""
+  ckpt = checkpointing.Checkpointer(directory)
+  ckpt.save(1, state)
+  shifted = jax.tree.map(lambda x: x + 1.0, state.params)
+  ema = {"ema_params": shifted} if hasattr(state, "ema_params") else {}  # the classifier has none
+  ckpt.save(2, state.replace(step=state.step + 1, params=shifted, **ema))
+  ckpt.close()
+  _truncate_step(checkpointing.checkpoint_dir(directory), 2)
+
+
 @pytest.fixture(scope="module")
 def corrupt_run(tmp_path_factory):
-  """A 2-step run (checkpoints 1 and 2) whose step 2 is then truncated."""
+  """(workdir, the state of its checkpoint 1): a fresh train state saved at steps 1 and 2, whose
+  step 2 is then truncated."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(_config(), workdir)
-  directory = checkpointing.checkpoint_dir(workdir)
-  assert checkpointing.Checkpointer(workdir, read_only=True).all_steps() == [1, 2]
-  _truncate_step(directory, 2)
-  return workdir
+  config = _config()
+  init = functools.partial(
+    train_state.init_state,
+    model=models.create_model(config),
+    tx=train_state.create_optimizer(config),
+    shape=models.image_shape(config),
+  )
+  state = jax.jit(init)(jax.random.key(0))
+  _save_two_steps(workdir, state)
+  return workdir, state
 
 
 def _warnings(caplog):
@@ -58,25 +70,25 @@ def _warnings(caplog):
 
 @pytest.mark.slow
 def test_sample_falls_back_to_the_newest_intact_step(corrupt_run, caplog):
+  workdir, state = corrupt_run
   config, mesh = _config(), sharding.make_mesh(1)
   with caplog.at_level(logging.WARNING):
-    npz = sample.sample_from_checkpoint(config, corrupt_run)
+    npz = sample.sample_from_checkpoint(config, workdir)
   assert os.path.basename(os.path.dirname(npz)) == "step_00000001"
   warned = _warnings(caplog)
   assert "checkpoint step 2" in warned and "Using checkpoint step 1" in warned
   assert "--config.sampling.checkpoint_step" in warned
-  params, step = sample.restore_params(config, corrupt_run, mesh)
-  expected, _ = sample.restore_params(config, corrupt_run, mesh, step=1)
+  params, step = sample.restore_params(config, workdir, mesh)
   assert step == 1
-  jax.tree.map(np.testing.assert_array_equal, params, expected)
+  jax.tree.map(np.testing.assert_array_equal, params, state.ema_params)  # step 1's, not 2's
   with pytest.raises(checkpointing.CheckpointError, match="step 2"):  # asked for: no fallback
-    sample.restore_params(config, corrupt_run, mesh, step=2)
+    sample.restore_params(config, workdir, mesh, step=2)
 
 
 @pytest.mark.slow
 def test_evaluate_falls_back_to_the_newest_intact_step(corrupt_run, caplog, tmp_path):
   workdir = str(tmp_path / "run")
-  shutil.copytree(corrupt_run, workdir)
+  shutil.copytree(corrupt_run[0], workdir)
   with caplog.at_level(logging.WARNING):
     rows = evaluate.evaluate(_config(), workdir)
   assert [r["step"] for r in rows] == [1]
@@ -84,6 +96,7 @@ def test_evaluate_falls_back_to_the_newest_intact_step(corrupt_run, caplog, tmp_
   assert "Using checkpoint step 1" in warned and "--config.evaluation.checkpoint_step" in warned
 
 
+@pytest.mark.slow
 def test_classifier_loader_falls_back_to_the_newest_intact_step(tmp_path, caplog):
   config = _config()
   config.classifier.update(
@@ -97,11 +110,7 @@ def test_classifier_loader_falls_back_to_the_newest_intact_step(tmp_path, caplog
   )
   state = jax.jit(init)(jax.random.key(0))
   workdir = str(tmp_path)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, classifier.SUBDIR))
-  ckpt.save(1, state)
-  ckpt.save(2, state.replace(params=jax.tree.map(lambda x: x + 1.0, state.params)))
-  ckpt.close()
-  _truncate_step(ckpt.directory, 2)
+  _save_two_steps(os.path.join(workdir, classifier.SUBDIR), state)
   mesh = sharding.make_mesh(1)
   with caplog.at_level(logging.WARNING):
     params = classifier.load_classifier_params(config, workdir, mesh=mesh)
