@@ -35,7 +35,8 @@ def _outputs(nb):
 
 
 def _env(**values):
-  env = {k: v for k, v in os.environ.items() if k not in ("CFG_JAX_REPO_DIR", "PYTHONPATH")}
+  unset = ("CFG_JAX_REPO_DIR", "CFG_JAX_REPO_URL", "CFG_JAX_REF", "PYTHONPATH")
+  env = {k: v for k, v in os.environ.items() if k not in unset}
   return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **values}
 
 
@@ -51,6 +52,16 @@ def test_setup_cell_in_a_checkout_uses_it_and_installs_nothing():
   )
   assert f"from {os.path.join(REPO, 'cfg_jax')}\n" in result.stdout
   assert "Successfully installed" not in result.stdout
+
+
+def test_setup_cell_outside_a_checkout_asks_for_the_repository_url(tmp_path):
+  result = subprocess.run(
+    [sys.executable, "-c", _setup_cell()], cwd=tmp_path, env=_env(), capture_output=True, text=True
+  )
+  assert result.returncode == 1 and not (tmp_path / "cfg_jax").exists()
+  assert result.stderr.strip().splitlines()[-1] == (
+    "ValueError: REPO_URL: put the repository's owner in place of OWNER, or set REPO_DIR"
+  )
 
 
 @pytest.mark.slow
