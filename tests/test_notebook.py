@@ -18,7 +18,7 @@ import sys
 import nbformat
 from nbclient import NotebookClient
 nb = nbformat.read(sys.argv[1], as_version=4)
-NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": sys.argv[3]}}).execute()
+NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": sys.argv[3]}}).execute()
 nbformat.write(nb, sys.argv[2])
 """
 
@@ -94,7 +94,7 @@ def test_fresh_venv_installs_the_checkout_as_colab_does_and_runs_the_notebook(tm
     XLA_FLAGS="--xla_force_host_platform_device_count=2",
   )
   subprocess.run(
-    [python, "-c", EXECUTE, NOTEBOOK, str(executed), str(run)], env=env, check=True, timeout=1200
+    [python, "-c", EXECUTE, NOTEBOOK, str(executed), str(run)], env=env, check=True, timeout=2400
   )
   added = set(os.listdir(venv_site)) - before
   assert {n for n in added if n.endswith(".dist-info")} == {"cfg_jax-0.1.0.dist-info"}, added
