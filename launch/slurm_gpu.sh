@@ -42,7 +42,7 @@ Options (flag, or the environment variable in brackets):
   -h, --help             this help
 
 The venv, once, on a login node (same jax version as cfg_jax installed, CUDA 12 wheels):
-  python3.11 -m venv .venv && .venv/bin/pip install -e .
+  python3.11 -m venv .venv && .venv/bin/pip install -e '.[cpu]'
   .venv/bin/pip install "jax[cuda12]==$(.venv/bin/python -c 'import jax; print(jax.__version__)')"
 
 Example (2 nodes x 8 GPUs = 16 processes):

@@ -17,7 +17,7 @@ the slice by itself, so no coordinator flags are needed.
 Commands:
   create     gcloud compute tpus tpu-vm create (needs --accelerator-type)
   setup      copy this repository's committed HEAD (or clone --repo-url) to every worker, create a
-             venv there, pip install -e . and jax[tpu] of the same version as the jax it installed,
+             venv there, pip install -e .[cpu] and jax[tpu] of the same version as the jax it installed,
              then print each worker's device count
   train      start training on all workers (detached; log and pid file in the worker's home)
   evaluate   start the evaluation job with --config.evaluation.poll=True: it evaluates every new
@@ -231,7 +231,7 @@ cmd_setup() {
     "if ! command -v $py >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq $py $py-venv; fi"
     "if [ ! -x $venv/bin/python ]; then $py -m venv $venv; fi"
     "$venv/bin/pip install --quiet --upgrade pip"
-    "$venv/bin/pip install --quiet -e $dir"
+    "$venv/bin/pip install --quiet -e $dir'[cpu]'"
     "jax_version=\$($venv/bin/python -c 'import jax; print(jax.__version__)')"
     "$venv/bin/pip install --quiet \"jax[tpu]==\$jax_version\""
     "$venv/bin/python -c 'import jax; print(f\"worker {jax.process_index()}: {jax.local_device_count()} local / {jax.device_count()} global {jax.default_backend()} devices\")'"

@@ -150,8 +150,8 @@ def test_tpu_setup_copies_head_and_installs_matching_jax_tpu_on_all_workers(env)
   remote = _remote(ssh)
   subprocess.run(["bash", "-n", "-c", remote], check=True)  # valid shell
   assert "tar -xzf" in remote and "python3.11 -m venv" in remote
-  assert 'pip install --quiet -e "$HOME"/cfg_jax' in remote
-  # jax[tpu] pinned to the version `pip install -e .` resolved, read on the worker.
+  assert "pip install --quiet -e \"$HOME\"/cfg_jax'[cpu]'" in remote  # the CPU TF for tf.data
+  # jax[tpu] pinned to the version `pip install -e .[cpu]` resolved, read on the worker.
   assert "jax_version=$(" in remote and '"jax[tpu]==$jax_version"' in remote
   assert remote.index("install --quiet -e") < remote.index("jax[tpu]")
   assert "jax.device_count()" in remote
