@@ -5,6 +5,7 @@
         --config.sampling.w_values='(0.,1.,3.)' --config.sampling.num_samples=100
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=evaluate
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=train_classifier
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=likelihood
 
 Any config field can be overridden with --config.<section>.<key>=<value>; unknown keys are errors.
 """
@@ -32,9 +33,10 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "evaluate", "train_classifier"],
+  ["train", "sample", "evaluate", "train_classifier", "likelihood"],
   "What to run (train_classifier: the noise-conditional classifier of "
-  "classifier guidance, in <workdir>/classifier).",
+  "classifier guidance, in <workdir>/classifier; likelihood: bits/dim of the eval split under "
+  "the probability-flow ODE, in <workdir>/likelihood).",
 )
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address",
@@ -157,6 +159,10 @@ def main(argv):
     from cfg_jax import evaluate
 
     evaluate.evaluate(config, workdir)
+  elif _MODE.value == "likelihood":
+    from cfg_jax import likelihood_eval
+
+    likelihood_eval.evaluate_likelihood(config, workdir)
   else:
     from cfg_jax import classifier
 
