@@ -135,7 +135,11 @@ def _random_unet_eps(config):
   model = models.create_model(config)
   shape = models.image_shape(config)
   params = model.init(
-    jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32)
+    jax.random.key(0),
+    jnp.zeros((1, *shape)),
+    jnp.zeros((1,)),
+    jnp.zeros((1,), jnp.int32),
+    train=False,
   )["params"]
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
