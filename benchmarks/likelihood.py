@@ -2,11 +2,13 @@
 
     python benchmarks/likelihood.py --model 0.1=DIR1 --model 0.5=DIR2 [--num_examples 100]
     python benchmarks/likelihood.py --model 0.1=DIR1 --interpolation docs/likelihood_slerp.png
+    python benchmarks/likelihood.py --model 0.1=DIR1 --model 0.5=DIR2 --collect  # tables only
 
 Runs `--mode=likelihood`'s code (`cfg_jax.likelihood_eval`) on each model's latest checkpoint
 (configs/digits.py with its p_uncond; results also land in DIR/likelihood/) and writes the table
-to benchmarks/results/likelihood.md and .json. `--interpolation` instead draws slerp paths in z
-between two test digits of one class, encoded and decoded at several w.
+to benchmarks/results/likelihood.md and .json (`--collect`: from the rows that `--mode=likelihood`
+already wrote). `--interpolation` instead draws slerp paths in z between two test digits of one
+class, encoded and decoded at several w.
 """
 
 from __future__ import annotations
@@ -141,6 +143,16 @@ def interpolation(args) -> None:
   print(f"wrote {args.interpolation}")
 
 
+def collect(workdir: str, args) -> list[dict]:
+  """The newest row of `workdir`'s results for each w of --w with --num_examples images."""
+  from cfg_jax import likelihood_eval
+
+  with open(likelihood_eval.results_path(workdir)) as f:
+    rows = [json.loads(line) for line in f]
+  newest = {r["w"]: r for r in rows if r["num_examples"] == args.num_examples}
+  return [newest[w] for w in args.w]
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", action="append", required=True, help="P_UNCOND=WORKDIR")
@@ -152,6 +164,11 @@ def main() -> None:
   parser.add_argument("--num_probes", type=int, default=1)
   parser.add_argument("--elbo_num_logsnrs", type=int, default=32)
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "likelihood"))
+  parser.add_argument(
+    "--collect",
+    action="store_true",
+    help="only tabulate the rows each workdir's likelihood/results.jsonl already holds for --w",
+  )
   parser.add_argument("--interpolation", default="", help="PNG path: draw slerp paths instead")
   parser.add_argument("--digit", type=int, default=3)
   parser.add_argument("--steps", type=int, default=7)
@@ -166,7 +183,10 @@ def main() -> None:
   for spec in args.model:
     p_uncond, workdir = spec.split("=", 1)
     start = time.perf_counter()
-    rows = likelihood_eval.evaluate_likelihood(load_config(float(p_uncond), args), workdir)
+    if args.collect:
+      rows = collect(workdir, args)
+    else:
+      rows = likelihood_eval.evaluate_likelihood(load_config(float(p_uncond), args), workdir)
     results.append({"p_uncond": float(p_uncond), "rows": rows})
     print(f"p_uncond {p_uncond}: {time.perf_counter() - start:.0f} s")
   command = "python benchmarks/likelihood.py " + " ".join(
