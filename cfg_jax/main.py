@@ -5,6 +5,7 @@
         --config.sampling.w_values='(0.,1.,3.)' --config.sampling.num_samples=100
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=evaluate
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=train_classifier
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=likelihood
     python -m cfg_jax.main --config=configs/digits.py --mode=show_config   # every field, with help
 
 Any config field can be overridden with --config.<section>.<key>=<value>; unknown keys are errors.
@@ -42,10 +43,11 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "evaluate", "train_classifier", "show_config"],
+  ["train", "sample", "evaluate", "train_classifier", "likelihood", "show_config"],
   "What to run (train_classifier: the noise-conditional classifier of "
-  "classifier guidance, in <workdir>/classifier; show_config: print every config field with its "
-  "value and help, and exit).",
+  "classifier guidance, in <workdir>/classifier; likelihood: bits/dim of the eval split under "
+  "the probability-flow ODE, in <workdir>/likelihood; show_config: print every config field "
+  "with its value and help, and exit).",
 )
 _VERBOSE = flags.DEFINE_bool(
   "verbose",
@@ -175,6 +177,10 @@ def run_mode(mode: str, config, workdir: str) -> None:
     from cfg_jax import evaluate
 
     evaluate.evaluate(config, workdir)
+  elif mode == "likelihood":
+    from cfg_jax import likelihood_eval
+
+    likelihood_eval.evaluate_likelihood(config, workdir)
   else:
     from cfg_jax import classifier
 

@@ -140,6 +140,23 @@ def get_config(arg=None):
   c.evaluation.classifier_model_labels = "cond"  # cond: eps(z, c) | null: eps(z, null), p_uncond=1
   c.evaluation.classifier_workdir = ""  # '' = the evaluated workdir
 
+  # --mode=likelihood: bits/dim of the test split under the probability-flow ODE of the guided
+  # eps at each w (cfg_jax/likelihood.py; w = -1 unconditional, 0 conditional), beside the ELBO.
+  c.likelihood = ml_collections.ConfigDict()
+  c.likelihood.w_values = (-1.0, 0.0, 0.3, 1.0, 3.0)  # guidance strengths w, one compile
+  c.likelihood.num_examples = -1  # first N examples of the eval split; -1 = all
+  c.likelihood.batch_size = 100  # images per ODE solve (global, split over devices)
+  c.likelihood.solver = "dopri5"  # dopri5 (adaptive, rtol/atol) | heun (fixed grid, num_steps)
+  c.likelihood.rtol = 1e-5  # dopri5 relative tolerance
+  c.likelihood.atol = 1e-5  # dopri5 absolute tolerance
+  c.likelihood.max_steps = 500  # dopri5 steps before a solve counts as not converged
+  c.likelihood.num_steps = 128  # heun grid points
+  c.likelihood.divergence = "hutchinson"  # exact (one JVP per pixel) | hutchinson
+  c.likelihood.num_probes = 1  # hutchinson: Rademacher probes per image
+  c.likelihood.elbo_num_logsnrs = 32  # stratified log-SNRs of the ELBO per image; 0 = no ELBO
+  c.likelihood.checkpoint_step = -1  # -1 = latest
+  c.likelihood.use_ema = True  # the EMA parameters (else the raw ones)
+
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
   # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8
   # and 32 at 4x4, attention at 4x4.
