@@ -87,12 +87,13 @@ def evaluate_method(name: str, args) -> tuple[list[dict], dict[float, np.ndarray
 
   values = [float(v) for v in evaluate.guidance_values(c)]
   field = "classifier_scales" if c.evaluation.guidance == "classifier" else "w_values"
-  for v in [v for v in values if v not in done()]:  # one cell at a time: each row is kept
+  for v in [v for v in values if v not in done() and not args.report_only]:  # each row is kept
     c.evaluation[field] = (v,)
     start = time.time()
     evaluator.evaluate_step(args.main_step)
     print(f"{name} {v:g}: {time.time() - start:.0f} s", flush=True)
   rows = done()
+  values = [v for v in values if v in rows]  # --report_only: the cells present
   feats = {}
   for v in values:
     with np.load(path(v)) as f:
@@ -191,6 +192,7 @@ def main(argv=None):
   p.add_argument("--cfg_w", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0])
   p.add_argument("--auto_w", type=float, nargs="+", default=[0.2, 0.5, 1.0])
   p.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
+  p.add_argument("--report_only", action="store_true", help="no sampling: report the cells present")
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "autoguidance"))
   args = p.parse_args(argv)
   from cfg_jax import config_lib, models
