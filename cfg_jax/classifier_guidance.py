@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from cfg_jax import sampling, sampling_runner, schedules, sharding
+from cfg_jax import sampling, sampling_runner, schedules
 from cfg_jax.guidance import EpsFn
 
 MODEL_LABELS = ("cond", "null")
@@ -158,6 +158,5 @@ def make_classifier_guided_sampler(
 def bind_classifier_params(sampler, classifier_params: Any):
   """f(params, classifier_params, rng, ids, labels, w) → g(params, rng, ids, labels, w), the
   signature `sampling_runner.generate` calls (w: the per-sample scale when the sampler's
-  scale=None). fsdp-sharded classifier params are gathered to replicated here, once."""
-  classifier_params = sharding.gather_replicated(classifier_params)
-  return lambda params, rng, ids, labels, w: sampler(params, classifier_params, rng, ids, labels, w)
+  scale=None), by `sampling_runner.bind_second_params`."""
+  return sampling_runner.bind_second_params(sampler, classifier_params)

@@ -281,11 +281,17 @@ def _field_errors(config: ml_collections.ConfigDict) -> list[str]:
     )
   if ev.pr_k < 1 or ev.batch_size < 1:
     err(f"evaluation.pr_k ({ev.pr_k}) and evaluation.batch_size ({ev.batch_size}) must be >= 1.")
-  if ev.guidance not in ("cfg", "classifier"):
+  if ev.guidance not in ("cfg", "classifier", "auto"):
     err(
-      f"evaluation.guidance must be 'cfg' (classifier-free, sweeps evaluation.w_values) or "
-      f"'classifier' (classifier guidance, sweeps evaluation.classifier_scales), got "
+      f"evaluation.guidance must be 'cfg' (classifier-free, sweeps evaluation.w_values), "
+      f"'classifier' (classifier guidance, sweeps evaluation.classifier_scales) or 'auto' "
+      f"(autoguidance by the model of config.autoguidance, sweeps evaluation.w_values), got "
       f"{ev.guidance!r}."
+    )
+  if s.guidance not in ("cfg", "auto"):
+    err(
+      f"sampling.guidance must be 'cfg' (classifier-free) or 'auto' (autoguidance by the model "
+      f"of config.autoguidance), got {s.guidance!r}."
     )
   for sc in ev.classifier_scales:
     if not np.isfinite(sc) or sc < 0:
@@ -309,13 +315,30 @@ def _field_errors(config: ml_collections.ConfigDict) -> list[str]:
   return errors
 
 
+def _guide_errors(config: ml_collections.ConfigDict) -> list[str]:
+  """With autoguidance selected: the guide's own checks (cfg_jax/autoguidance.py) and, for a
+  guide config of its own, its U-Net's."""
+  from cfg_jax import autoguidance
+
+  if not autoguidance.uses_autoguidance(config):
+    return []
+  errors = autoguidance.guide_errors(config)  # reports a config file that does not load
+  try:
+    guide = autoguidance.guide_config(config)
+  except (OSError, ValueError, KeyError):
+    return errors
+  if guide is config:
+    return errors
+  return errors + [f"autoguidance.config: {e}" for e in _model_errors(guide)]
+
+
 def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> None:
   """Raises one ConfigError naming every invalid field of `config` and how to fix it.
 
   First fills the fields the dataset determines (`fill_dataset_fields`), then builds the U-Net
   (under jax.eval_shape: nothing is allocated or compiled), the sampler settings and the mesh over
   `num_devices` devices (default: every device of this run) and collects the errors each raises,
-  with those of `_field_errors`.
+  with those of `_field_errors` and, for autoguidance, `_guide_errors`.
   """
   import jax
 
@@ -335,5 +358,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   errors += _sampler_errors(config)
   errors += _mesh_errors(config, num_devices or jax.device_count())
   errors += _field_errors(config)
+  errors += _guide_errors(config)
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(dict.fromkeys(errors)))

@@ -1,7 +1,8 @@
 """`--mode=evaluate`: the paper's trade-off curves (FID / IS vs w, for several T) from checkpoints.
 
 For each checkpoint, T in `evaluation.num_steps_values` and w in `evaluation.w_values` (or, with
-`evaluation.guidance=classifier`, the classifier scale s in `evaluation.classifier_scales`), it
+`evaluation.guidance=classifier`, the classifier scale s in `evaluation.classifier_scales`; with
+`evaluation.guidance=auto`, w of autoguidance by the model of `config.autoguidance`), it
 samples class-balanced images with shared noise, compares their features (the digits classifier's
 or Inception's) with cached reference statistics, and writes TensorBoard scalars, trade-off plots
 and rows of `<workdir>/eval/results.jsonl` (w in the column `w`, s in `scale`). The metrics per
@@ -27,6 +28,7 @@ from absl import logging
 from flax import traverse_util
 
 from cfg_jax import (
+  autoguidance,
   checkpointing,
   config_lib,
   fileio,
@@ -322,10 +324,15 @@ def sampler_config(config: ml_collections.ConfigDict, num_steps: int) -> samplin
   return scfg
 
 
-def settings_key(config: ml_collections.ConfigDict, num_steps: int) -> str:
-  """The sampler and guidance settings of one sweep, as the JSON stored in results rows."""
+def settings_key(
+  config: ml_collections.ConfigDict, num_steps: int, *, guide_step: int | None = None
+) -> str:
+  """The sampler and guidance settings of one sweep, as the JSON stored in results rows
+  (`guide_step`: the autoguidance guide's resolved checkpoint step)."""
   ev = config.evaluation
   settings = sampler_config(config, num_steps).describe()
+  if ev.guidance == "auto":
+    settings["autoguidance"] = autoguidance.describe(config, step=guide_step)
   if ev.guidance == "classifier":
     settings["classifier_guidance"] = {
       "model_labels": ev.classifier_model_labels,
@@ -338,19 +345,23 @@ def tag_prefix(config: ml_collections.ConfigDict, num_steps: int) -> tuple[str, 
   """TensorBoard tag prefix and the name of the swept value ('w' or 's') of a sweep."""
   if config.evaluation.guidance == "classifier":
     return f"eval/classifier_guidance/T{num_steps}", "s"
+  if config.evaluation.guidance == "auto":
+    return f"eval/autoguidance/T{num_steps}", "w"
   return f"eval/T{num_steps}", "w"
 
 
-def sweep_done(workdir: str, step: int, config: ml_collections.ConfigDict) -> bool:
+def sweep_done(
+  workdir: str, step: int, config: ml_collections.ConfigDict, *, guide_step: int | None = None
+) -> bool:
   """Whether results.jsonl already holds every (T, w) of this sweep, with these sampler
-  settings and sample count, for `step`."""
+  settings (and autoguidance guide step) and sample count, for `step`."""
   have = {
     (r["step"], guidance_strength(r), r["num_samples"], r.get("sampler_settings"))
     for r in load_results(workdir)
   }
   ev = config.evaluation
   return all(
-    (step, float(w), ev.num_samples, settings_key(config, t)) in have
+    (step, float(w), ev.num_samples, settings_key(config, t, guide_step=guide_step)) in have
     for t in num_steps_values(config)
     for w in guidance_values(config)
   )
@@ -385,9 +396,11 @@ class Evaluator:
     self.net = feature_net(config, self.mesh)  # before any compile: missing weights fail fast
     # Inception FID beside the dataset's own classifier, when weights are available.
     self.fid_net = self.net if self.net.name == "inception" else inception_net(config, self.mesh)
-    self.classifier = None
+    self.classifier = self.guide = None
     if config.evaluation.guidance == "classifier":  # likewise a missing classifier checkpoint
       self.classifier = load_guidance_classifier(config, workdir, self.mesh)
+    if config.evaluation.guidance == "auto":
+      self.guide = autoguidance.load_guide(config, self.mesh)  # (apply, params, step)
     self.ref = reference_features(config, self.net, workdir)
     self.fid_ref = None
     if self.fid_net is not None and self.fid_net is not self.net:
@@ -399,7 +412,8 @@ class Evaluator:
 
   def sampler(self, num_steps: int):
     """f(params, rng, ids, labels, w) of `sampling_runner.generate`; with classifier guidance the
-    per-sample w slot carries the classifier scale s (one compile for the whole sweep)."""
+    per-sample w slot carries the classifier scale s, with autoguidance the guide's params are
+    bound in (one compile for the whole sweep)."""
     if num_steps not in self._samplers:
       c = self.config
       kw = dict(
@@ -408,7 +422,12 @@ class Evaluator:
         mesh=self.mesh,
         config=sampler_config(c, num_steps),
       )
-      if self.classifier is None:
+      if self.guide is not None:
+        apply, params, _ = self.guide
+        fn = sampling_runner.bind_second_params(
+          autoguidance.make_autoguided_sampler(self.apply_fn, apply, **kw), params
+        )
+      elif self.classifier is None:
         fn = sampling_runner.make_sampler(self.apply_fn, **kw)
       else:
         from cfg_jax import classifier_guidance
@@ -422,6 +441,25 @@ class Evaluator:
         )
       self._samplers[num_steps] = fn
     return self._samplers[num_steps]
+
+  @property
+  def guide_step(self) -> int | None:
+    """The autoguidance guide's checkpoint step (None without autoguidance)."""
+    return None if self.guide is None else self.guide[2]
+
+  @property
+  def features_tag(self) -> str:
+    """The guidance in feature file names: `evaluation.guidance`, with autoguidance followed by
+    a digest of the guide (runs with two guides keep their features apart)."""
+    guidance = self.config.evaluation.guidance
+    if self.guide is None:
+      return guidance
+    settings = json.dumps(autoguidance.describe(self.config, step=self.guide_step), sort_keys=True)
+    return f"{guidance}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+
+  def settings_key(self, num_steps: int) -> str:
+    """`settings_key` of this evaluator's sweep, with the guide's resolved step."""
+    return settings_key(self.config, num_steps, guide_step=self.guide_step)
 
   def fid_columns(
     self, xq: np.ndarray, feats: np.ndarray, m: dict[str, float]
@@ -456,7 +494,7 @@ class Evaluator:
       self.workdir,
       step=step,
       num_steps=num_steps,
-      guidance=ev.guidance,
+      guidance=self.features_tag,
       w=w,
       num_samples=ev.num_samples,
     )
@@ -511,7 +549,7 @@ class Evaluator:
           **m,
           **fid,
           "seconds": time.time() - start,
-          "sampler_settings": settings_key(c, t),
+          "sampler_settings": self.settings_key(t),
         }
         t_rows.append(row)
         shown = [k for k in SCALAR_FIELDS if self.fid_net is not None or k not in FID_FIELDS]
@@ -536,11 +574,13 @@ class Evaluator:
         if np.isfinite(r[k])
       }
       self.writer.write_scalars(step, scalars)
-      what = "classifier guidance, over s" if ev.guidance == "classifier" else "over w"
+      what = {"classifier": "classifier guidance, over s", "auto": "autoguidance, over w"}.get(
+        ev.guidance, "over w"
+      )
       plot = tradeoff_plot(t_rows, title=f"step {step}, T={t}: FD vs IS {what}", label=name)
       self.writer.write_images(step, {f"{prefix}/tradeoff": plot[None], **grids})
       if jax.process_index() == 0:
-        stem = "tradeoff_cg" if ev.guidance == "classifier" else "tradeoff"
+        stem = {"classifier": "tradeoff_cg", "auto": "tradeoff_ag"}.get(ev.guidance, "tradeoff")
         images.save_png(plot, os.path.join(self.workdir, "eval", f"{stem}_step{step}_T{t}.png"))
       rows += t_rows
     self.writer.flush()
@@ -585,11 +625,12 @@ def _evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str,
     steps = []
     if os.path.isdir(checkpointing.checkpoint_dir(workdir)):
       steps = checkpointing.Checkpointer(workdir, read_only=True).all_steps()
-    todo = [s for s in sorted(steps) if not sweep_done(workdir, s, config)]
+    done = lambda s: sweep_done(workdir, s, config, guide_step=evaluator.guide_step)
+    todo = [s for s in sorted(steps) if not done(s)]
     rows += evaluate_steps(evaluator, todo)
     if todo:
       last_new = time.time()
-    if any(sweep_done(workdir, s, config) for s in steps if s >= final):
+    if any(done(s) for s in steps if s >= final):
       logging.info("evaluated the final checkpoint (step %d); done.", final)
       return rows
     if time.time() - last_new > ev.poll_timeout_secs:

@@ -1,4 +1,5 @@
-"""`--mode=sample`: draw guided samples from a checkpoint's EMA params, write PNG grids and .npz."""
+"""`--mode=sample`: draw guided samples from a checkpoint's EMA params, write PNG grids and .npz
+(classifier-free guidance, or autoguidance with `sampling.guidance=auto`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from absl import logging
 
 from cfg_jax import (
+  autoguidance,
   checkpointing,
   config_lib,
   images,
@@ -74,7 +76,8 @@ def load_params(
 
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Samples num_samples images for every w in sampling.w_values; returns the .npz path."""
+  """Samples num_samples images for every w in sampling.w_values; returns the .npz path (named
+  `auto_samples.npz`, grids `auto_w<w>.png`, with autoguidance)."""
   config_lib.validate(config)
   mesh = sharding_lib.make_mesh_from_config(config)
   s = config.sampling
@@ -85,15 +88,23 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
     step=None if s.checkpoint_step < 0 else s.checkpoint_step,
     use_ema=s.use_ema,
   )
-  shape = models.image_shape(config)
   sampler_config = sampling.SamplerConfig.from_config(config)
-  sampler = sampling_runner.make_sampler(
-    models.create_model(config).apply,
-    shape=shape,
+  kw = dict(
+    shape=models.image_shape(config),
     null_label=config.data.num_classes,
     mesh=mesh,
     config=sampler_config,
   )
+  apply_fn, settings, prefix = models.create_model(config).apply, sampler_config.describe(), ""
+  if s.guidance == "auto":
+    guide_apply, guide_params, guide_step = autoguidance.load_guide(config, mesh)
+    sampler = sampling_runner.bind_second_params(
+      autoguidance.make_autoguided_sampler(apply_fn, guide_apply, **kw), guide_params
+    )
+    settings["autoguidance"] = autoguidance.describe(config, step=guide_step)
+    prefix = "auto_"
+  else:
+    sampler = sampling_runner.make_sampler(apply_fn, **kw)
   labels = sample_labels(config)
   rng = jax.random.fold_in(jax.random.key(config.seed), 2)
   out_dir = os.path.join(workdir, "sample", f"step_{step:08d}")
@@ -106,10 +117,10 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
     if jax.process_index() == 0:
       order = np.argsort(labels, kind="stable")  # one class after another in the grid
       ncols = int(np.ceil(np.sqrt(len(labels))))
-      path = os.path.join(out_dir, f"w{w:g}.png")
+      path = os.path.join(out_dir, f"{prefix}w{w:g}.png")
       images.save_png(images.make_grid(x[order], ncols=ncols), path)
       logging.info("step %d, w=%g: %d samples -> %s", step, w, len(labels), path)
-  npz = os.path.join(out_dir, "samples.npz")
+  npz = os.path.join(out_dir, f"{prefix}samples.npz")
   if jax.process_index() == 0:
     np.savez_compressed(
       npz,
@@ -119,7 +130,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> s
       step=step,
       num_steps=s.num_steps,
       v=s.v,
-      sampler_settings=json.dumps(sampler_config.describe(), sort_keys=True),
+      sampler_settings=json.dumps(settings, sort_keys=True),
     )
     logging.info(
       "Done: %d samples per w for w = %s from checkpoint step %d: grids %s, arrays %s.",

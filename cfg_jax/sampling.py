@@ -241,11 +241,13 @@ def denoise(
   w: jax.Array,
   null_label: int,
   config: SamplerConfig,
+  guide_fn: EpsFn | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Lines 3–4 of Algorithm 2 at the scalar λ: returns (x̃, ε̂), z [B, ...], labels and w [B].
 
   ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on [z, z] with labels [c, ∅], then
-  x̃ = (z − σ ε̃)/α. The variants of `config`: guided=False or λ outside the guidance interval
+  x̃ = (z − σ ε̃)/α. With `guide_fn` (autoguidance, a second network) the guided-against term is
+  guide_fn(z, c) instead of ε(z, ∅): two forwards of B. The variants of `config`: guided=False or λ outside the guidance interval
   runs the conditional forward on z alone (ε̃ = ε(z, c), one forward of B, not 2B); then CFG
   rescale and thresholding change x̃. ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is the ε consistent with the
   final x̃ (ε̃ itself when nothing changed x̃).
@@ -254,6 +256,9 @@ def denoise(
   lam = jnp.full((b,), logsnr, jnp.float32)
 
   def guided(z):  # line 3, from ONE forward call on [z, z] with labels [c, ∅]
+    if guide_fn is not None:  # autoguidance: two networks cannot share a forward
+      eps_c = eps_fn(z, lam, labels)
+      return guidance.guided_eps(eps_cond=eps_c, eps_uncond=guide_fn(z, lam, labels), w=w), eps_c
     eps = eps_fn(
       jnp.concatenate([z, z], axis=0),
       jnp.concatenate([lam, lam], axis=0),
@@ -296,8 +301,11 @@ def sample(
   null_label: int,
   config: SamplerConfig = SamplerConfig(),
   z_init: jax.Array | None = None,
+  guide_fn: EpsFn | None = None,
 ) -> jax.Array:
   """Algorithm 2: draws x ~ p(x | c) with guidance strength w; returns x̃ at λ_max, [B, *shape].
+
+  `guide_fn` (None: classifier-free) replaces ε(z, ∅) by a guide network's ε(z, c): autoguidance.
 
   z_1 ~ N(0, I) per sample (or `z_init` [B, *shape]; the other noise still comes from (rng,
   sample_ids)); for t = 1..T: x̃_t from `denoise` (lines 3–4) and, for t < T, z_{t+1} from
@@ -312,7 +320,14 @@ def sample(
 
   def predict(z, logsnr):  # (x̃, ε̂) at λ: lines 3–4
     return denoise(
-      eps_fn, z=z, logsnr=logsnr, labels=labels, w=w, null_label=null_label, config=config
+      eps_fn,
+      z=z,
+      logsnr=logsnr,
+      labels=labels,
+      w=w,
+      null_label=null_label,
+      config=config,
+      guide_fn=guide_fn,
     )
 
   def body(t, carry):

@@ -52,6 +52,14 @@ def make_sampler(
   return jit_on_mesh(f, mesh=mesh, num_replicated=2)
 
 
+def bind_second_params(sampler, second_params: Any):
+  """f(params, second_params, rng, ids, labels, w) → g(params, rng, ids, labels, w), the signature
+  `generate` calls, for samplers of two networks (classifier guidance, autoguidance); the second
+  network's fsdp-sharded params are gathered to replicated here, once."""
+  second_params = sharding.gather_replicated(second_params)
+  return lambda params, rng, ids, labels, w: sampler(params, second_params, rng, ids, labels, w)
+
+
 def generate(
   sampler,
   params: Any,

@@ -106,6 +106,7 @@ def get_config(arg=None):
   c.sampling.num_samples = 100  # --mode=sample draws this many per w
   c.sampling.labels = ()  # () = cycle through all classes
   c.sampling.w_values = (0.0, 1.0, 3.0)  # guidance strengths w of --mode=sample
+  c.sampling.guidance = "cfg"  # cfg (classifier-free) | auto (autoguidance: c.autoguidance)
   c.sampling.batch_size = 500  # samples per sampler call (over all devices)
   c.sampling.checkpoint_step = -1  # -1 = latest
   c.sampling.use_ema = True  # sample with the EMA params (False: the raw params)
@@ -132,9 +133,10 @@ def get_config(arg=None):
   # digits train split (a digits-only sanity metric, not an Inception score).
   c.evaluation.judge_num_samples = 500
   c.evaluation.judge_w_values = (0.0, 1.0, 3.0)  # w values the digits judge scores
-  # Which guidance the sweep evaluates: 'cfg' (classifier-free, over w_values) or 'classifier'
+  # Which guidance the sweep evaluates: 'cfg' (classifier-free, over w_values), 'classifier'
   # (Dhariwal & Nichol's classifier guidance, over classifier_scales, with the noise-conditional
-  # classifier of --mode=train_classifier, read from <classifier_workdir>/classifier).
+  # classifier of --mode=train_classifier, read from <classifier_workdir>/classifier) or 'auto'
+  # (autoguidance over w_values, with the guide of c.autoguidance).
   c.evaluation.guidance = "cfg"
   c.evaluation.classifier_scales = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # scales s (guidance=classifier)
   c.evaluation.classifier_model_labels = "cond"  # cond: eps(z, c) | null: eps(z, null), p_uncond=1
@@ -156,6 +158,14 @@ def get_config(arg=None):
   c.likelihood.elbo_num_logsnrs = 32  # stratified log-SNRs of the ELBO per image; 0 = no ELBO
   c.likelihood.checkpoint_step = -1  # -1 = latest
   c.likelihood.use_ema = True  # the EMA parameters (else the raw ones)
+
+  # Autoguidance (Karras et al. 2024), with evaluation.guidance or sampling.guidance 'auto':
+  # eps~ = (1 + w) eps(z, c) - w eps_guide(z, c), the guide a weaker conditional model of the
+  # same data (e.g. configs/digits_guide.py, or an earlier checkpoint of the same run).
+  c.autoguidance = ml_collections.ConfigDict()
+  c.autoguidance.workdir = ""  # the guide's workdir (required with guidance 'auto')
+  c.autoguidance.checkpoint_step = -1  # -1 = latest
+  c.autoguidance.config = ""  # the guide's config file, 'path' or 'path:arg'; '' = this config
 
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
   # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8

@@ -10,7 +10,7 @@ import pytest
 from cfg_jax import config_lib, data
 from tests.helpers import REPO, load_config, tiny_config
 
-CONFIGS = ["default", "digits", "mnist", "cifar10", "imagenet64", "imagenet128"]
+CONFIGS = ["default", "digits", "digits_guide", "mnist", "cifar10", "imagenet64", "imagenet128"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

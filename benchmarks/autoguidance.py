@@ -1,0 +1,244 @@
+"""Autoguidance beside classifier-free and classifier guidance on the embedded digits.
+
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/ag/main \
+      --config.training.checkpoint_every_steps=375 --config.training.max_checkpoints_to_keep=4
+    python -m cfg_jax.main --config=configs/digits_guide.py --workdir=runs/ag/guide_small
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/ag/clf --mode=train_classifier
+    python benchmarks/autoguidance.py --main=runs/ag/main --small_guide=runs/ag/guide_small \
+      --classifier=runs/ag/clf          # tables to benchmarks/results/autoguidance.md
+
+From the same main checkpoint, through `cfg_jax.evaluate.Evaluator` (the code of
+`--mode=evaluate`; rows, TensorBoard scalars and features go to the main workdir): classifier-free
+guidance over w, classifier guidance over s, and autoguidance over w with two guides (an earlier
+checkpoint of the main run, and configs/digits_guide.py). Metrics come from the digits classifier
+(FD, IS, class accuracy, precision, recall). Sample i of every cell shares its noise and label,
+so a paired bootstrap over the samples gives the spread of FD(cell) − FD(w = 0). Resumable: cells
+already in results.jsonl (same settings, with features) are not sampled again; `--methods` runs a
+subset (each method is one compile and a few minutes on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+METHODS = ("cfg", "auto_early", "auto_small", "classifier")
+
+
+def method_config(name: str, args):
+  """The digits config of one method's sweep."""
+  from cfg_jax import config_lib
+
+  c = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
+  ev = c.evaluation
+  ev.num_samples, ev.inception_weights, ev.save_features = args.num_samples, "none", True
+  ev.checkpoint_step, c.seed = args.main_step, args.seed
+  if name == "cfg":
+    ev.w_values = tuple(args.cfg_w)
+  elif name == "classifier":
+    ev.guidance, ev.classifier_scales = "classifier", tuple(args.scales)
+    ev.classifier_workdir = args.classifier
+  else:
+    ev.guidance, ev.w_values = "auto", tuple(args.auto_w)
+    if name == "auto_early":
+      c.autoguidance.update(workdir=args.main, checkpoint_step=args.early_step)
+    else:
+      c.autoguidance.update(workdir=args.small_guide, config=args.small_config)
+  return c
+
+
+def evaluate_method(name: str, args) -> tuple[list[dict], dict[float, np.ndarray], object]:
+  """(rows, features per swept value, evaluator) of one method, sampling the missing cells."""
+  from cfg_jax import evaluate
+
+  c = method_config(name, args)
+  evaluator = evaluate.Evaluator(c, args.main)
+  t, n = c.sampling.num_steps, c.evaluation.num_samples
+  key = evaluator.settings_key(t)
+
+  def path(v):
+    return evaluate.features_path(
+      args.main,
+      step=args.main_step,
+      num_steps=t,
+      guidance=evaluator.features_tag,
+      w=v,
+      num_samples=n,
+    )
+
+  def done() -> dict[float, dict]:
+    return {
+      evaluate.guidance_strength(r): r
+      for r in evaluate.load_results(args.main)
+      if r["step"] == args.main_step
+      and r["num_samples"] == n
+      and r.get("sampler_settings") == key
+      and os.path.exists(path(evaluate.guidance_strength(r)))
+    }
+
+  values = [float(v) for v in evaluate.guidance_values(c)]
+  field = "classifier_scales" if c.evaluation.guidance == "classifier" else "w_values"
+  for v in [v for v in values if v not in done() and not args.report_only]:  # each row is kept
+    c.evaluation[field] = (v,)
+    start = time.time()
+    evaluator.evaluate_step(args.main_step)
+    print(f"{name} {v:g}: {time.time() - start:.0f} s", flush=True)
+  rows = done()
+  values = [v for v in values if v in rows]  # --report_only: the cells present
+  feats = {}
+  for v in values:
+    with np.load(path(v)) as f:
+      feats[v] = f["features"]
+  return [rows[v] for v in values], feats, evaluator
+
+
+def network_cost(name: str, args) -> str:
+  """Network evaluations per sample of one sweep at T steps (w > 0)."""
+  t = args.num_steps
+  return {
+    "cfg": f"{t} main on [z, z] (2×{t} forwards)",
+    "auto_early": f"{t} main + {t} guide (same size)",
+    "auto_small": f"{t} main + {t} guide ({args.small_param_ratio:.0%} of the params)",
+    "classifier": f"{t} main + {t} classifier forward+backward",
+  }[name]
+
+
+LABELS = {
+  "cfg": "classifier-free (w)",
+  "auto_early": "autoguidance, guide = step {early} of the main run (w)",
+  "auto_small": "autoguidance, guide = digits_guide.py, ½ width, ¼ steps (w)",
+  "classifier": "classifier guidance (scale s)",
+}
+
+
+def report(results: dict, args, seconds: float) -> str:
+  import jax
+
+  from cfg_jax import evaluate
+
+  base = results["cfg"]["boot"][0.0]
+  lines = [
+    "# Autoguidance vs classifier-free and classifier guidance (digits)",
+    "",
+    f"Generated by `python benchmarks/autoguidance.py` ({time.strftime('%Y-%m-%d')}, "
+    f"{platform.processor() or platform.machine()}, jax {jax.__version__}, {seconds:.0f} s).",
+    f"Main model: configs/digits.py (p_uncond 0.1) at step {args.main_step}; T = "
+    f"{args.num_steps} ancestral steps; n = {args.num_samples} class-balanced samples per cell "
+    f"(seed {args.seed}), every cell from the same noise and labels. Metrics from the digits "
+    "classifier (FD = Fréchet distance of its features against the train split; not Inception "
+    f"FID). ± is the std of a paired bootstrap ({args.rounds} rounds over the samples); "
+    "ΔFD is FD(cell) − FD(w = 0) of the same rounds, and P(<w0) the fraction of rounds where the "
+    "cell's FD is below w = 0's.",
+    "",
+  ]
+  best = []
+  for name, res in results.items():
+    lines += [
+      f"## {LABELS[name].format(early=args.early_step)}",
+      "",
+      "| value | FD | ΔFD vs w=0 | P(<w0) | IS | class acc | precision | recall | s/cell |",
+      "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+      v = evaluate.guidance_strength(r)
+      b = res["boot"][v]
+      d = b - base
+      lines.append(
+        f"| {v:g} | {r['fd']:.2f} ± {b.std():.2f} | {np.mean(d):+.2f} ± {d.std():.2f} "
+        f"| {np.mean(d < 0):.2f} | {r['is']:.2f} | {r['class_accuracy']:.3f} "
+        f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['seconds']:.0f} |"
+      )
+    r = min(res["rows"], key=lambda r: r["fd"])
+    v = evaluate.guidance_strength(r)
+    best.append((name, v, r, res["boot"][v], res["boot"][v] - base))
+    lines.append("")
+  lines += [
+    "## Best FD per method",
+    "",
+    "| method | best at | FD | ΔFD vs w=0 | P(<w0) | class acc | recall | cost per sample |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for name, v, r, b, d in best:
+    sym = "s" if name == "classifier" else "w"
+    lines.append(
+      f"| {LABELS[name].format(early=args.early_step)} | {sym} = {v:g} | {r['fd']:.2f} ± "
+      f"{b.std():.2f} | {np.mean(d):+.2f} ± {d.std():.2f} | {np.mean(d < 0):.2f} "
+      f"| {r['class_accuracy']:.3f} | {r['recall']:.3f} | {network_cost(name, args)} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--main", required=True, help="main workdir (configs/digits.py)")
+  p.add_argument("--main_step", type=int, default=1500)
+  p.add_argument("--early_step", type=int, default=375, help="the earlier-checkpoint guide")
+  p.add_argument("--small_guide", required=True, help="workdir of configs/digits_guide.py")
+  p.add_argument("--small_config", default=os.path.join(REPO, "configs", "digits_guide.py"))
+  p.add_argument("--classifier", default="", help="workdir of --mode=train_classifier")
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--num_samples", type=int, default=500)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--rounds", type=int, default=200)
+  p.add_argument("--cfg_w", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0])
+  p.add_argument("--auto_w", type=float, nargs="+", default=[0.2, 0.5, 1.0])
+  p.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
+  p.add_argument("--report_only", action="store_true", help="no sampling: report the cells present")
+  p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "autoguidance"))
+  args = p.parse_args(argv)
+  from cfg_jax import config_lib, models
+  from cfg_jax.evaluation import metrics
+
+  start = time.time()
+  main_cfg = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
+  small_cfg = config_lib.load_config(args.small_config)
+  shape = models.image_shape(main_cfg)
+  count = lambda c: models.count_params(models.create_model(c), shape)
+  args.small_param_ratio = count(small_cfg) / count(main_cfg)
+  args.num_steps = main_cfg.sampling.num_steps
+  methods = ["cfg"] + [m for m in args.methods.split(",") if m and m != "cfg"]
+  results, feats, ref = {}, {}, None
+  for name in methods:
+    rows, f, evaluator = evaluate_method(name, args)
+    results[name] = {"rows": rows}
+    feats.update({(name, v): x for v, x in f.items()})
+    ref = evaluator.ref
+  boot = metrics.bootstrap_frechet_distances(
+    {f"{k[0]}|{k[1]!r}": v for k, v in feats.items()},
+    ref["mu"],
+    ref["sigma"],
+    num_rounds=args.rounds,
+    seed=args.seed,
+  )
+  for name in methods:
+    results[name]["boot"] = {k[1]: boot[f"{k[0]}|{k[1]!r}"] for k in feats if k[0] == name}
+  text = report(results, args, time.time() - start)
+  print(text)
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out + ".md", "w") as f:
+    f.write(text)
+  with open(args.out + ".json", "w") as f:
+    json.dump(
+      {
+        name: {
+          "rows": res["rows"],
+          "bootstrap_std": {str(k): float(v.std()) for k, v in res["boot"].items()},
+        }
+        for name, res in results.items()
+      },
+      f,
+      indent=1,
+    )
+
+
+if __name__ == "__main__":
+  main()
