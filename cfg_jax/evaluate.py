@@ -36,6 +36,7 @@ from cfg_jax import (
   sample,
   sampling,
   sampling_runner,
+  students,
 )
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.evaluation import metrics
@@ -560,7 +561,10 @@ def evaluate_steps(evaluator: Evaluator, steps: list[int]) -> list[dict[str, Any
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Evaluates the chosen checkpoint once, or (evaluation.poll) every new checkpoint."""
+  """Evaluates the chosen checkpoint once, or (evaluation.poll) every new checkpoint (of the
+  distilled student distill.student, when set, in its own directory)."""
+  config_lib.validate(config)
+  config, workdir = students.resolve(config, workdir)
   ev = config.evaluation
   evaluator = Evaluator(config, workdir)
   rows: list[dict[str, Any]] = []

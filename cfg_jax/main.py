@@ -5,6 +5,10 @@
         --config.sampling.w_values='(0.,1.,3.)' --config.sampling.num_samples=100
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=evaluate
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=train_classifier
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/distill --mode=distill \
+        --config.distill.teacher_workdir=runs/digits
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/distill --mode=evaluate \
+        --config.distill.student=round_3
 
 Any config field can be overridden with --config.<section>.<key>=<value>; unknown keys are errors.
 """
@@ -32,9 +36,10 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "evaluate", "train_classifier"],
+  ["train", "sample", "evaluate", "train_classifier", "distill"],
   "What to run (train_classifier: the noise-conditional classifier of "
-  "classifier guidance, in <workdir>/classifier).",
+  "classifier guidance, in <workdir>/classifier; distill: guided and progressive distillation "
+  "of distill.teacher_workdir's model into <workdir>/stage1, round_1, ...).",
 )
 _COORDINATOR = flags.DEFINE_string(
   "coordinator_address",
@@ -157,6 +162,10 @@ def main(argv):
     from cfg_jax import evaluate
 
     evaluate.evaluate(config, workdir)
+  elif _MODE.value == "distill":
+    from cfg_jax import distill
+
+    distill.distill(config, workdir)
   else:
     from cfg_jax import classifier
 
