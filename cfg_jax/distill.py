@@ -82,16 +82,21 @@ def two_step_target(
   config: sampling.SamplerConfig,
 ) -> jax.Array:
   """x̃ target of a progressive round: two DDIM (η = 0) steps λ → λ' → λ'' of the sampler
-  `config` with `eps_fn` (as `sampling.sample` takes them), then `ddim_target_x`. λs are [B]."""
+  `config` with `eps_fn` (as `sampling.sample` takes them), then `ddim_target_x`. λs are [B];
+  the two steps are one lax.scan, so the network is traced (and compiled) once."""
   lam, lam_mid, lam_next = logsnrs
-  zt = z
-  for a, b in ((lam, lam_mid), (lam_mid, lam_next)):
+
+  def move(zt, pair):
+    a, b = pair
     x, eps = sampling.denoise(
       eps_fn, z=zt, logsnr=a, labels=labels, w=w, null_label=null_label, config=config
     )
     bcast = functools.partial(diffusion.broadcast_logsnr, like=zt)
-    zt = sampling.ddim_step(x=x, eps=eps, logsnr=bcast(a), logsnr_next=bcast(b), eta=0.0)
-  return ddim_target_x(z=z, z_next=zt, logsnr=lam, logsnr_next=lam_next)
+    return sampling.ddim_step(x=x, eps=eps, logsnr=bcast(a), logsnr_next=bcast(b), eta=0.0), None
+
+  pairs = (jnp.stack([lam, lam_mid]), jnp.stack([lam_mid, lam_next]))
+  z_next, _ = jax.lax.scan(move, z, pairs)
+  return ddim_target_x(z=z, z_next=z_next, logsnr=lam, logsnr_next=lam_next)
 
 
 def _noised(x: jax.Array, rng: jax.Array, logsnr: jax.Array) -> jax.Array:
@@ -158,21 +163,23 @@ def round_step(
   state: TrainState,
   batch: dict[str, jax.Array],
   rng: jax.Array,
-  teacher_params: Any,
+  frozen: dict[str, Any],
   *,
   model: UNet,
-  num_moves: int,
   teacher_sampler: sampling.SamplerConfig,
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step of a progressive round whose student takes `num_moves` DDIM moves: u = i/K with
-  i ~ U{1..K}, z from the data at λ(u), w ~ U[w_min, w_max]; the teacher (the previous student,
-  same U-Net) takes two DDIM steps u → u − 1/2K → u − 1/K; loss ‖ε_student − ε(x̃ target)‖²."""
+  """One step of a progressive round whose student takes K = frozen['num_moves'] DDIM moves:
+  u = i/K with i ~ U{1..K}, z from the data at λ(u), w ~ U[w_min, w_max]; the teacher (the
+  previous student, same U-Net, params frozen['teacher']) takes two DDIM steps
+  u → u − 1/2K → u − 1/K; loss ‖ε_student − ε(x̃ target)‖². K is traced: every round runs the
+  same compiled step."""
   x, labels = batch["image"], batch["label"]
+  num_moves = frozen["num_moves"]
   b, d = x.shape[0], config.distill
   k_i, k_eps, k_w, k_drop = jax.random.split(jax.random.fold_in(rng, state.step), 4)
-  u = jax.random.randint(k_i, (b,), 1, num_moves + 1).astype(jnp.float32) / num_moves
+  u = jax.random.randint(k_i, (b,), 1, num_moves + 1) / num_moves.astype(jnp.float32)
   cosine = functools.partial(
     schedules.logsnr_schedule_cosine,
     logsnr_min=config.diffusion.logsnr_min,
@@ -182,7 +189,7 @@ def round_step(
   z = _noised(x, k_eps, logsnrs[0])
   w = draw_w(k_w, b, w_min=d.w_min, w_max=d.w_max)
   x_target = two_step_target(
-    sampling.unet_eps_fn(model.apply, teacher_params),
+    sampling.unet_eps_fn(model.apply, frozen["teacher"]),
     z=z,
     logsnrs=logsnrs,
     labels=labels,
@@ -229,18 +236,17 @@ def student_init(
   )
 
 
-def jit_distill_step(step_fn, mesh, state_sharding: Any, teacher_params: Any):
-  """`sharding.jit_train_step` with the frozen teacher params as a fourth, non-donated input in
-  their own shardings; returns f(state, batch, rng) for `train_loop.run`."""
+def jit_distill_step(step_fn, mesh, state_sharding: Any, frozen: Any):
+  """`sharding.jit_train_step` with `frozen` (the teacher params, ...: device arrays) as a fourth,
+  non-donated input in their own shardings; returns f(state, batch, rng) for `train_loop.run`."""
   rep, dat = sharding_lib.replicated(mesh), sharding_lib.batch_sharded(mesh)
-  teacher_sharding = jax.tree.map(lambda a: a.sharding, teacher_params)
   jitted = jax.jit(
     step_fn,
-    in_shardings=(state_sharding, dat, rep, teacher_sharding),
+    in_shardings=(state_sharding, dat, rep, jax.tree.map(lambda a: a.sharding, frozen)),
     out_shardings=(state_sharding, rep),
     donate_argnums=(0,),
   )
-  return lambda state, batch, rng: jitted(state, batch, rng, teacher_params)
+  return lambda state, batch, rng: jitted(state, batch, rng, frozen)
 
 
 def run_phase(
@@ -250,13 +256,13 @@ def run_phase(
   student: str,
   step: Any,
   params_from: Any,
-  teacher_params: Any,
+  frozen: Any,
   num_steps: int,
   mesh,
   shape: tuple[int, ...],
 ) -> TrainState:
-  """Trains `student` in `<workdir>/<student>` with `step`(state, batch, rng, teacher_params,
-  model=, tx=, config=) → (state, metrics), resuming from its checkpoints; writes the student's
+  """Trains `student` in `<workdir>/<student>` with `step`(state, batch, rng, frozen, model=,
+  tx=, config=) → (state, metrics), resuming from its checkpoints; writes the student's
   sample grids as training does (none when training.grid_samples_per_class = 0)."""
   from cfg_jax import data  # lazily: TF import
 
@@ -295,7 +301,7 @@ def run_phase(
   t = config.training
   return train_loop.run(
     state,
-    jit_distill_step(step_fn, mesh, shardings, teacher_params),
+    jit_distill_step(step_fn, mesh, shardings, frozen),
     workdir=phase_dir,
     loop=train_loop.LoopConfig(
       num_steps=num_steps,
@@ -358,24 +364,28 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, TrainS
     student=students.STAGE1,
     step=functools.partial(stage1_step, teacher=teacher),
     params_from=teacher_params,
-    teacher_params=teacher_params,
+    frozen=teacher_params,
     num_steps=d.stage1_steps,
   )
-  prev = students.STAGE1
+  # The previous student's sampler settings that `denoise` reads (thresholding, guidance
+  # interval) are the same for every student: one static config, one compiled round step.
+  teacher_sampler = sampling.SamplerConfig.from_config(
+    students.student_config(config, students.STAGE1)
+  )
   for k in range(1, d.rounds + 1 if d.stage == 2 else 1):
     if int(state.step) < (d.stage1_steps if k == 1 else d.round_steps):
       return states  # preempted: the same command resumes
     name = students.round_name(k)
     states[name] = state = phase(
       student=name,
-      step=functools.partial(
-        round_step,
-        num_moves=students.num_steps_of_round(d, k) - 1,
-        teacher_sampler=sampling.SamplerConfig.from_config(students.student_config(config, prev)),
-      ),
+      step=functools.partial(round_step, teacher_sampler=teacher_sampler),
       params_from=state.ema_params,
-      teacher_params=state.ema_params,
+      frozen={
+        "teacher": state.ema_params,
+        "num_moves": jax.device_put(
+          jnp.int32(students.num_steps_of_round(d, k) - 1), sharding_lib.replicated(mesh)
+        ),
+      },
       num_steps=d.round_steps,
     )
-    prev = name
   return states
