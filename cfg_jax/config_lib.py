@@ -342,7 +342,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   """
   import jax
 
-  from cfg_jax import schedules
+  from cfg_jax import schedules, students
 
   errors: list[str] = []
   try:
@@ -359,5 +359,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   errors += _mesh_errors(config, num_devices or jax.device_count())
   errors += _field_errors(config)
   errors += _guide_errors(config)
+  errors += students.config_errors(config)
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(dict.fromkeys(errors)))

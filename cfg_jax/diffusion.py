@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from cfg_jax import schedules
 
 
-def _bcast(logsnr: jax.Array, like: jax.Array) -> jax.Array:
+def broadcast_logsnr(logsnr: jax.Array, like: jax.Array) -> jax.Array:
   """Broadcasts a [B] (or scalar) log-SNR over the trailing axes of `like` ([B, ...])."""
   logsnr = jnp.asarray(logsnr, jnp.float32)
   if logsnr.ndim == 0:
@@ -35,14 +35,14 @@ def _check_same_shape(**arrays: jax.Array) -> None:
 def diffuse(*, x: jax.Array, eps: jax.Array, logsnr: jax.Array) -> jax.Array:
   """Forward process z_λ = α_λ x + σ_λ ε."""
   _check_same_shape(x=x, eps=eps)
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, x))
+  alpha, sigma = schedules.alpha_sigma(broadcast_logsnr(logsnr, x))
   return alpha * x + sigma * eps
 
 
 def x_from_eps(*, z: jax.Array, eps: jax.Array, logsnr: jax.Array) -> jax.Array:
   """x̂ = (z − σ ε) / α."""
   _check_same_shape(z=z, eps=eps)
-  alpha, sigma = schedules.alpha_sigma(_bcast(logsnr, z))
+  alpha, sigma = schedules.alpha_sigma(broadcast_logsnr(logsnr, z))
   return (z - sigma * eps) / alpha
 
 
@@ -60,7 +60,7 @@ def posterior_mean_variance(
   The variance has the shape of `logsnr` broadcast over the image axes.
   """
   _check_same_shape(z=z, x=x)
-  l, ln = _bcast(logsnr, z), _bcast(logsnr_next, z)
+  l, ln = broadcast_logsnr(logsnr, z), broadcast_logsnr(logsnr_next, z)
   alpha_ratio = jnp.exp(0.5 * (jax.nn.log_sigmoid(ln) - jax.nn.log_sigmoid(l)))
   alpha_next, _ = schedules.alpha_sigma(ln)
   r = jnp.exp(l - ln)

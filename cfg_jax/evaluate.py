@@ -37,6 +37,7 @@ from cfg_jax import (
   sample,
   sampling,
   sampling_runner,
+  students,
   writers,
 )
 from cfg_jax import sharding as sharding_lib
@@ -601,7 +602,10 @@ def evaluate_steps(evaluator: Evaluator, steps: list[int]) -> list[dict[str, Any
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Evaluates the chosen checkpoint once, or (evaluation.poll) every new checkpoint."""
+  """Evaluates the chosen checkpoint once, or (evaluation.poll) every new checkpoint (of the
+  distilled student distill.student, when set, in its own directory)."""
+  config_lib.validate(config)
+  config, workdir = students.resolve(config, workdir)
   rows = _evaluate(config, workdir)
   logging.info(
     "Done: %d rows (steps %s) in %s and results.csv; plots and TensorBoard events in %s.",

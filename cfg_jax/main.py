@@ -6,6 +6,10 @@
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=evaluate
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=train_classifier
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/digits --mode=likelihood
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/distill --mode=distill \
+        --config.distill.teacher_workdir=runs/digits
+    python -m cfg_jax.main --config=configs/digits.py --workdir=runs/distill --mode=evaluate \
+        --config.distill.student=round_3
     python -m cfg_jax.main --config=configs/digits.py --mode=show_config   # every field, with help
 
 Any config field can be overridden with --config.<section>.<key>=<value>; unknown keys are errors.
@@ -43,10 +47,11 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "evaluate", "train_classifier", "likelihood", "show_config"],
+  ["train", "sample", "evaluate", "train_classifier", "likelihood", "distill", "show_config"],
   "What to run (train_classifier: the noise-conditional classifier of "
   "classifier guidance, in <workdir>/classifier; likelihood: bits/dim of the eval split under "
-  "the probability-flow ODE, in <workdir>/likelihood; show_config: print every config field "
+  "the probability-flow ODE, in <workdir>/likelihood; distill: guided and progressive "
+  "distillation of distill.teacher_workdir's model into <workdir>/stage1, round_1, ...; show_config: print every config field "
   "with its value and help, and exit).",
 )
 _VERBOSE = flags.DEFINE_bool(
@@ -181,6 +186,10 @@ def run_mode(mode: str, config, workdir: str) -> None:
     from cfg_jax import likelihood_eval
 
     likelihood_eval.evaluate_likelihood(config, workdir)
+  elif mode == "distill":
+    from cfg_jax import distill
+
+    distill.distill(config, workdir)
   else:
     from cfg_jax import classifier
 

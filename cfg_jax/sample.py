@@ -19,6 +19,7 @@ from cfg_jax import (
   models,
   sampling,
   sampling_runner,
+  students,
   train_state,
 )
 from cfg_jax import sharding as sharding_lib
@@ -77,8 +78,10 @@ def load_params(
 
 def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Samples num_samples images for every w in sampling.w_values; returns the .npz path (named
-  `auto_samples.npz`, grids `auto_w<w>.png`, with autoguidance)."""
+  `auto_samples.npz`, grids `auto_w<w>.png`, with autoguidance; of the distilled student
+  distill.student, when set, in its own directory)."""
   config_lib.validate(config)
+  config, workdir = students.resolve(config, workdir)
   mesh = sharding_lib.make_mesh_from_config(config)
   s = config.sampling
   params, step = load_params(

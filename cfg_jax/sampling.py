@@ -55,6 +55,9 @@ class SamplerConfig:
   rescale_phi: float = 0.0  # CFG rescale φ in [0, 1]; 0 = off
   thresholding: str = "static"  # none | static | dynamic
   dynamic_threshold_p: float = 0.995  # percentile of |x̃| for dynamic thresholding
+  # A guided-distilled student (cfg_jax/distill.py): ε(z, λ, c, w) is the guided ε̃ itself, from
+  # ONE forward of batch B (w = 0 where guided=False or outside the guidance interval).
+  w_conditioned: bool = False
 
   @classmethod
   def from_config(cls, config, *, num_steps: int | None = None) -> SamplerConfig:
@@ -72,6 +75,7 @@ class SamplerConfig:
       rescale_phi=s.rescale_phi,
       thresholding=s.thresholding,
       dynamic_threshold_p=s.dynamic_threshold_p,
+      w_conditioned=bool(config.distill.student),
     )
 
   def __post_init__(self):
@@ -94,6 +98,12 @@ class SamplerConfig:
         )
     if not 0.0 <= self.rescale_phi <= 1.0:
       raise ValueError(f"sampling.rescale_phi must be in [0, 1] (0 = off), got {self.rescale_phi}.")
+    if self.w_conditioned and self.rescale_phi > 0:
+      raise ValueError(
+        f"sampling.rescale_phi={self.rescale_phi} needs the conditional prediction beside the "
+        "guided one, which a distilled student (distill.student) does not compute: set "
+        "--config.sampling.rescale_phi=0."
+      )
     if self.thresholding not in THRESHOLDING_MODES:
       raise ValueError(
         f"sampling.thresholding must be one of {THRESHOLDING_MODES}, got {self.thresholding!r}."
@@ -126,7 +136,7 @@ class SamplerConfig:
 
   def guided_evals(self) -> int:
     """How many network evaluations run the batched [z, z] forward (the others run z only)."""
-    if not self.guided:
+    if not self.guided or self.w_conditioned:
       return 0
     inside = guidance.in_interval(jnp.asarray(self.eval_logsnrs()), interval=self.guidance_interval)
     return int(np.sum(np.asarray(inside)))
@@ -134,7 +144,9 @@ class SamplerConfig:
   def describe(self) -> dict[str, Any]:
     """JSON-serialisable settings for results files."""
     interval = self.guidance_interval
+    student = {"w_conditioned": True} if self.w_conditioned else {}
     return {
+      **student,
       "sampler": self.sampler,
       "num_steps": int(self.num_steps),
       "logsnr_min": float(self.logsnr_min),
@@ -162,8 +174,13 @@ def _normal(keys: jax.Array, step: jax.Array, shape: tuple[int, ...]) -> jax.Arr
 
 
 def unet_eps_fn(apply_fn: Callable[..., jax.Array], params: Any) -> EpsFn:
-  """Wraps a Flax apply function as an ε-function in inference mode."""
-  return lambda z, logsnr, labels: apply_fn({"params": params}, z, logsnr, labels, train=False)
+  """Wraps a Flax apply function as an ε-function in inference mode (a distilled student's also
+  takes w [B] as a fourth argument)."""
+
+  def eps_fn(z, logsnr, labels, *w):
+    return apply_fn({"params": params}, z, logsnr, labels, *w, train=False)
+
+  return eps_fn
 
 
 # --- one step per sampler: z at λ → z' at λ' > λ, given x̃ (and ε̂) at λ ----------------------
@@ -250,10 +267,11 @@ def denoise(
   guide_fn(z, c) instead of ε(z, ∅): two forwards of B. The variants of `config`: guided=False or λ outside the guidance interval
   runs the conditional forward on z alone (ε̃ = ε(z, c), one forward of B, not 2B); then CFG
   rescale and thresholding change x̃. ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is the ε consistent with the
-  final x̃ (ε̃ itself when nothing changed x̃).
+  final x̃ (ε̃ itself when nothing changed x̃). A w-conditioned ε-function (config.w_conditioned,
+  a distilled student) gives ε̃ = ε(z, c, w) from one forward of B, and λ may be one per sample.
   """
   b = z.shape[0]
-  lam = jnp.full((b,), logsnr, jnp.float32)
+  lam = jnp.broadcast_to(jnp.asarray(logsnr, jnp.float32), (b,))
 
   def guided(z):  # line 3, from ONE forward call on [z, z] with labels [c, ∅]
     if guide_fn is not None:  # autoguidance: two networks cannot share a forward
@@ -271,7 +289,10 @@ def denoise(
     eps_c = eps_fn(z, lam, labels)
     return eps_c, eps_c
 
-  if not config.guided:
+  if config.w_conditioned:  # the student's ε̃ at w itself; w = 0 is its conditional model
+    guide = config.guided & guidance.in_interval(lam, interval=config.guidance_interval)
+    eps = eps_c = eps_fn(z, lam, labels, jnp.where(guide, w, 0.0))
+  elif not config.guided:
     eps, eps_c = conditional(z)
   elif config.guidance_interval is None:
     eps, eps_c = guided(z)
@@ -287,7 +308,7 @@ def denoise(
   x = guidance.threshold(x, mode=config.effective_thresholding, p=config.dynamic_threshold_p)
   if x is x_raw:
     return x, eps
-  return x, eps + jnp.exp(0.5 * jnp.asarray(logsnr, jnp.float32)) * (x_raw - x)
+  return x, eps + jnp.exp(0.5 * diffusion.broadcast_logsnr(lam, x)) * (x_raw - x)
 
 
 def sample(

@@ -79,6 +79,19 @@ def train_step(
     return jnp.mean(diffusion.eps_loss(eps_pred=eps_pred.astype(jnp.float32), eps=eps))
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return apply_gradients(state, loss=loss, grads=grads, tx=tx, config=config)
+
+
+def apply_gradients(
+  state: TrainState,
+  *,
+  loss: jax.Array,
+  grads: Any,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The update of a step with `loss` and `grads` of state.params: optimizer, EMA and the
+  non-finite skip of `train_step` (shared by the distillation steps of `distill.py`)."""
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

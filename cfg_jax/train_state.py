@@ -64,11 +64,13 @@ def schedule_count(opt_state: Any) -> jax.Array:
 def init_state(
   rng: jax.Array, *, model: models.UNet, tx: optax.GradientTransformation, shape: tuple[int, ...]
 ) -> TrainState:
+  w = (jnp.zeros((1,)),) if model.w_embedding else ()  # a distilled student takes w
   params = model.init(
     {"params": rng},
     jnp.zeros((1, *shape)),
     jnp.zeros((1,)),
     jnp.zeros((1,), jnp.int32),
+    *w,
     train=False,
   )["params"]
   return TrainState(

@@ -184,4 +184,26 @@ def get_config(arg=None):
   c.classifier.learning_rate = 2e-3  # Adam learning rate
   c.classifier.log_every_steps = 100  # metrics every this many steps
   c.classifier.checkpoint_every_steps = 500  # checkpoint every this many steps (and at the end)
+
+  # --mode=distill (cfg_jax/distill.py): guided distillation (Meng et al. 2023) of the trained
+  # model in `teacher_workdir` into <workdir>/stage1 (a w-conditioned student: one forward of
+  # batch B per step at any w), then progressive distillation (Salimans & Ho 2022) with DDIM
+  # into <workdir>/round_1 .. round_<rounds>, halving the steps each round. The optimizer is the
+  # training section's with distill.learning_rate.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ""  # the trained model's workdir (read only)
+  c.distill.teacher_step = -1  # -1 = its latest checkpoint
+  c.distill.stage = 2  # 1: the w-conditioned student only; 2: then the progressive rounds
+  c.distill.w_min = 0.0  # stage 1 and 2 draw w ~ U[w_min, w_max] per example
+  c.distill.w_max = 4.0  # upper end of the w range the student learns
+  c.distill.learning_rate = 2e-4  # Adam learning rate of every distillation phase
+  c.distill.stage1_steps = 1000  # training steps of stage 1
+  c.distill.round_steps = 500  # training steps of each progressive round
+  # Sampler steps T (network evaluations, T - 1 DDIM moves) of the stage-1 student that round 1
+  # halves: round k samples with (start_num_steps - 1) / 2**k moves; 65 -> 33, 17, 9, 5.
+  c.distill.start_num_steps = 65
+  c.distill.rounds = 4  # progressive rounds (stage 2), each halving the steps
+  # --mode=sample / evaluate: '' = the trained model of --workdir; 'stage1' or 'round_<k>' = that
+  # distilled student in <workdir>/<student> (round_<k>: DDIM eta=0 at its own step count).
+  c.distill.student = ""
   return c

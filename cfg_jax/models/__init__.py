@@ -11,7 +11,8 @@ __all__ = ["UNet", "count_params", "create_model", "image_shape"]
 
 
 def create_model(config: ml_collections.ConfigDict) -> UNet:
-  """The U-Net of `config` (its model section, data.num_classes, the diffusion λ range)."""
+  """The U-Net of `config` (its model section, data.num_classes, the diffusion λ range); with
+  distill.student set, the w-conditioned U-Net of a distilled student."""
   m = config.model
   return UNet(
     num_classes=config.data.num_classes,
@@ -28,6 +29,7 @@ def create_model(config: ml_collections.ConfigDict) -> UNet:
     logsnr_max=config.diffusion.logsnr_max,
     dtype=jnp.dtype(m.dtype),
     remat=m.remat,
+    w_embedding=bool(config.distill.student),
   )
 
 

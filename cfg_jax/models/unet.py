@@ -22,6 +22,8 @@ torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "unif
 _zeros = nn.initializers.zeros_init()
 
 GN_EPSILON = 1e-5
+# w is embedded as sinusoidal(W_EMBED_SCALE · w): w ∈ [0, 4] spans about the range 1000 u of λ.
+W_EMBED_SCALE = 250.0
 
 
 # ----------------------------------------------------------------------------------
@@ -304,21 +306,48 @@ class UNet(ADMBase):
 
   out_channels: int | None = None
   remat: bool = False
+  # A guided-distilled student (cfg_jax/distill.py): the call takes w, embedded and added to the
+  # λ embedding by an MLP whose last layer starts at zero (at init: the model without it).
+  w_embedding: bool = False
 
-  def _embed(self, logsnr: jax.Array, labels: jax.Array) -> jax.Array:
-    """Conditioning vector [B, 4ch]: MLP(sinusoidal(1000 u(lambda))) + Embed(label)."""
+  def _w_embedding(self, w: jax.Array) -> jax.Array:
+    """[B, 4ch]: MLP(sinusoidal(W_EMBED_SCALE w)), zero at initialisation."""
+    emb = sinusoidal_embedding(W_EMBED_SCALE * w, self.ch).astype(self.dtype)
+    emb = nn.Dense(4 * self.ch, dtype=self.dtype, kernel_init=torch_default_init, name="w_dense_0")(
+      emb
+    )
+    return nn.Dense(
+      4 * self.ch, dtype=self.dtype, kernel_init=_zeros, bias_init=_zeros, name="w_dense_1"
+    )(nn.silu(emb))
+
+  def _embed(self, logsnr: jax.Array, labels: jax.Array, w: jax.Array | None) -> jax.Array:
+    """Conditioning vector [B, 4ch]: MLP(sinusoidal(1000 u(lambda))) + Embed(label)
+    (+ the w embedding of a distilled student)."""
     label_emb = nn.Embed(self.num_classes + 1, 4 * self.ch, dtype=self.dtype, name="label_emb")
-    return self._logsnr_embedding(logsnr) + label_emb(labels)
+    emb = self._logsnr_embedding(logsnr) + label_emb(labels)
+    return emb + self._w_embedding(w) if self.w_embedding else emb
 
   @nn.compact
   def __call__(
-    self, z: jax.Array, logsnr: jax.Array, labels: jax.Array, *, train: bool
+    self,
+    z: jax.Array,
+    logsnr: jax.Array,
+    labels: jax.Array,
+    w: jax.Array | None = None,
+    *,
+    train: bool,
   ) -> jax.Array:
     assert z.ndim == 4, f"z must be [B, H, W, C], got shape {z.shape}"
     batch, height, width, in_ch = z.shape
     assert logsnr.shape == (batch,), f"logsnr must have shape {(batch,)}, got {logsnr.shape}"
     assert labels.shape == (batch,), f"labels must have shape {(batch,)}, got {labels.shape}"
     assert jnp.issubdtype(labels.dtype, jnp.integer), f"labels must be ints, got {labels.dtype}"
+    if self.w_embedding != (w is not None):
+      raise ValueError(
+        f"w_embedding={self.w_embedding} but w {'was' if w is not None else 'was not'} given: "
+        "a distilled student (w_embedding=True) takes w [B], any other U-Net does not."
+      )
+    assert w is None or w.shape == (batch,), f"w must have shape {(batch,)}, got {w.shape}"
     n_levels = len(self.ch_mult)
     check_hyperparameters(self.ch, self.ch_mult, self.num_res_blocks, self.dropout, self.dtype)
     check_image_size(height, width, self.ch_mult)
@@ -343,7 +372,7 @@ class UNet(ADMBase):
     def maybe_attn(h, name):
       return attn_block(h, name) if h.shape[1] in self.attn_resolutions else h
 
-    emb = self._embed(logsnr, labels)
+    emb = self._embed(logsnr, labels, w)
 
     # Down path: keep every intermediate activation as a skip connection.
     h = nn.Conv(
@@ -407,6 +436,7 @@ def count_params(model: UNet, image_shape: tuple[int, int, int]) -> int:
   z = jax.ShapeDtypeStruct((1, height, width, channels), jnp.float32)
   logsnr = jax.ShapeDtypeStruct((1,), jnp.float32)
   labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+  w = (logsnr,) if model.w_embedding else ()
   init = functools.partial(model.init, train=False)
-  variables = jax.eval_shape(init, jax.random.key(0), z, logsnr, labels)
+  variables = jax.eval_shape(init, jax.random.key(0), z, logsnr, labels, *w)
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables["params"]))
