@@ -307,7 +307,7 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fid_vs_w"))
   p.add_argument(
     "--settings",
-    default="digits:0.1,digits:0.2,digits:0.5,mnist:0.1",
+    default="digits:0.1,digits:0.2,digits:0.5,mnist:0.1,mnist:0.2,mnist:0.5",
     help="dataset:p_uncond pairs; the series over training length uses p = 0.1",
   )
   p.add_argument("--num_samples", type=int, default=500)
