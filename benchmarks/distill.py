@@ -38,6 +38,7 @@ class Model:
 def _measure(model: Model, *, labels, w_values, net, ref) -> dict:
   """Per w: metrics and seconds of sampling `labels` (after a compile on one batch)."""
   import jax
+  import numpy as np
 
   from cfg_jax import evaluate, models, sample, sampling, sampling_runner
   from cfg_jax import sharding as sharding_lib
@@ -66,11 +67,26 @@ def _measure(model: Model, *, labels, w_values, net, ref) -> dict:
     feats, logits = net.apply(evaluate.quantize(x))
     m = evaluate.sample_metrics(feats, logits, labels, net, ref, pr_k=c.evaluation.pr_k)
     out["rows"][w] = {**m, "seconds": seconds}
+    out.setdefault("features", {})[w] = np.asarray(feats)
     print(f"{model.name} w={w:g}: {m} {seconds:.1f}s", flush=True)
   return out
 
 
+def _bootstrap(results: dict, ref: dict, rounds: int) -> dict:
+  """Paired bootstrap of every (model, w) FD: sample i shares its label and noise key across
+  models, so one resampled index set per round serves all and differences get their own spread."""
+  from cfg_jax.evaluation import metrics
+
+  feats = {(n, w): f for n, r in results.items() for w, f in r.pop("features").items()}
+  keyed = metrics.bootstrap_frechet_distances(
+    {f"{n}|{w!r}": f for (n, w), f in feats.items()}, ref["mu"], ref["sigma"], num_rounds=rounds
+  )
+  return {(n, w): keyed[f"{n}|{w!r}"] for n, w in feats}
+
+
 def main() -> None:
+  import json
+
   import numpy as np
 
   from cfg_jax import config_lib, evaluate, students
@@ -83,6 +99,7 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, required=True)
   parser.add_argument("--start_num_steps", type=int, required=True)
   parser.add_argument("--num_samples", type=int, default=1000)
+  parser.add_argument("--bootstrap_rounds", type=int, default=200)
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "distill.md"))
   args = parser.parse_args()
   config = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
@@ -122,19 +139,22 @@ def main() -> None:
     m.name: _measure(m, labels=labels, w_values=W_VALUES, net=net, ref=ref) for m in models
   }
   minutes = (time.time() - start) / 60
+  boot = _bootstrap(results, ref, args.bootstrap_rounds)
   base = results[models[0].name]
   lines = [
     "# Guided distillation on the digits default",
     "",
     f"`python benchmarks/distill.py --teacher_workdir <digits workdir> --workdir <distill "
     f"workdir> --stage1_steps {d.stage1_steps} --round_steps {d.round_steps} --rounds "
-    f"{d.rounds} --start_num_steps {d.start_num_steps}`: {minutes:.0f} min on "
-    f"{platform.machine()} with {os.cpu_count()} CPU cores (shared with other jobs: the times "
-    f"are comparable within this table only). Each cell: {args.num_samples} class-balanced "
-    "samples, the same noise keys for every model; digits-classifier FD / IS / class accuracy "
-    "(not Inception). `evals` = network evaluations per sample, `batch` = images per forward "
-    "for a batch of B samples; `time` = seconds to sample all of them at that w (compiled "
-    "beforehand), `speed-up` = the guided teacher's time / this row's, averaged over w.",
+    f"{d.rounds} --start_num_steps {d.start_num_steps} --num_samples {args.num_samples}`: "
+    f"{minutes:.0f} min on {platform.machine()} with {os.cpu_count()} CPU cores. Each cell: "
+    f"{args.num_samples} class-balanced samples, the same labels and noise keys for every "
+    "model; digits-classifier FD / IS / class accuracy (not Inception). FD ± is the std of a "
+    f"paired bootstrap ({args.bootstrap_rounds} rounds over the samples, the same rounds for "
+    "every cell). `evals` = network evaluations per sample, `batch` = images per forward for a "
+    "batch of B samples; `time` = seconds to sample all of them at that w (compiled "
+    "beforehand, the models one after another in one process), `speed-up` = the guided "
+    "teacher's time / this row's, averaged over w.",
     "",
     "| model | ckpt step | evals | batch | "
     + " | ".join(f"w={w:g}: FD / IS / acc / time" for w in W_VALUES)
@@ -145,19 +165,46 @@ def main() -> None:
     s = r["settings"]
     batch = "2B" if s["guided_evals"] else "B"
     cells = [
-      f"{r['rows'][w]['fd']:.2f} / {r['rows'][w]['is']:.2f} / {r['rows'][w]['class_accuracy']:.3f}"
-      f" / {r['rows'][w]['seconds']:.1f}s"
+      f"{r['rows'][w]['fd']:.2f} ± {boot[name, w].std():.2f} / {r['rows'][w]['is']:.2f} / "
+      f"{r['rows'][w]['class_accuracy']:.3f} / {r['rows'][w]['seconds']:.1f}s"
       for w in W_VALUES
     ]
-    speed = np.mean([base["rows"][w]["seconds"] / r["rows"][w]["seconds"] for w in W_VALUES])
+    r["speed_up"] = float(
+      np.mean([base["rows"][w]["seconds"] / r["rows"][w]["seconds"] for w in W_VALUES])
+    )
     lines.append(
       f"| {name} | {r['step']} | {s['network_evals']} | {batch} | "
       + " | ".join(cells)
-      + f" | {speed:.1f}x |"
+      + f" | {r['speed_up']:.1f}x |"
     )
+  lines += [
+    "",
+    "Against the guided teacher at the same w (paired bootstrap): ΔFD = FD(model) − FD(teacher) ± "
+    "its std, and FD(model) / FD(teacher).",
+    "",
+    "| model | " + " | ".join(f"w={w:g}: ΔFD / ratio" for w in W_VALUES) + " |",
+    "|---|" + "---|" * len(W_VALUES),
+  ]
+  for name, r in list(results.items())[1:]:
+    cells = []
+    for w in W_VALUES:
+      delta = boot[name, w] - boot[models[0].name, w]
+      ratio = r["rows"][w]["fd"] / base["rows"][w]["fd"]
+      r["rows"][w].update(fd_std=float(boot[name, w].std()), fd_delta=float(delta.mean()))
+      r["rows"][w].update(fd_delta_std=float(delta.std()), fd_ratio=float(ratio))
+      cells.append(
+        f"{r['rows'][w]['fd'] - base['rows'][w]['fd']:+.2f} ± {delta.std():.2f} / {ratio:.2f}"
+      )
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines.append("")
   with open(args.out, "w") as f:
     f.write("\n".join(lines))
+  with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+    json.dump(
+      {n: {**r, "rows": {str(w): v for w, v in r["rows"].items()}} for n, r in results.items()},
+      f,
+      indent=1,
+    )
   print("\n".join(lines))
 
 
