@@ -69,7 +69,12 @@ def markdown(results: list[dict], command: str) -> str:
       )
   lines += ["", "Per class (ODE bits/dim):", ""]
   classes = sorted(
-    {int(k[len("bpd_class") :]) for res in results for k in res["rows"][0] if "bpd_class" in k}
+    {
+      int(k[len("bpd_class") :])
+      for res in results
+      for k in res["rows"][0]
+      if k.startswith("bpd_class")
+    }
   )
   lines.append("| p_uncond | w | " + " | ".join(str(c) for c in classes) + " |")
   lines.append("|---|---|" + "---|" * len(classes))
