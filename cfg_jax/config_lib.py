@@ -338,11 +338,12 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   First fills the fields the dataset determines (`fill_dataset_fields`), then builds the U-Net
   (under jax.eval_shape: nothing is allocated or compiled), the sampler settings and the mesh over
   `num_devices` devices (default: every device of this run) and collects the errors each raises,
-  with those of `_field_errors` and, for autoguidance, `_guide_errors`.
+  with those of `_field_errors`, `_guide_errors` (autoguidance) and the distill and likelihood
+  sections' rules.
   """
   import jax
 
-  from cfg_jax import schedules, students
+  from cfg_jax import likelihood, schedules, students
 
   errors: list[str] = []
   try:
@@ -360,5 +361,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   errors += _field_errors(config)
   errors += _guide_errors(config)
   errors += students.config_errors(config)
+  errors += likelihood.config_errors(config)
   if errors:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(dict.fromkeys(errors)))

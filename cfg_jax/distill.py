@@ -264,8 +264,6 @@ def run_phase(
   """Trains `student` in `<workdir>/<student>` with `step`(state, batch, rng, frozen, model=,
   tx=, config=) → (state, metrics), resuming from its checkpoints; writes the student's
   sample grids as training does (none when training.grid_samples_per_class = 0)."""
-  from cfg_jax import data  # lazily: TF import
-
   cfg = students.student_config(config, student)
   opt_cfg = optimizer_config(cfg)
   model, tx = models.create_model(cfg), train_state.create_optimizer(opt_cfg)
@@ -298,28 +296,11 @@ def run_phase(
         mesh=mesh,
       )
 
-  t = config.training
   return train_loop.run(
     state,
     jit_distill_step(step_fn, mesh, shardings, frozen),
     workdir=phase_dir,
-    loop=train_loop.LoopConfig(
-      num_steps=num_steps,
-      batch_size=t.batch_size,
-      log_every=t.log_every_steps,
-      checkpoint_every=t.checkpoint_every_steps,
-      max_to_keep=t.max_checkpoints_to_keep,
-      max_consecutive_nonfinite=t.max_consecutive_nonfinite,
-      section="training",
-    ),
-    batches=functools.partial(
-      data.train_iterator,
-      config.data,
-      global_batch_size=t.batch_size,
-      seed=config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    ),
+    **train.loop_inputs(config, num_steps=num_steps),
     mesh=mesh,
     rng=rng,
     hparams=cfg,

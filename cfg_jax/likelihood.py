@@ -117,6 +117,26 @@ class LikelihoodConfig:
 SingleEpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def config_errors(config) -> list[str]:
+  """The rules of the `likelihood` section (collected by `config_lib.validate`), each naming the
+  field and the fix."""
+  s, errors = config.likelihood, []
+  try:
+    guidance.check_w(s.w_values, field="likelihood.w_values")
+  except ValueError as e:
+    errors.append(str(e))
+  if s.batch_size < 1 or s.num_examples == 0 or s.num_examples < -1:
+    errors.append(
+      f"likelihood.batch_size ({s.batch_size}) must be >= 1 and likelihood.num_examples "
+      f"({s.num_examples}) >= 1 or -1 (the whole split)."
+    )
+  try:
+    LikelihoodConfig.from_config(config)
+  except ValueError as e:
+    errors.append(str(e))
+  return errors
+
+
 def guided_single(eps_fn: EpsFn, *, label: jax.Array, w: jax.Array, null_label: int):
   """ε̃(z, λ) = (1 + w) ε(z, c) − w ε(z, ∅) of one example, from ONE forward call on [z, z]
   (raw: no thresholding, which would break the flow's invertibility); w = −1 gives ε(z, ∅)."""

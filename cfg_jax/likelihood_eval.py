@@ -16,32 +16,15 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from cfg_jax import config_lib, guidance, likelihood, models, sample, sampling
+from cfg_jax import config_lib, likelihood, models, sample, sampling
 from cfg_jax import sharding as sharding_lib
 
 
 def check_config(config: ml_collections.ConfigDict) -> likelihood.LikelihoodConfig:
-  """Validates the whole config and the `likelihood` section (before anything compiles); returns
-  the solver settings."""
+  """Validates the whole config, the `likelihood` section with it (before anything compiles);
+  returns the solver settings."""
   config_lib.validate(config)
-  errors = []
-  try:
-    guidance.check_w(config.likelihood.w_values, field="likelihood.w_values")
-  except ValueError as e:
-    errors.append(str(e))
-  s = config.likelihood
-  if s.batch_size < 1 or s.num_examples == 0 or s.num_examples < -1:
-    errors.append(
-      f"likelihood.batch_size ({s.batch_size}) must be >= 1 and likelihood.num_examples "
-      f"({s.num_examples}) >= 1 or -1 (the whole split)."
-    )
-  try:
-    settings = likelihood.LikelihoodConfig.from_config(config)
-  except ValueError as e:
-    errors.append(str(e))
-  if errors:
-    raise config_lib.ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
-  return settings
+  return likelihood.LikelihoodConfig.from_config(config)
 
 
 def make_fn(apply_fn, *, null_label: int, settings: likelihood.LikelihoodConfig, mesh):
