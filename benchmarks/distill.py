@@ -2,10 +2,10 @@
 
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/distill --mode=distill \
         --config.distill.teacher_workdir=runs/digits --config.distill.start_num_steps=33 \
-        --config.distill.rounds=3 --config.distill.stage1_steps=500 \
-        --config.distill.round_steps=300 --config.distill.learning_rate=5e-4
+        --config.distill.rounds=3 --config.distill.stage1_steps=3000 \
+        --config.distill.round_steps=1000 --config.distill.learning_rate=5e-4
     python benchmarks/distill.py --teacher_workdir runs/digits --workdir runs/distill \
-        --stage1_steps 500 --round_steps 300 --rounds 3 --start_num_steps 33
+        --stage1_steps 3000 --round_steps 1000 --rounds 3 --start_num_steps 33 --num_samples 500
 
 Samples the same class-balanced labels with the same noise keys from the guided teacher (T steps,
 2B per forward), the teacher with DDIM at the first shown round's step count, the stage-1 student
