@@ -300,7 +300,7 @@ def run_phase(
     state,
     jit_distill_step(step_fn, mesh, shardings, frozen),
     workdir=phase_dir,
-    **train.loop_inputs(config, num_steps=num_steps),
+    **train_loop.loop_inputs(config, num_steps=num_steps),
     mesh=mesh,
     rng=rng,
     hparams=cfg,

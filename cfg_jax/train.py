@@ -191,32 +191,6 @@ def judge_digits(*, writer, step: int, sampler, params, config, mesh) -> dict[fl
   return acc
 
 
-def loop_inputs(config: ml_collections.ConfigDict, *, num_steps: int) -> dict[str, Any]:
-  """`train_loop.run`'s `loop` and `batches` for `num_steps` steps of the `training` section's
-  batch, logging and checkpoint cadence on this process's share of the training data."""
-  from cfg_jax import data  # lazily: TF import
-
-  t = config.training
-  return {
-    "loop": train_loop.LoopConfig(
-      num_steps=num_steps,
-      batch_size=t.batch_size,
-      log_every=t.log_every_steps,
-      checkpoint_every=t.checkpoint_every_steps,
-      max_to_keep=t.max_checkpoints_to_keep,
-      max_consecutive_nonfinite=t.max_consecutive_nonfinite,
-    ),
-    "batches": functools.partial(
-      data.train_iterator,
-      config.data,
-      global_batch_size=t.batch_size,
-      seed=config.seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    ),
-  }
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains per `config`, resuming from the latest checkpoint in `workdir`; returns the state."""
   from cfg_jax import data  # lazily: TF import
@@ -264,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state,
     make_train_step(model, tx, config, mesh, state_sharding),
     workdir=workdir,
-    **loop_inputs(config, num_steps=t.num_train_steps),
+    **train_loop.loop_inputs(config, num_steps=t.num_train_steps),
     mesh=mesh,
     rng=jax.random.fold_in(jax.random.key(config.seed), 1),
     hparams=config,

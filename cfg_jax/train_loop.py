@@ -12,6 +12,7 @@ work, the loop's and the hooks', asks `every(step, n, last=...)`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -65,6 +66,40 @@ class LoopConfig:
   max_to_keep: int | None = 3
   max_consecutive_nonfinite: int = 0
   section: str = "training"
+
+
+def loop_inputs(
+  config: ml_collections.ConfigDict, *, num_steps: int, section: str = "training"
+) -> dict[str, Any]:
+  """`run`'s `loop` and `batches` for `num_steps` steps at the batch size and logging / checkpoint
+  cadence of config section `section` (training, distillation phases, the classifier), on this
+  process's share of the training data."""
+  from cfg_jax import data  # lazily: TF import
+
+  s = config[section]
+  # Sections without these fields (the classifier's) keep LoopConfig's defaults.
+  optional = {
+    "max_to_keep": "max_checkpoints_to_keep",
+    "max_consecutive_nonfinite": "max_consecutive_nonfinite",
+  }
+  return {
+    "loop": LoopConfig(
+      num_steps=num_steps,
+      batch_size=s.batch_size,
+      log_every=s.log_every_steps,
+      checkpoint_every=s.checkpoint_every_steps,
+      section=section,
+      **{k: s[f] for k, f in optional.items() if f in s},
+    ),
+    "batches": functools.partial(
+      data.train_iterator,
+      config.data,
+      global_batch_size=s.batch_size,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    ),
+  }
 
 
 def init_sharded(
