@@ -149,12 +149,14 @@ def interpolation(args) -> None:
 
 
 def collect(workdir: str, args) -> list[dict]:
-  """The newest row of `workdir`'s results for each w of --w with --num_examples images."""
+  """The newest row of `workdir`'s results for each w of --w with --num_examples images (-1: the
+  most images of any row) at rtol = atol = --tol."""
   from cfg_jax import likelihood_eval
 
   with open(likelihood_eval.results_path(workdir)) as f:
-    rows = [json.loads(line) for line in f]
-  newest = {r["w"]: r for r in rows if r["num_examples"] == args.num_examples}
+    rows = [json.loads(line) for line in f if json.loads(line)["settings"]["rtol"] == args.tol]
+  n = args.num_examples if args.num_examples > 0 else max(r["num_examples"] for r in rows)
+  newest = {r["w"]: r for r in rows if r["num_examples"] == n}
   return [newest[w] for w in args.w]
 
 
