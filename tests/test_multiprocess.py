@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from cfg_jax import sample, sharding
-from tests.helpers import REPO, cli_env, load_config
+from tests.helpers import REPO, load_config
 
 TINY = [
   "--config=configs/digits.py",
@@ -50,11 +50,15 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _env(devices: int) -> dict[str, str]:
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
 def run_single(workdir, *args):
   proc = subprocess.run(
     [sys.executable, "-m", "cfg_jax.main", f"--workdir={workdir}", *TINY, *args],
     cwd=REPO,
-    env=cli_env(4),
+    env=_env(4),
     capture_output=True,
     text=True,
     timeout=900,
@@ -80,7 +84,7 @@ def run_two(workdir, *args):
         f"--process_id={i}",
       ],
       cwd=REPO,
-      env=cli_env(2),
+      env=_env(2),
       stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE,
       text=True,
