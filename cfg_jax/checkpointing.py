@@ -246,6 +246,12 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
 
 def _read_state(manager: ocp.CheckpointManager, step: int, args: Any, *, where: str) -> Any:
   """The 'state' item of `step`, restored with `args`; orbax's errors as CheckpointError."""

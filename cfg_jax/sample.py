@@ -45,20 +45,20 @@ def restore_params(
   shardings on `mesh`; step None: the newest intact checkpoint (a corrupt newer one is skipped
   with a warning that names `setting`, the field that picks a step). The optimizer state is never
   read, so whatever trained with fsdp restores with the same mesh.fsdp."""
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
   field = "ema_params" if use_ema else "params"
   abstract = train_state.abstract_state(config, mesh)
+  with checkpointing.Checkpointer(workdir, read_only=True) as ckpt:  # closed: no orbax thread left
 
-  def read(s: int):
-    return ckpt.restore_fields(s, abstract, (field,))[field]
+    def read(s: int):
+      return ckpt.restore_fields(s, abstract, (field,))[field]
 
-  if step is not None:
-    return read(step), step
-  restored = ckpt.restore_newest(read, setting=setting)
-  if restored is None:
-    raise checkpointing.CheckpointError(
-      f"no complete checkpoint in {ckpt.directory}: train first with --mode=train."
-    )
+    if step is not None:
+      return read(step), step
+    restored = ckpt.restore_newest(read, setting=setting)
+    if restored is None:
+      raise checkpointing.CheckpointError(
+        f"no complete checkpoint in {ckpt.directory}: train first with --mode=train."
+      )
   return restored
 
 

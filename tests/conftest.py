@@ -1,10 +1,44 @@
-"""Test set-up: 8 fake CPU devices (tests that need 1 use a 1-device mesh), quiet TF, and no
-Inception weights from the developer's default location (tests that want some pass a path)."""
+"""Test set-up: 8 fake CPU devices (tests that need 1 use a 1-device mesh), quiet TF, no
+Inception weights from the developer's default location (tests that want some pass a path), one
+XLA compilation cache for the CLI subprocesses, and one tiny trained digits workdir for the tests
+that read one."""
 
 import os
+import shutil
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # evaluation.inception_weights = "" looks here (cfg_jax.evaluation.inception); /dev/null is no file.
 os.environ["CFG_JAX_INCEPTION_WEIGHTS"] = os.devnull
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  """A session-wide cache directory for helpers.cli_env (this process's JAX keeps its own)."""
+  from tests import helpers
+
+  os.environ[helpers.COMPILATION_CACHE_ENV] = str(tmp_path_factory.mktemp("xla_cache"))
+  yield
+  del os.environ[helpers.COMPILATION_CACHE_ENV]
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+  """(workdir, stderr) of `--mode=train` with helpers.TINY for 4 steps: checkpoints 2 and 4,
+  events, grids. Read-only: a test that writes into it copies it first (`trained_copy`)."""
+  from tests import helpers
+
+  workdir = str(tmp_path_factory.mktemp("trained_digits"))
+  proc = helpers.run_cli(workdir, "--config.training.num_train_steps=4")
+  return workdir, proc.stderr
+
+
+@pytest.fixture
+def trained_copy(trained_digits, tmp_path):
+  """A private copy of the `trained_digits` workdir, for a test that writes into it."""
+  workdir = str(tmp_path / "trained")
+  shutil.copytree(trained_digits[0], workdir)
+  return workdir

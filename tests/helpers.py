@@ -1,10 +1,59 @@
-"""Shared test helpers: load the repository's config files."""
+"""Shared test helpers: load the repository's config files, run the CLI in a subprocess."""
 
 import os
+import subprocess
+import sys
 
 from cfg_jax import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Set by tests/conftest.py: one XLA compilation cache for every CLI subprocess of the session.
+COMPILATION_CACHE_ENV = "CFG_JAX_TEST_COMPILATION_CACHE"
+
+# The CLI's tiny digits run: what the session's `trained_digits` workdir is trained with.
+TINY = [
+  "--config.training.batch_size=16",
+  "--config.training.log_every_steps=2",
+  "--config.training.checkpoint_every_steps=2",
+  "--config.training.grid_samples_per_class=2",
+  "--config.sampling.num_steps=4",
+  "--config.sampling.num_samples=12",
+  "--config.evaluation.judge_num_samples=20",
+]
+
+
+def cli_env(devices: int) -> dict[str, str]:
+  """The environment of a CLI subprocess: `devices` CPU devices, and the session's XLA
+  compilation cache, so a program that an earlier subprocess compiled is read back, not compiled
+  again (what each subprocess runs is unchanged)."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  cache = os.environ.get(COMPILATION_CACHE_ENV)
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  return env
+
+
+def run_cli(workdir, *args, check=True):
+  """`python -m cfg_jax.main` on digits with the TINY settings (2 devices) and `args`."""
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "cfg_jax.main",
+      "--config=configs/digits.py",
+      f"--workdir={workdir}",
+      *TINY,
+      *args,
+    ],
+    cwd=REPO,
+    env=cli_env(2),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
+  return proc
 
 
 def load_config(name: str, arg: str | None = None):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cfg_jax import autoguidance, config_lib, models, sampling, sampling_runner, toy2d
-from tests.helpers import REPO, load_config, tiny_config
+from tests.helpers import REPO, cli_env, load_config, tiny_config
 
 TOY = toy2d.default_toy()
 # The guide's mixture: component 0 of class 0 moved by (−0.2, 0.1), class 2's weights 0.8 / 0.2.
@@ -247,13 +247,12 @@ TINY = [
 
 
 def run_cli(workdir, *args, check=True):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run(
     [sys.executable, "-m", "cfg_jax.main", "--config=configs/digits.py", f"--workdir={workdir}"]
     + TINY
     + list(args),
     cwd=REPO,
-    env=env,
+    env=cli_env(2),
     capture_output=True,
     text=True,
     timeout=600,
@@ -264,9 +263,8 @@ def run_cli(workdir, *args, check=True):
 
 
 @pytest.mark.slow
-def test_cli_evaluates_and_samples_with_an_earlier_checkpoint_as_guide(tmp_path):
-  workdir = str(tmp_path)
-  run_cli(workdir)
+def test_cli_evaluates_and_samples_with_an_earlier_checkpoint_as_guide(trained_copy):
+  workdir = trained_copy  # trained 4 steps, checkpoints 2 and 4
   guide = [f"--config.autoguidance.workdir={workdir}", "--config.autoguidance.checkpoint_step=2"]
   bad = run_cli(
     workdir,

@@ -17,7 +17,13 @@ import pytest
 
 from cfg_jax import classifier, sampling, schedules, sharding, toy2d
 from cfg_jax import classifier_guidance as cg
-from tests.helpers import REPO, class_separation_and_spread, load_config, mixture_moment_error
+from tests.helpers import (
+  REPO,
+  class_separation_and_spread,
+  cli_env,
+  load_config,
+  mixture_moment_error,
+)
 
 TOY = toy2d.default_toy()
 K = TOY.num_classes
@@ -297,7 +303,6 @@ TINY_EVAL = [
 
 
 def run_cli(workdir, *args, check=True):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   proc = subprocess.run(
     [
       sys.executable,
@@ -310,7 +315,7 @@ def run_cli(workdir, *args, check=True):
       *args,
     ],
     cwd=REPO,
-    env=env,
+    env=cli_env(2),
     capture_output=True,
     text=True,
     timeout=600,
@@ -362,11 +367,10 @@ def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluation_job_sweeps_the_classifier_scale(tmp_path):
+def test_evaluation_job_sweeps_the_classifier_scale(trained_copy):
   from tensorboard.backend.event_processing import event_accumulator
 
-  workdir = str(tmp_path)
-  run_cli(workdir)  # the diffusion model (4 steps)
+  workdir = trained_copy  # the diffusion model (4 steps)
   # Before the classifier exists: a clear error naming the fix, and nothing written.
   proc = run_cli(workdir, *TINY_EVAL, check=False)
   assert proc.returncode != 0

@@ -304,7 +304,7 @@ CLI_TINY = [
 
 @pytest.mark.slow
 def test_a_distilled_checkpoint_samples_and_evaluates_through_the_cli(distilled):
-  from tests.test_end_to_end import run_cli
+  from tests.helpers import run_cli
 
   workdir = distilled[2]
   run_cli(

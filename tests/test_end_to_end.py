@@ -2,48 +2,14 @@
 
 import glob
 import os
-import subprocess
-import sys
+import shutil
 
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from tests.helpers import REPO
-
-TINY = [
-  "--config.training.batch_size=16",
-  "--config.training.log_every_steps=2",
-  "--config.training.checkpoint_every_steps=2",
-  "--config.training.grid_samples_per_class=2",
-  "--config.sampling.num_steps=4",
-  "--config.sampling.num_samples=12",
-  "--config.evaluation.judge_num_samples=20",
-]
-
-
-def run_cli(workdir, *args, check=True):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "cfg_jax.main",
-      "--config=configs/digits.py",
-      f"--workdir={workdir}",
-      *TINY,
-      *args,
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  if check and proc.returncode != 0:
-    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
-  return proc
+from tests.helpers import run_cli
 
 
 def read_events(workdir):
@@ -53,15 +19,17 @@ def read_events(workdir):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  first = run_cli(workdir, "--config.training.num_train_steps=4")
-  return workdir, first
+def trained(trained_digits, tmp_path_factory):
+  """(workdir, stderr of its training): this module's copy of the session's trained run, which
+  its tests train on and evaluate in turn."""
+  workdir = str(tmp_path_factory.mktemp("run") / "trained")
+  shutil.copytree(trained_digits[0], workdir)
+  return workdir, trained_digits[1]
 
 
 @pytest.mark.slow
 def test_train_writes_events_checkpoints_and_grids(trained):
-  workdir, proc = trained
+  workdir, stderr = trained
   acc = read_events(workdir)
   tags = acc.Tags()
   for tag in (
@@ -86,7 +54,7 @@ def test_train_writes_events_checkpoints_and_grids(trained):
     assert png.startswith(b"\x89PNG") and (int(width), int(height)) == (67, 331)  # 2 x 10 cells
     assert os.path.getsize(os.path.join(workdir, "samples", f"step_00000004_w{w}.png")) > 100
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  assert "steps/s" in proc.stderr and "ETA" in proc.stderr  # console progress
+  assert "steps/s" in stderr and "ETA" in stderr  # console progress
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from cfg_jax import (
   train,
   train_state,
 )
-from tests.helpers import REPO, tiny_config
+from tests.helpers import REPO, cli_env, tiny_config
 
 FSDP_SPEC = P(None, None, None, "fsdp")
 
@@ -152,7 +152,7 @@ def test_mesh_config_errors(overrides, match):
 def test_cli_trains_and_samples_with_fsdp(tmp_path):
   """`--config.mesh.fsdp=2` on 4 devices trains, checkpoints and writes sample grids; the fsdp
   checkpoint then restores into a data-parallel mesh for --mode=sample."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = cli_env(4)
   common = [
     sys.executable,
     "-m",

@@ -167,12 +167,12 @@ def test_encode_decode_reconstructs_digits():
 
 
 @pytest.mark.slow
-def test_likelihood_mode_writes_results(tmp_path):
-  """Train 4 steps, then --mode=likelihood over w ∈ {−1, 0, 1} on 6 test digits."""
-  from tests.test_end_to_end import read_events, run_cli
+def test_likelihood_mode_writes_results(trained_copy):
+  """--mode=likelihood over w ∈ {−1, 0, 1} on 6 test digits, of a run trained 4 steps."""
+  from tests.helpers import run_cli
+  from tests.test_end_to_end import read_events
 
-  workdir = str(tmp_path)
-  run_cli(workdir, "--config.training.num_train_steps=4")
+  workdir = trained_copy
   run_cli(
     workdir,
     "--mode=likelihood",

@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cfg_jax import checkpointing, train_loop, train_state
-from tests.helpers import REPO, tiny_config
+from tests.helpers import REPO, cli_env, tiny_config
 
 
 def _tree(value=1.0):
@@ -144,6 +144,7 @@ def test_fault_injection_harness_survives_kills(tmp_path):
       str(tmp_path),
     ],
     cwd=REPO,
+    env=cli_env(1),  # the harness's own runs set 1 device too
     capture_output=True,
     text=True,
     timeout=1200,
