@@ -1,7 +1,6 @@
 """Test set-up: 8 fake CPU devices (tests that need 1 use a 1-device mesh), quiet TF, no
-Inception weights from the developer's default location (tests that want some pass a path), one
-XLA compilation cache for the CLI subprocesses, and one tiny trained digits workdir for the tests
-that read one."""
+Inception weights from the developer's default location (tests that want some pass a path), and
+one tiny trained digits workdir for the CLI tests that read one."""
 
 import os
 import shutil
@@ -13,16 +12,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # evaluation.inception_weights = "" looks here (cfg_jax.evaluation.inception); /dev/null is no file.
 os.environ["CFG_JAX_INCEPTION_WEIGHTS"] = os.devnull
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """A session-wide cache directory for helpers.cli_env (this process's JAX keeps its own)."""
-  from tests import helpers
-
-  os.environ[helpers.COMPILATION_CACHE_ENV] = str(tmp_path_factory.mktemp("xla_cache"))
-  yield
-  del os.environ[helpers.COMPILATION_CACHE_ENV]
 
 
 @pytest.fixture(scope="session")

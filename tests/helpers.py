@@ -7,8 +7,6 @@ import sys
 from cfg_jax import config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Set by tests/conftest.py: one XLA compilation cache for every CLI subprocess of the session.
-COMPILATION_CACHE_ENV = "CFG_JAX_TEST_COMPILATION_CACHE"
 
 # The CLI's tiny digits run: what the session's `trained_digits` workdir is trained with.
 TINY = [
@@ -23,14 +21,8 @@ TINY = [
 
 
 def cli_env(devices: int) -> dict[str, str]:
-  """The environment of a CLI subprocess: `devices` CPU devices, and the session's XLA
-  compilation cache, so a program that an earlier subprocess compiled is read back, not compiled
-  again (what each subprocess runs is unchanged)."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  cache = os.environ.get(COMPILATION_CACHE_ENV)
-  if cache:
-    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  return env
+  """The environment of a CLI subprocess: this one's, with `devices` fake CPU devices."""
+  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def run_cli(workdir, *args, check=True):
