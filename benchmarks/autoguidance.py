@@ -73,6 +73,8 @@ def method_config(name: str, args):
     ev.classifier_workdir = args.classifier
   else:
     ev.guidance, ev.w_values = "auto", tuple(args.auto_w)
+    if name == "auto_small" and args.small_w:
+      ev.w_values = tuple(args.small_w)
     if name.startswith("auto_early_"):
       c.autoguidance.update(workdir=args.main, checkpoint_step=int(name.rsplit("_", 1)[1]))
     else:
@@ -286,6 +288,7 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=200)
   p.add_argument("--cfg_w", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5, 1.0])
   p.add_argument("--auto_w", type=float, nargs="+", default=[0.2, 0.5, 1.0])
+  p.add_argument("--small_w", type=float, nargs="+", default=None, help="default: --auto_w")
   p.add_argument("--scales", type=float, nargs="+", default=[1.0, 4.0])
   p.add_argument("--report_only", action="store_true", help="no sampling: report the cells present")
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "autoguidance"))

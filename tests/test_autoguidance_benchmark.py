@@ -34,6 +34,7 @@ def _args(**kw):
     rounds=50,
     cfg_w=[0.0, 1.0],
     auto_w=[0.5],
+    small_w=[1.0],
     scales=[1.0],
   )
   return argparse.Namespace(**{**base, **kw})
@@ -47,7 +48,8 @@ def test_methods_expand_to_one_sweep_per_early_guide():
   assert c.autoguidance.workdir == "runs/mnist" and c.autoguidance.checkpoint_step == 600
   assert c.evaluation.reference_num_examples == 1000 and c.evaluation.inception_weights == ""
   c = bench.method_config("auto_small", args)
-  assert c.autoguidance.config.endswith("mnist_guide.py") and c.evaluation.w_values == (0.5,)
+  assert c.autoguidance.config.endswith("mnist_guide.py") and c.evaluation.w_values == (1.0,)
+  assert bench.method_config("auto_early_300", args).evaluation.w_values == (0.5,)
 
 
 def _feats(shifts, rng, labels):
