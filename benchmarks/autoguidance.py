@@ -6,9 +6,12 @@
     python -m cfg_jax.main --config=configs/digits.py --workdir=runs/ag/clf --mode=train_classifier
     python benchmarks/autoguidance.py --main=runs/ag/main --small_guide=runs/ag/guide_small \
       --classifier=runs/ag/clf          # tables to benchmarks/results/autoguidance.md
+    python -m cfg_jax.main --config=configs/mnist.py --workdir=runs/mnist  # checkpoints every 300
+    python -m cfg_jax.main --config=configs/mnist_guide.py --workdir=runs/ag_mnist/guide_small
     python benchmarks/autoguidance.py --config=configs/mnist.py --main=runs/mnist \
-      --early_step 300 600 --num_samples=300 --reference_examples=1000 --inception_weights= \
-      --methods=auto_early --out=benchmarks/results/autoguidance_mnist   # MNIST, real FID
+      --small_guide=runs/ag_mnist/guide_small --early_step 300 --num_samples=300 \
+      --reference_examples=1000 --eval_batch=100 --inception_weights= \
+      --methods=cfg,auto_early,auto_small --out=benchmarks/results/autoguidance_mnist  # real FID
 
 From the same main checkpoint, through `cfg_jax.evaluate.Evaluator` (the code of
 `--mode=evaluate`; rows, TensorBoard scalars and features go to the main workdir): classifier-free
