@@ -10,7 +10,16 @@ import pytest
 from cfg_jax import config_lib, data
 from tests.helpers import REPO, load_config, tiny_config
 
-CONFIGS = ["default", "digits", "digits_guide", "mnist", "cifar10", "imagenet64", "imagenet128"]
+CONFIGS = [
+  "default",
+  "digits",
+  "digits_guide",
+  "mnist",
+  "mnist_guide",
+  "cifar10",
+  "imagenet64",
+  "imagenet128",
+]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
