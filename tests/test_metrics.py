@@ -221,5 +221,11 @@ def test_bootstrap_frechet_distances_small_n_trick_and_pairing():
     np.testing.assert_allclose(boot[key][0], direct, rtol=1e-9)
   # Pairing: the spread of the difference is far below the spread of either FD.
   assert np.std(boot["a"] - boot["b"]) < 0.3 * np.std(boot["a"])
+  # n > d: the d×d route gives the direct FD too.
+  c = rng.normal(size=(60, 40)) - 0.2
+  boot_c = metrics.bootstrap_frechet_distances({"c": c}, mu, sigma, num_rounds=2, seed=3)
+  idx = np.random.default_rng(3).integers(0, 60, 60)
+  direct = metrics.frechet_distance(*metrics.feature_statistics(c[idx]), mu, sigma)
+  np.testing.assert_allclose(boot_c["c"][0], direct, rtol=1e-9)
   with pytest.raises(ValueError, match="one size"):
     metrics.bootstrap_frechet_distances({"a": a, "c": a[:5]}, mu, sigma, num_rounds=1)

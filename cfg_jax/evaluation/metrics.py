@@ -112,9 +112,10 @@ def bootstrap_frechet_distances(
 
   Round r draws one multiset of n row indices and applies it to every set (rows i of the sets
   are paired, e.g. sample i of each w shares its noise and label), so differences between sets
-  come with their own spread. Returns {key: [num_rounds] FDs}. With n < d, Tr((Σ_ref Σ)^{1/2}) is
-  the sum of sqrt-eigenvalues of the n×n matrix A Aᵀ, A = X_c Σ_ref^{1/2} / sqrt(n − 1) (same
-  non-zero spectrum as Σ_ref^{1/2} Σ Σ_ref^{1/2}), which makes a round cost milliseconds.
+  come with their own spread. Returns {key: [num_rounds] FDs}. Tr((Σ_ref Σ)^{1/2}) is the sum of
+  sqrt-eigenvalues of A Aᵀ (n×n) or AᵀA (d×d, whichever is smaller), A = X_c Σ_ref^{1/2} /
+  sqrt(n − 1) (same non-zero spectrum as Σ_ref^{1/2} Σ Σ_ref^{1/2}); X Σ_ref^{1/2} is computed
+  once per set and its rows resampled, which makes a round cost milliseconds.
   """
   sets = {k: np.asarray(v, np.float64) for k, v in features.items()}
   n = {v.shape[0] for v in sets.values()}
@@ -125,6 +126,7 @@ def bootstrap_frechet_distances(
   sigma_ref = np.asarray(sigma_ref, np.float64)
   root = _psd_sqrt(sigma_ref)
   tr_ref = float(np.trace(sigma_ref))
+  rooted = {k: x @ root for k, x in sets.items()}
   rng = np.random.default_rng(seed)
   out = {k: np.empty(num_rounds) for k in sets}
   for r in range(num_rounds):
@@ -133,8 +135,9 @@ def bootstrap_frechet_distances(
       xb = x[idx]
       mu = xb.mean(0)
       xc = (xb - mu) / np.sqrt(n - 1)
-      a = xc @ root
-      gram = a @ a.T
+      yb = rooted[k][idx]
+      a = (yb - yb.mean(0)) / np.sqrt(n - 1)  # = xc @ root
+      gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
       tr_sqrt = float(np.sum(_psd_eigvals_sqrt(np.linalg.eigvalsh(0.5 * (gram + gram.T)))))
       diff = mu - mu_ref
       out[k][r] = max(diff @ diff + float(np.sum(xc * xc)) + tr_ref - 2.0 * tr_sqrt, 0.0)
