@@ -25,8 +25,8 @@ def cli_env(devices: int) -> dict[str, str]:
   return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def run_cli(workdir, *args, check=True):
-  """`python -m cfg_jax.main` on digits with the TINY settings (2 devices) and `args`."""
+def run_cli(workdir, *args, tiny=tuple(TINY), check=True):
+  """`python -m cfg_jax.main` on digits with the `tiny` settings (2 devices) and `args`."""
   proc = subprocess.run(
     [
       sys.executable,
@@ -34,7 +34,7 @@ def run_cli(workdir, *args, check=True):
       "cfg_jax.main",
       "--config=configs/digits.py",
       f"--workdir={workdir}",
-      *TINY,
+      *tiny,
       *args,
     ],
     cwd=REPO,

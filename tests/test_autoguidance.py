@@ -10,8 +10,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,8 @@ import numpy as np
 import pytest
 
 from cfg_jax import autoguidance, config_lib, models, sampling, sampling_runner, toy2d
-from tests.helpers import REPO, cli_env, load_config, tiny_config
+from tests import helpers
+from tests.helpers import REPO, load_config, tiny_config
 
 TOY = toy2d.default_toy()
 # The guide's mixture: component 0 of class 0 moved by (−0.2, 0.1), class 2's weights 0.8 / 0.2.
@@ -246,20 +245,7 @@ TINY = [
 ]
 
 
-def run_cli(workdir, *args, check=True):
-  proc = subprocess.run(
-    [sys.executable, "-m", "cfg_jax.main", "--config=configs/digits.py", f"--workdir={workdir}"]
-    + TINY
-    + list(args),
-    cwd=REPO,
-    env=cli_env(2),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  if check and proc.returncode != 0:
-    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
-  return proc
+run_cli = functools.partial(helpers.run_cli, tiny=TINY)
 
 
 @pytest.mark.slow

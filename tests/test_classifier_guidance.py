@@ -7,8 +7,6 @@ TensorBoard and writes a checkpoint that loads."""
 import functools
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +15,8 @@ import pytest
 
 from cfg_jax import classifier, sampling, schedules, sharding, toy2d
 from cfg_jax import classifier_guidance as cg
-from tests.helpers import (
-  REPO,
-  class_separation_and_spread,
-  cli_env,
-  load_config,
-  mixture_moment_error,
-)
+from tests import helpers
+from tests.helpers import class_separation_and_spread, load_config, mixture_moment_error
 
 TOY = toy2d.default_toy()
 K = TOY.num_classes
@@ -302,27 +295,7 @@ TINY_EVAL = [
 ]
 
 
-def run_cli(workdir, *args, check=True):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "cfg_jax.main",
-      "--config=configs/digits.py",
-      f"--workdir={workdir}",
-      *TINY_CLI,
-      *TINY_DIFFUSION,
-      *args,
-    ],
-    cwd=REPO,
-    env=cli_env(2),
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  if check and proc.returncode != 0:
-    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-4000:]}")
-  return proc
+run_cli = functools.partial(helpers.run_cli, tiny=[*TINY_CLI, *TINY_DIFFUSION])
 
 
 @pytest.mark.slow
