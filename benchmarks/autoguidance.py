@@ -152,14 +152,9 @@ def bootstrap(feats: dict, evaluator, rounds: int, seed: int) -> dict[str, dict]
     refs["fid"] = ("inception", evaluator.fid_ref)
   out = {}
   for metric, (array, ref) in refs.items():
-    b = metrics.bootstrap_frechet_distances(
-      {f"{k[0]}|{k[1]!r}": f[array] for k, f in feats.items()},
-      ref["mu"],
-      ref["sigma"],
-      num_rounds=rounds,
-      seed=seed,
+    out[metric] = metrics.bootstrap_frechet_distances(
+      {k: f[array] for k, f in feats.items()}, ref["mu"], ref["sigma"], num_rounds=rounds, seed=seed
     )
-    out[metric] = {k: b[f"{k[0]}|{k[1]!r}"] for k in feats}
   return out
 
 

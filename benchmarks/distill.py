@@ -78,10 +78,7 @@ def _bootstrap(results: dict, ref: dict, rounds: int) -> dict:
   from cfg_jax.evaluation import metrics
 
   feats = {(n, w): f for n, r in results.items() for w, f in r.pop("features").items()}
-  keyed = metrics.bootstrap_frechet_distances(
-    {f"{n}|{w!r}": f for (n, w), f in feats.items()}, ref["mu"], ref["sigma"], num_rounds=rounds
-  )
-  return {(n, w): keyed[f"{n}|{w!r}"] for n, w in feats}
+  return metrics.bootstrap_frechet_distances(feats, ref["mu"], ref["sigma"], num_rounds=rounds)
 
 
 def main() -> None:

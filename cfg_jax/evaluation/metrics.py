@@ -16,6 +16,7 @@ Feature extraction (the Inception network) is not part of this module.
 from __future__ import annotations
 
 import functools
+from collections.abc import Hashable
 
 import jax
 import jax.numpy as jnp
@@ -101,13 +102,13 @@ def frechet_distance(
 
 
 def bootstrap_frechet_distances(
-  features: dict[str, np.ndarray],
+  features: dict[Hashable, np.ndarray],
   mu_ref: np.ndarray,
   sigma_ref: np.ndarray,
   *,
   num_rounds: int,
   seed: int = 0,
-) -> dict[str, np.ndarray]:
+) -> dict[Hashable, np.ndarray]:
   """Paired bootstrap of the FD of several sample sets of equal size n against one reference.
 
   Round r draws one multiset of n row indices and applies it to every set (rows i of the sets
