@@ -4,7 +4,7 @@
         --config.distill.teacher_workdir=runs/digits --config.distill.start_num_steps=33 \
         --config.distill.rounds=3 --config.distill.stage1_steps=3000 \
         --config.distill.round_steps=1000 --config.distill.learning_rate=5e-4
-    python benchmarks/distill.py --teacher_workdir runs/digits --workdir runs/distill \
+    python -m benchmarks.distill --teacher_workdir runs/digits --workdir runs/distill \
         --stage1_steps 3000 --round_steps 1000 --rounds 3 --start_num_steps 33 --num_samples 500
 
 Samples the same class-balanced labels with the same noise keys from the guided teacher (T steps,
@@ -20,11 +20,10 @@ import argparse
 import dataclasses
 import os
 import platform
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks.common import REPO
+
 W_VALUES = (0.0, 1.0, 3.0)
 
 
@@ -40,13 +39,14 @@ def _measure(model: Model, *, labels, w_values, net, ref) -> dict:
   import jax
   import numpy as np
 
-  from cfg_jax import evaluate, models, sample, sampling, sampling_runner
+  from cfg_jax import models, sampling, sampling_runner, train_state
   from cfg_jax import sharding as sharding_lib
+  from cfg_jax.evaluation import features
 
   c = model.config
   mesh = sharding_lib.make_mesh_from_config(c)
   scfg = sampling.SamplerConfig.from_config(c)
-  params, step = sample.load_params(c, model.workdir, mesh, use_ema=True)
+  params, step = train_state.restore_params(c, model.workdir, mesh, use_ema=True, gather=True)
   sampler = sampling_runner.make_sampler(
     models.create_model(c).apply,
     shape=models.image_shape(c),
@@ -64,8 +64,8 @@ def _measure(model: Model, *, labels, w_values, net, ref) -> dict:
     start = time.time()
     x = gen(labels, w)
     seconds = time.time() - start
-    feats, logits = net.apply(evaluate.quantize(x))
-    m = evaluate.sample_metrics(feats, logits, labels, net, ref, pr_k=c.evaluation.pr_k)
+    feats, logits = net.apply(features.quantize(x))
+    m = features.sample_metrics(feats, logits, labels, net, ref, pr_k=c.evaluation.pr_k)
     out["rows"][w] = {**m, "seconds": seconds}
     out.setdefault("features", {})[w] = np.asarray(feats)
     print(f"{model.name} w={w:g}: {m} {seconds:.1f}s", flush=True)
@@ -86,7 +86,8 @@ def main() -> None:
 
   import numpy as np
 
-  from cfg_jax import config_lib, evaluate, students
+  from cfg_jax import config_lib, students, validation
+  from cfg_jax.evaluation import features
 
   parser = argparse.ArgumentParser()
   parser.add_argument("--teacher_workdir", required=True)
@@ -104,7 +105,7 @@ def main() -> None:
     d = config.distill
     d.stage1_steps, d.round_steps = args.stage1_steps, args.round_steps
     d.rounds, d.start_num_steps = args.rounds, args.start_num_steps
-  config_lib.validate(config)
+  validation.validate(config)
   start = time.time()
   round_steps = [students.num_steps_of_round(d, k) for k in range(1, d.rounds + 1)]
   models = [Model(f"teacher, guided, T={config.sampling.num_steps}", config, args.teacher_workdir)]
@@ -129,8 +130,8 @@ def main() -> None:
         os.path.join(args.workdir, name),
       )
     )
-  net = evaluate.feature_net(config)
-  ref = evaluate.reference_features(config, net, args.workdir)
+  net = features.feature_net(config)
+  ref = features.reference_features(config, net, args.workdir)
   labels = np.resize(np.arange(config.data.num_classes, dtype=np.int32), args.num_samples)
   results = {
     m.name: _measure(m, labels=labels, w_values=W_VALUES, net=net, ref=ref) for m in models
@@ -141,7 +142,7 @@ def main() -> None:
   lines = [
     "# Guided distillation on the digits default",
     "",
-    f"`python benchmarks/distill.py --teacher_workdir <digits workdir> --workdir <distill "
+    f"`python -m benchmarks.distill --teacher_workdir <digits workdir> --workdir <distill "
     f"workdir> --stage1_steps {d.stage1_steps} --round_steps {d.round_steps} --rounds "
     f"{d.rounds} --start_num_steps {d.start_num_steps} --num_samples {args.num_samples}`: "
     f"{minutes:.0f} min on {platform.machine()} with {os.cpu_count()} CPU cores. Each cell: "

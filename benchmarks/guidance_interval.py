@@ -1,7 +1,7 @@
 """What a guidance interval saves: the full T-step guided sampling loop, CIFAR-sized U-Net.
 
-    python benchmarks/guidance_interval.py [--fraction 0.5] [--sampler ancestral] [--repeats 3]
-    python benchmarks/guidance_interval.py --tiny --out /tmp/guidance_interval_tiny.json  # smoke
+    python -m benchmarks.guidance_interval [--fraction 0.5] [--sampler ancestral] [--repeats 3]
+    python -m benchmarks.guidance_interval --tiny --out /tmp/guidance_interval_tiny.json  # smoke
 
 Three variants of the same jitted sampler (`sampling_runner.make_sampler`, random `UNet.init`
 params; 32×32×3, ch 64, ch_mult (1, 2, 2), 2 res-blocks, attention at 16 and 8, head_channels 64,
@@ -28,10 +28,9 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO
 
 FULL = dict(
   image_size=32,
@@ -82,7 +81,6 @@ def main(argv=None) -> dict:
   )
   args = parser.parse_args(argv)
 
-  sys.path.insert(0, REPO)
   import jax
   import jax.numpy as jnp
   import numpy as np

@@ -1,6 +1,6 @@
 """Guidance variants side by side on one trained digits model, through the evaluation job.
 
-    python benchmarks/guidance_variants.py --workdir runs/paper_small_scale/p_uncond_0.1 \
+    python -m benchmarks.guidance_variants --workdir runs/paper_small_scale/p_uncond_0.1 \
         --uncond_workdir runs/guidance_variants/p_uncond_1
 
 Takes a workdir trained by `configs/digits.py` (e.g. by benchmarks/paper_small_scale.py), runs
@@ -27,8 +27,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks.common import REPO
+
 W_VALUES = (0.0, 0.3, 1.0, 3.0)
 NUM_SAMPLES = 1000
 VARIANTS = {
@@ -60,7 +60,8 @@ def _has_checkpoint(directory: str) -> bool:
 
 
 def main() -> None:
-  from cfg_jax import evaluate  # after sys.path has the repository
+
+  from cfg_jax.evaluation import results
 
   parser = argparse.ArgumentParser()
   parser.add_argument("--workdir", required=True, help="a trained digits workdir")
@@ -97,7 +98,7 @@ def main() -> None:
       ]
     runs[name] = (args.uncond_workdir if uncond else args.workdir, extra)
   for name, (workdir, extra) in runs.items():
-    before = len(evaluate.load_results(workdir))
+    before = len(results.load_results(workdir))
     _run(
       [
         *base,
@@ -108,16 +109,16 @@ def main() -> None:
       ],
       commands,
     )
-    new = evaluate.load_results(workdir)[before:]
+    new = results.load_results(workdir)[before:]
     offset = CLASSIFIER_VARIANTS.get(name, (0.0, False))[0]
     rows[name] = [
-      {**r, "w": round(evaluate.guidance_strength(r) - offset, 6)} for r in new
+      {**r, "w": round(results.guidance_strength(r) - offset, 6)} for r in new
     ]  # column = matching w
   minutes = (time.time() - start) / 60
   out = [
     "# Guidance variants on the digits default (p_uncond = 0.1, T = 64)",
     "",
-    f"`python benchmarks/guidance_variants.py --workdir <trained digits workdir> --uncond_workdir <dir>`: {minutes:.0f} "
+    f"`python -m benchmarks.guidance_variants --workdir <trained digits workdir> --uncond_workdir <dir>`: {minutes:.0f} "
     f"min on {platform.machine()} with {os.cpu_count()} CPU cores. Each cell: {NUM_SAMPLES} "
     "class-balanced samples (same noise keys for every variant and w); digits-classifier "
     "metrics (not Inception FID / IS). `evals` = network evaluations per sample, `guided` = "

@@ -1,6 +1,6 @@
 """Images/s of the Flax FID Inception-v3 feature extraction (`inception.jit_features`) on this host.
 
-    python benchmarks/inception_throughput.py [--weights PATH] [--batch-sizes 50,100] [--rounds 3]
+    python -m benchmarks.inception_throughput [--weights PATH] [--batch-sizes 50,100] [--rounds 3]
 
 Times the jitted forward (TF-graph preprocessing, bilinear resize to 299×299, network, pool_3) on
 8×8×1 inputs (the digits, resized in the graph) and 299×299×3 inputs, for each batch size: compile

@@ -1,10 +1,10 @@
 """Bits/dim of the digits test split under the probability-flow ODE, over w, for trained models.
 
-    python benchmarks/likelihood.py --model 0.1=DIR1 --model 0.5=DIR2 [--num_examples 100]
-    python benchmarks/likelihood.py --model 0.1=DIR1 --interpolation docs/likelihood_slerp.png
-    python benchmarks/likelihood.py --model 0.1=DIR1 --model 0.5=DIR2 --collect  # tables only
+    python -m benchmarks.likelihood --model 0.1=DIR1 --model 0.5=DIR2 [--num_examples 100]
+    python -m benchmarks.likelihood --model 0.1=DIR1 --interpolation docs/likelihood_slerp.png
+    python -m benchmarks.likelihood --model 0.1=DIR1 --model 0.5=DIR2 --collect  # tables only
 
-Runs `--mode=likelihood`'s code (`cfg_jax.likelihood_eval`) on each model's latest checkpoint
+Runs `--mode=likelihood`'s code (`cfg_jax.jobs.likelihood`) on each model's latest checkpoint
 (configs/digits.py with its p_uncond; results also land in DIR/likelihood/) and writes the table
 to benchmarks/results/likelihood.md and .json (`--collect`: from the rows that `--mode=likelihood`
 already wrote). `--interpolation` instead draws slerp paths in z between two test digits of one
@@ -22,8 +22,7 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks.common import REPO
 
 
 def load_config(p_uncond: float, args):
@@ -100,16 +99,17 @@ def interpolation(args) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
 
-  from cfg_jax import data, likelihood, likelihood_eval, models, sample, sampling
+  from cfg_jax import likelihood, models, sampling, train_state, validation
   from cfg_jax import sharding as sharding_lib
+  from cfg_jax.data import pipeline
 
   p_uncond, workdir = args.model[0].split("=", 1)
   config = load_config(float(p_uncond), args)
-  likelihood_eval.check_config(config)
+  validation.validate(config)
   mesh = sharding_lib.make_mesh_from_config(config)
-  params, _ = sample.load_params(config, workdir, mesh)
+  params, _ = train_state.restore_params(config, workdir, mesh, gather=True)
   eps_fn = sampling.unet_eps_fn(models.create_model(config).apply, params)
-  x, labels = data.eval_arrays(config.data)
+  x, labels = pipeline.eval_arrays(config.data)
   idx = np.flatnonzero(labels == args.digit)[:2]
   settings = likelihood.LikelihoodConfig.from_config(config)
   null = config.data.num_classes
@@ -151,9 +151,9 @@ def interpolation(args) -> None:
 def collect(workdir: str, args) -> list[dict]:
   """The newest row of `workdir`'s results for each w of --w with --num_examples images (-1: the
   most images of any row) at rtol = atol = --tol."""
-  from cfg_jax import likelihood_eval
+  from cfg_jax.jobs import likelihood as likelihood_job
 
-  with open(likelihood_eval.results_path(workdir)) as f:
+  with open(likelihood_job.results_path(workdir)) as f:
     rows = [json.loads(line) for line in f if json.loads(line)["settings"]["rtol"] == args.tol]
   n = args.num_examples if args.num_examples > 0 else max(r["num_examples"] for r in rows)
   newest = {r["w"]: r for r in rows if r["num_examples"] == n}
@@ -161,6 +161,8 @@ def collect(workdir: str, args) -> list[dict]:
 
 
 def main() -> None:
+  from cfg_jax.jobs import likelihood as likelihood_job
+
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", action="append", required=True, help="P_UNCOND=WORKDIR")
   parser.add_argument("--w", type=float, nargs="+", default=[-1.0, 0.0, 0.3, 1.0, 3.0])
@@ -184,7 +186,6 @@ def main() -> None:
   if args.interpolation:
     interpolation(args)
     return
-  from cfg_jax import likelihood_eval
 
   results = []
   for spec in args.model:
@@ -193,10 +194,10 @@ def main() -> None:
     if args.collect:
       rows = collect(workdir, args)
     else:
-      rows = likelihood_eval.evaluate_likelihood(load_config(float(p_uncond), args), workdir)
+      rows = likelihood_job.run(load_config(float(p_uncond), args), workdir)
     results.append({"p_uncond": float(p_uncond), "rows": rows})
     print(f"p_uncond {p_uncond}: {time.perf_counter() - start:.0f} s")
-  command = "python benchmarks/likelihood.py " + " ".join(
+  command = "python -m benchmarks.likelihood " + " ".join(
     a if "=" not in a else a.split("=")[0] + "=DIR" for a in sys.argv[1:]
   )
   with open(args.out + ".json", "w") as f:

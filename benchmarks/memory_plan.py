@@ -1,10 +1,10 @@
 """Memory plan of the paper's ImageNet models: the train step compiled ahead of time from shapes.
 
-    python benchmarks/memory_plan.py            # writes benchmarks/results/memory_plan.md
-    python benchmarks/memory_plan.py --quick    # imagenet64 only (5 compiles instead of 8)
+    python -m benchmarks.memory_plan            # writes benchmarks/results/memory_plan.md
+    python -m benchmarks.memory_plan --quick    # imagenet64 only (5 compiles instead of 8)
 
 For `configs/imagenet64.py` and `configs/imagenet128.py` this builds the real train step
-(`train.make_train_step`: the (data, fsdp) mesh, state shardings, donation) on fake CPU devices
+(`training.make_train_step`: the (data, fsdp) mesh, state shardings, donation) on fake CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=64, set here before jax is imported), with the
 state from `jax.eval_shape` and inputs as `jax.ShapeDtypeStruct`s with shardings, then
 `.lower(...).compile()` — nothing is allocated. From `compiled.memory_analysis()` it reports per
@@ -37,7 +37,8 @@ import platform
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO
+
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 MAX_DEVICES = 64
 GiB = 2**30
@@ -125,7 +126,7 @@ def measure(case: dict) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from cfg_jax import config_lib, models, sharding, train, train_state
+  from cfg_jax import config_lib, models, sharding, train_state, training, validation
 
   config = config_lib.load_config(os.path.join(REPO, "configs", f"{case['config']}.py"))
   dtype, remat = VARIANTS[case["variant"]]
@@ -134,7 +135,7 @@ def measure(case: dict) -> dict:
     config.model.dtype, config.model.remat = dtype, remat
     config.mesh.fsdp = case["fsdp"]
     config.training.batch_size = n * b
-  config_lib.validate(config, num_devices=n)
+  validation.validate(config, num_devices=n)
   mesh = sharding.make_mesh_from_config(config, num_devices=n)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
   shape = (config.data.image_size, config.data.image_size, 3)
@@ -151,7 +152,7 @@ def measure(case: dict) -> dict:
   }
   key_shape = jax.eval_shape(lambda: jax.random.key(0))
   rng = jax.ShapeDtypeStruct(key_shape.shape, key_shape.dtype, sharding=sharding.replicated(mesh))
-  step = train.make_train_step(model, tx, config, mesh, shardings)
+  step = training.make_train_step(model, tx, config, mesh, shardings)
   t0 = time.time()
   compiled = step.lower(state, batch, rng).compile()
   seconds = time.time() - t0
@@ -203,7 +204,7 @@ def report(results: dict[str, dict], saved: dict[str, int], command: str) -> str
     f"{max(r['compile_seconds'] for r in rows):.0f} s each); nothing is allocated.",
     "",
     "Everything is per device, in GiB (2^30 bytes). The train step is cfg_jax's own "
-    "(`train.make_train_step`): Adam, EMA, global-norm clipping, donated state. "
+    "(`training.make_train_step`): Adam, EMA, global-norm clipping, donated state. "
     "`total` = argument + output − alias + temp; with the state donated the outputs alias "
     "the arguments, so total ≈ state + temporaries (activations, gradients, gathered "
     "fsdp weights).",
@@ -353,7 +354,6 @@ def main() -> None:
   )
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.path.insert(0, REPO)
 
   cache_path = os.path.join(RESULTS, "memory_plan.json")
   cache = {}
@@ -383,7 +383,7 @@ def main() -> None:
       saved[f"{name}/{v}"] = cache[k]
   with open(cache_path, "w") as f:
     json.dump(cache, f, indent=1, sort_keys=True)
-  command = "python benchmarks/memory_plan.py" + (" --quick" if args.quick else "")
+  command = "python -m benchmarks.memory_plan" + (" --quick" if args.quick else "")
   text = report(results, saved, command)
   with open(args.out, "w") as f:
     f.write(text)

@@ -1,6 +1,6 @@
 """The paper's experiments at small scale, on the embedded digits default, with the real CLI.
 
-    python benchmarks/paper_small_scale.py [--out benchmarks/results/paper_small_scale.md]
+    python -m benchmarks.paper_small_scale [--out benchmarks/results/paper_small_scale.md]
 
 Trains `configs/digits.py` three times (p_uncond = 0.1, 0.2, 0.5), evaluates each checkpoint with
 `--mode=evaluate` over the paper's w grid and (for p_uncond = 0.1) over several T, and writes a
@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO
+
 W_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # the paper's Table 1 grid
 W_SHORT = (0.0, 0.1, 0.3, 0.5, 1.0, 2.0, 4.0)
 T_GRID = (16, 64, 256)
@@ -128,7 +129,7 @@ def main() -> None:
   out = [
     "# The paper's experiments at small scale (embedded digits default)",
     "",
-    f"Produced by `python benchmarks/paper_small_scale.py` in {minutes:.0f} min on "
+    f"Produced by `python -m benchmarks.paper_small_scale` in {minutes:.0f} min on "
     f"{platform.machine()} with {os.cpu_count()} CPU cores, JAX CPU. Each model: "
     "`configs/digits.py` (0.21M-parameter U-Net, 1,500 steps of batch 64, one seed). "
     f"Each cell: {NUM_SAMPLES} class-balanced samples, sample i with noise key i at every w. "

@@ -1,12 +1,12 @@
 """Parameter counts of every config's U-Net, from jax.eval_shape (nothing is allocated).
 
-python benchmarks/param_counts.py        # prints the README's markdown table
+python -m benchmarks.param_counts        # prints the README's markdown table
 """
 
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO
+
 CONFIGS = ("digits", "mnist", "cifar10", "imagenet64", "imagenet128")
 # guided-diffusion's create_model with its README flags, 3 output channels, without the ∅ row.
 ADM_REFERENCE = {"imagenet64": 295_899_267, "imagenet128": 421_522_691}
@@ -35,5 +35,4 @@ def table() -> str:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, REPO)
   print(table())

@@ -1,14 +1,14 @@
 """Where the time goes: training and guided sampling of cfg_jax, side by side with diffusers.
 
-    python benchmarks/perf.py                  # full run (both architectures, diffusers, XLA options)
-    python benchmarks/perf.py --quick          # smoke run: digits model only, tiny batch and T
+    python -m benchmarks.perf                  # full run (both architectures, diffusers, XLA options)
+    python -m benchmarks.perf --quick          # smoke run: digits model only, tiny batch and T
     pip install -e '.[bench]'                  # torch + diffusers for the side-by-side part
 
 Two architectures: the embedded default (configs/digits.py, 8×8×1) and a CIFAR-sized ADM U-Net
 (32×32×3, ch 64, ch_mult (1, 2, 2), 2 res-blocks per level, attention at 16 and 8, 64-channel
 heads). For each it measures
 
-- training: the real jitted train step (`train.make_train_step`: label dropout, Adam, gradient
+- training: the real jitted train step (`training.make_train_step`: label dropout, Adam, gradient
   clipping, EMA, non-finite skip; state donated), images/s, compile time, XLA's FLOP count of the
   compiled step (`cost_analysis`) and the model FLOP utilisation (MFU) against the float32 matmul
   peak measured here with a large `jnp.dot`;
@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,9 +45,10 @@ from typing import Any
 # OpenMP threads that spin at barriers collapse on a CPU shared with other jobs (a step of the
 # digits net took 6 s instead of 0.3 s on 2 threads); sleeping waiters keep torch usable.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from benchmarks import common  # noqa: E402
+
+REPO = common.REPO
 
 NUM_CLASSES = 10
 ARCHS = {
@@ -92,51 +92,6 @@ XLA_OPTIONS = [
 # ------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as fh:
-      for line in fh:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
-def maxrss_mib() -> float:
-  """Peak resident memory of this process so far (Linux reports KiB)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def memory_mib(compiled) -> dict[str, float] | None:
-  """XLA's buffer assignment of a compiled function: arguments, outputs, temporaries; `peak` is
-  arguments + outputs + temporaries − donated (aliased) bytes."""
-  try:
-    m = compiled.memory_analysis()
-  except Exception:  # some backends do not implement it
-    return None
-  if m is None:
-    return None
-  mib = lambda b: b / 2**20
-  peak = (
-    m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-  )
-  return {
-    "arguments": mib(m.argument_size_in_bytes),
-    "outputs": mib(m.output_size_in_bytes),
-    "temporaries": mib(m.temp_size_in_bytes),
-    "aliased": mib(m.alias_size_in_bytes),
-    "peak": mib(peak),
-  }
-
-
-def flops_of(compiled) -> float | None:
-  ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else {}
-  return float(ca["flops"]) if ca and "flops" in ca else None
-
-
 def matmul_peak(n: int, repeats: int) -> dict[str, float]:
   """float32 matmul GFLOP/s of a jitted jnp.dot of two n×n matrices (best of `repeats`)."""
   import jax
@@ -165,19 +120,6 @@ def matmul_peak(n: int, repeats: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------
 
 
-def round_robin(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-  """Calls each fn once per round, in turn; each returns the seconds it measured."""
-  times = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, fn in fns.items():
-      times[name].append(fn())
-  return times
-
-
-def summary(times: list[float]) -> dict[str, float]:
-  return {"median_s": statistics.median(times), "min_s": min(times), "runs_s": times}
-
-
 # ------------------------------------------------------------------------------------------
 # cfg_jax
 # ------------------------------------------------------------------------------------------
@@ -204,14 +146,14 @@ def jax_train(arch: str, s: dict) -> tuple[dict, Callable[[], float]]:
   import jax
   import jax.numpy as jnp
 
-  from cfg_jax import models, sharding, train, train_state
+  from cfg_jax import models, sharding, train_state, training
 
   shape, b = ARCHS[arch]["image_shape"], s["train_batch"]
   config = jax_config(arch, b)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
   mesh = sharding.make_mesh(1)
-  state, state_sharding = train.create_train_state(config, model, tx, mesh, shape)
-  step = train.make_train_step(model, tx, config, mesh, state_sharding)
+  state, state_sharding = training.create_train_state(config, model, tx, mesh, shape)
+  step = training.make_train_step(model, tx, config, mesh, state_sharding)
   batch = jax.device_put(
     {
       "image": jax.random.uniform(jax.random.key(2), (b, *shape)) * 2 - 1,
@@ -238,8 +180,8 @@ def jax_train(arch: str, s: dict) -> tuple[dict, Callable[[], float]]:
   info = {
     "batch": b,
     "compile_s": compile_s,
-    "flops_per_step": flops_of(compiled),
-    "memory_mib": memory_mib(compiled),
+    "flops_per_step": common.flops_of(compiled),
+    "memory_mib": common.memory_mib(compiled),
     "params": int(num_params),
     "donated_state": True,
   }
@@ -330,7 +272,7 @@ def jax_sampling(
     compiled = fns[name].lower(*args).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(*args))
-    info["variants"][name] = {"compile_s": compile_s, "memory_mib": memory_mib(compiled)}
+    info["variants"][name] = {"compile_s": compile_s, "memory_mib": common.memory_mib(compiled)}
     print(f"  {arch} sampling {name}: compiled in {compile_s:.1f} s", flush=True)
 
     def run(compiled=compiled) -> float:
@@ -343,7 +285,7 @@ def jax_sampling(
   # FLOPs of one guided network evaluation (a forward of 2B), for the sampling MFU.
   fwd = jax.jit(lambda p, z, lam, lab: model.apply({"params": p}, z, lam, lab, train=False))
   z2 = jnp.zeros((2 * b, *shape))
-  info["flops_forward_2b"] = flops_of(
+  info["flops_forward_2b"] = common.flops_of(
     fwd.lower(params, z2, jnp.zeros((2 * b,)), jnp.zeros((2 * b,), jnp.int32)).compile()
   )
   return info, runs
@@ -542,7 +484,7 @@ def bench_arch(
       print(f"  {torch_error}: timing the JAX part only", flush=True)
 
   fns = {"jax_train": train_run, **sample_runs, **torch_fns}
-  times = round_robin(fns, s["rounds"])
+  times = common.round_robin(fns, s["rounds"])
   med = {k: statistics.median(v) for k, v in times.items()}
   t, b, bs = s["num_steps"], s["train_batch"], s["sample_batch"]
 
@@ -550,7 +492,7 @@ def bench_arch(
   flops = train_info["flops_per_step"]
   train_out = {
     **train_info,
-    **summary(times["jax_train"]),
+    **common.summary(times["jax_train"]),
     "images_per_s": b / train_s,
     "achieved_gflops": flops / train_s / 1e9 if flops else None,
     "mfu": flops / train_s / (peak_gflops * 1e9) if flops else None,
@@ -560,7 +502,7 @@ def bench_arch(
   for name in ("unguided", "guided_batched", "guided_two_forwards", "guided_interval"):
     variants[name] = {
       **sample_info["variants"][name],
-      **summary(times[name]),
+      **common.summary(times[name]),
       "per_step_s": med[name] / t,
       "per_image_s": med[name] / bs,
       "ratio_to_unguided": med[name] / unguided,
@@ -578,7 +520,7 @@ def bench_arch(
     "settings": s,
     "train": train_out,
     "sampling": sampling_out,
-    "maxrss_mib_after": maxrss_mib(),
+    "maxrss_mib_after": common.maxrss_mib(),
   }
   if torch_fns:
     # The ratios use the faster torch thread setting (the comparison least favourable to cfg_jax).
@@ -588,12 +530,12 @@ def bench_arch(
     out["diffusers"] = {
       **torch_info,
       "train": {
-        **summary(times[tr_key]),
+        **common.summary(times[tr_key]),
         "images_per_s": b / d_train,
         "threads": 1 if tr_key.endswith("1thread") else torch_info["torch_threads"],
       },
       "guided_loop": {
-        **summary(times[lp_key]),
+        **common.summary(times[lp_key]),
         "per_step_s": d_loop / t,
         "per_image_s": d_loop / bs,
         "threads": 1 if lp_key.endswith("1thread") else torch_info["torch_threads"],
@@ -687,7 +629,7 @@ def probe(rounds: int) -> dict:
       start = time.perf_counter()
       jax.block_until_ready(compiled(*args))
       times.append(time.perf_counter() - start)
-    out[name] = {"compile_s": compile_s, **summary(times)}
+    out[name] = {"compile_s": compile_s, **common.summary(times)}
   return out
 
 
@@ -897,19 +839,6 @@ def markdown(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def versions() -> dict[str, Any]:
-  import flax
-  import jax
-
-  out = {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend()}
-  for name in ("torch", "diffusers"):
-    try:
-      out[name] = __import__(name).__version__
-    except ImportError:
-      out[name] = "not installed"
-  return out
-
-
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true", help="smoke run: digits only, tiny sizes")
@@ -950,20 +879,20 @@ def main(argv=None) -> dict:
     else os.path.join(REPO, "benchmarks", "results", "perf")
   )
   use_torch = not args.no_torch
-  command = "python benchmarks/perf.py" + (
+  command = "python -m benchmarks.perf" + (
     ""
     if argv is None and len(sys.argv) == 1
     else " " + " ".join(sys.argv[1:] if argv is None else argv)
   )
   machine = {
-    "cpu_model": cpu_model(),
+    "cpu_model": common.cpu_model(),
     "cores": os.cpu_count(),
     "platform": platform.platform(),
     "python": platform.python_version(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
     "jax_devices": [str(d) for d in jax.devices()][:2],
-    **versions(),
+    **common.versions(),
     "loadavg_start": load_start,
   }
   print(

@@ -51,6 +51,15 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def list_steps(workdir: str) -> list[int]:
+  """The complete checkpoint steps in `<workdir>/checkpoints`, sorted ([] when there is none);
+  the read-only manager it opens is closed again."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return []
+  with Checkpointer(workdir, read_only=True) as ckpt:
+    return sorted(ckpt.all_steps())
+
+
 class Checkpointer:
   """Saves and restores train states in `<workdir>/checkpoints` (keeps the newest `max_to_keep`)."""
 
@@ -67,6 +76,7 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=not read_only, read_only=read_only
       ),
     )
+    self._closed = False
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -243,6 +253,10 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for a save in flight to commit, then closes the manager (again: a no-op)."""
+    if self._closed:
+      return
+    self._closed = True
     self._manager.wait_until_finished()
     self._manager.close()
 

@@ -8,6 +8,7 @@ other exception is a bug and keeps its traceback; `--verbose` shows the tracebac
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -37,3 +38,16 @@ def guarded(fn: Callable[[], Any], *, verbose: bool = False, stream: TextIO | No
     (stream or sys.stderr).write(message_block(e))
     return EXIT_STATUS
   return 0
+
+
+def require_tensorflow() -> None:
+  """ImportError naming the `cpu` extra unless some TensorFlow distribution is installed: clu's
+  summary writer and tf.data import `tensorflow`, which is not a hard requirement (a colab
+  runtime has its own; pyproject.toml explains why), and the math layers never need it."""
+  if importlib.util.find_spec("tensorflow") is None:
+    raise ImportError(
+      "cfg_jax needs TensorFlow and none is installed: pip install 'cfg_jax[cpu]' (from a "
+      "checkout: pip install -e '.[cpu]'), which adds the CPU wheels jax[cpu] and "
+      "tensorflow-cpu; any distribution that provides `import tensorflow` (tensorflow, "
+      "tensorflow-cpu) will do"
+    )

@@ -1,14 +1,14 @@
 """The paper's guided sampler (Algorithm 2) and its relatives as one jitted loop: pure math.
 
 `sample` takes any ε-function (z, λ, labels) → ε (the U-Net, or the exact ε of a known
-distribution in tests) and walks λ_1 = λ_min < … < λ_T = λ_max: `denoise` forms
-ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on [z, z] with labels [c, ∅] and
-x̃ = (z − σ ε̃)/α (Algorithm 2, lines 3–4, with the guidance variants), and one keyword-only step
-per sampler moves z to the next λ (line 5): `ancestral_step` (the paper's), `ddim_step`,
-`euler_step`, `heun_step`. w (the paper's: 0 = conditional) is traced per sample, so a w sweep
-compiles once; the noise of sample i depends only on (rng, sample_ids[i]). Placing batches on
-devices is `sampling_runner`'s job. The math, notation and design reasons are in
-docs/samplers.md.
+distribution in tests) and a guidance method (`cfg_jax.guidance`; default the paper's
+ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on [z, z] with labels [c, ∅]) and walks
+λ_1 = λ_min < … < λ_T = λ_max: `denoise` forms ε̃ and x̃ = (z − σ ε̃)/α (Algorithm 2, lines 3–4,
+with the guidance variants), and one keyword-only step per sampler moves z to the next λ
+(line 5): `ancestral_step` (the paper's), `ddim_step`, `euler_step`, `heun_step`. The strength
+(w, the paper's: 0 = conditional) is traced per sample, so a sweep compiles once; the noise of
+sample i depends only on (rng, sample_ids[i]). Placing batches on devices is `sampling_runner`'s
+job. The math, notation and design reasons are in docs/samplers.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cfg_jax import diffusion, guidance, schedules
-from cfg_jax.guidance import EpsFn
+from cfg_jax.guidance import Aux, EpsFn, Method
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun")
 THRESHOLDING_MODES = guidance.THRESHOLDING_MODES
@@ -48,7 +48,7 @@ class SamplerConfig:
   logsnr_max: float = schedules.LOGSNR_MAX
   v: float = 0.3  # variance interpolation (paper: 0.3 at 64×64, 0.2 at 128×128)
   clip_x: bool = True  # static clip of x̃ to [−1, 1]; False turns thresholding 'static' off
-  guided: bool = True  # False: conditional half only (no ∅ pass; w is ignored)
+  guided: bool = True  # False: the method's unguided prediction only (w is ignored)
   sampler: str = "ancestral"  # ancestral | ddim | euler | heun
   eta: float = 0.0  # DDIM η in [0, 1]: 0 deterministic, 1 = ancestral with v = 0
   guidance_interval: tuple[float, float] | None = None  # (λ_lo, λ_hi); None: guide everywhere
@@ -135,7 +135,8 @@ class SamplerConfig:
     return np.concatenate([np.stack([grid[:-1], grid[1:]], axis=1).reshape(-1), grid[-1:]])
 
   def guided_evals(self) -> int:
-    """How many network evaluations run the batched [z, z] forward (the others run z only)."""
+    """How many network evaluations run the guidance method (inside the interval; classifier-free
+    guidance: the batched [z, z] forward), the others its unguided prediction on z only."""
     if not self.guided or self.w_conditioned:
       return 0
     inside = guidance.in_interval(jnp.asarray(self.eval_logsnrs()), interval=self.guidance_interval)
@@ -258,47 +259,41 @@ def denoise(
   w: jax.Array,
   null_label: int,
   config: SamplerConfig,
-  guide_fn: EpsFn | None = None,
+  method: Method = guidance.CFG,
+  aux: Aux | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Lines 3–4 of Algorithm 2 at the scalar λ: returns (x̃, ε̂), z [B, ...], labels and w [B].
 
-  ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on [z, z] with labels [c, ∅], then
-  x̃ = (z − σ ε̃)/α. With `guide_fn` (autoguidance, a second network) the guided-against term is
-  guide_fn(z, c) instead of ε(z, ∅): two forwards of B. The variants of `config`: guided=False or λ outside the guidance interval
-  runs the conditional forward on z alone (ε̃ = ε(z, c), one forward of B, not 2B); then CFG
-  rescale and thresholding change x̃. ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is the ε consistent with the
-  final x̃ (ε̃ itself when nothing changed x̃). A w-conditioned ε-function (config.w_conditioned,
-  a distilled student) gives ε̃ = ε(z, c, w) from one forward of B, and λ may be one per sample.
+  ε̃ = `method.guided(...)` (classifier-free: (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on
+  [z, z] with labels [c, ∅]; `aux` holds the functions of the method's extra networks), then
+  x̃ = (z − σ ε̃)/α. With guided=False, or λ outside the guidance interval, ε̃ is the method's
+  unguided ε (the conditional model: one forward of B, not 2B); then CFG rescale and thresholding
+  change x̃. ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is the ε consistent with the final x̃ (ε̃ itself when
+  nothing changed x̃). A w-conditioned ε-function (config.w_conditioned, a distilled student)
+  gives ε̃ = ε(z, c, w) from one forward of B, and λ may be one per sample.
   """
   b = z.shape[0]
   lam = jnp.broadcast_to(jnp.asarray(logsnr, jnp.float32), (b,))
+  aux = aux or {}
+  kw = dict(logsnr=lam, labels=labels)
 
-  def guided(z):  # line 3, from ONE forward call on [z, z] with labels [c, ∅]
-    if guide_fn is not None:  # autoguidance: two networks cannot share a forward
-      eps_c = eps_fn(z, lam, labels)
-      return guidance.guided_eps(eps_cond=eps_c, eps_uncond=guide_fn(z, lam, labels), w=w), eps_c
-    eps = eps_fn(
-      jnp.concatenate([z, z], axis=0),
-      jnp.concatenate([lam, lam], axis=0),
-      jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0),
-    )
-    eps_c, eps_u = eps[:b], eps[b:]
-    return guidance.guided_eps(eps_cond=eps_c, eps_uncond=eps_u, w=w), eps_c
+  def guided(z):  # line 3
+    return method.guided(eps_fn, aux, z=z, w=w, null_label=null_label, **kw)
 
-  def conditional(z):
-    eps_c = eps_fn(z, lam, labels)
-    return eps_c, eps_c
+  def unguided(z):
+    eps = method.unguided(eps_fn, aux, z=z, **kw)
+    return eps, eps
 
   if config.w_conditioned:  # the student's ε̃ at w itself; w = 0 is its conditional model
     guide = config.guided & guidance.in_interval(lam, interval=config.guidance_interval)
     eps = eps_c = eps_fn(z, lam, labels, jnp.where(guide, w, 0.0))
   elif not config.guided:
-    eps, eps_c = conditional(z)
+    eps, eps_c = unguided(z)
   elif config.guidance_interval is None:
     eps, eps_c = guided(z)
   else:  # guide only inside the interval; outside, one forward of batch B instead of 2B
     inside = guidance.in_interval(logsnr, interval=config.guidance_interval)
-    eps, eps_c = jax.lax.cond(inside, guided, conditional, z)
+    eps, eps_c = jax.lax.cond(inside, guided, unguided, z)
   x_raw = diffusion.x_from_eps(z=z, eps=eps, logsnr=lam)  # line 4: x̃ = (z − σ ε̃)/α
   x = x_raw
   if config.guided and config.rescale_phi > 0:
@@ -322,11 +317,13 @@ def sample(
   null_label: int,
   config: SamplerConfig = SamplerConfig(),
   z_init: jax.Array | None = None,
-  guide_fn: EpsFn | None = None,
+  method: Method = guidance.CFG,
+  aux: Aux | None = None,
 ) -> jax.Array:
   """Algorithm 2: draws x ~ p(x | c) with guidance strength w; returns x̃ at λ_max, [B, *shape].
 
-  `guide_fn` (None: classifier-free) replaces ε(z, ∅) by a guide network's ε(z, c): autoguidance.
+  `method` (default classifier-free) forms the guided ε̃ with the functions `aux` of its extra
+  networks (autoguidance: the guide's ε-function; classifier guidance: the classifier's logits).
 
   z_1 ~ N(0, I) per sample (or `z_init` [B, *shape]; the other noise still comes from (rng,
   sample_ids)); for t = 1..T: x̃_t from `denoise` (lines 3–4) and, for t < T, z_{t+1} from
@@ -348,7 +345,8 @@ def sample(
       w=w,
       null_label=null_label,
       config=config,
-      guide_fn=guide_fn,
+      method=method,
+      aux=aux,
     )
 
   def body(t, carry):

@@ -25,6 +25,7 @@ from clu import metric_writers
 
 from cfg_jax import checkpointing, preemption, writers
 from cfg_jax import sharding as sharding_lib
+from cfg_jax.data import pipeline
 from cfg_jax.errors import UserError
 
 State = TypeVar("State")
@@ -74,8 +75,6 @@ def loop_inputs(
   """`run`'s `loop` and `batches` for `num_steps` steps at the batch size and logging / checkpoint
   cadence of config section `section` (training, distillation phases, the classifier), on this
   process's share of the training data."""
-  from cfg_jax import data  # lazily: TF import
-
   s = config[section]
   # Sections without these fields (the classifier's) keep LoopConfig's defaults.
   optional = {
@@ -92,7 +91,7 @@ def loop_inputs(
       **{k: s[f] for k, f in optional.items() if f in s},
     ),
     "batches": functools.partial(
-      data.train_iterator,
+      pipeline.train_iterator,
       config.data,
       global_batch_size=s.batch_size,
       seed=config.seed,
@@ -100,17 +99,6 @@ def loop_inputs(
       process_count=jax.process_count(),
     ),
   }
-
-
-def init_sharded(
-  init: Callable[[jax.Array], State], rng: jax.Array, *, mesh, config: ml_collections.ConfigDict
-) -> tuple[State, Any]:
-  """(init(rng), its shardings), computed directly into the shardings (shapes from
-  jax.eval_shape first): replicated, or sharded over the mesh's `fsdp` axis per config.mesh."""
-  shardings = sharding_lib.state_shardings(
-    jax.eval_shape(init, rng), mesh, sharding_lib.mesh_config(config)[1]
-  )
-  return jax.jit(init, out_shardings=shardings)(rng), shardings
 
 
 def check_nonfinite_streak(state: Any, loop: LoopConfig, ckpt: checkpointing.Checkpointer) -> None:
@@ -217,7 +205,11 @@ def run(
   """
   prefix = f"{what}: " if what else ""
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=loop.max_to_keep)
-  state = ckpt.restore_or(state, what=what)
+  try:
+    state = ckpt.restore_or(state, what=what)
+  except BaseException:
+    ckpt.close()
+    raise
   start_step = int(state.step)
   writer = writers.create_writer(workdir)
   if start_step == 0:
@@ -227,7 +219,8 @@ def run(
   # The step rate is timed from the end of this run's first step: it compiles.
   rate_time, rate_step = None, start_step + 1
 
-  with metric_writers.ensure_flushes(writer), preemption.PreemptionWatcher() as watcher:
+  # The checkpointer closes on every exit (a NonFiniteLossError too): a save in flight commits.
+  with ckpt, metric_writers.ensure_flushes(writer), preemption.PreemptionWatcher() as watcher:
     for step in range(start_step + 1, loop.num_steps + 1):
       batch = sharding_lib.global_batch(next(host_batches), mesh)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -266,5 +259,4 @@ def run(
         return state
       if periodic is not None:
         periodic(step, state, last=last, writer=writer)
-    ckpt.close()
   return state

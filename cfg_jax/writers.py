@@ -4,7 +4,12 @@ console (the training loop logs one line per window and the jobs log their own r
 from __future__ import annotations
 
 import jax
-from clu import metric_writers
+
+from cfg_jax import errors
+
+errors.require_tensorflow()  # clu imports it; say which extra provides it before clu fails
+
+from clu import metric_writers  # noqa: E402
 
 
 def create_writer(logdir: str) -> metric_writers.MetricWriter:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import autoguidance, config_lib, models, sampling, sampling_runner, toy2d
+from cfg_jax import config_lib, guidance, models, sampling, sampling_runner, toy2d, validation
 from tests import helpers
 from tests.helpers import REPO, load_config, tiny_config
 
@@ -52,7 +52,8 @@ def guided_eps(interval, z, logsnr, labels, w):
   """ε̂ of `sampling.denoise` with the toy model and guide, no thresholding."""
   _, eps = sampling.denoise(
     toy2d.eps_fn(TOY),
-    guide_fn=toy2d.eps_fn(GUIDE_TOY),
+    method=guidance.Autoguidance(),
+    aux={"guide": toy2d.eps_fn(GUIDE_TOY)},
     z=z,
     logsnr=logsnr,
     labels=labels,
@@ -99,7 +100,9 @@ def test_guide_equal_to_main_is_the_conditional_sampler_for_every_w(name):
   eps = toy2d.eps_fn(TOY)
   cond = sampling.sample(eps, w=0.0, config=dataclasses.replace(base, guided=False), **kw)
   w = jnp.asarray(np.resize([0.0, 0.5, 1.0, 3.0, 8.0], n), jnp.float32)
-  auto = sampling.sample(eps, guide_fn=eps, w=w, config=base, **kw)
+  auto = sampling.sample(
+    eps, method=guidance.Autoguidance(), aux={"guide": eps}, w=w, config=base, **kw
+  )
   np.testing.assert_array_equal(np.asarray(auto), np.asarray(cond))
   assert np.isfinite(np.asarray(auto)).all()
 
@@ -139,15 +142,15 @@ def test_sweep_of_two_unets_compiles_once_and_w0_ignores_the_guide():
   ]
   main_model, guide_model = models.create_model(config), models.create_model(guide_config)
   scfg = sampling.SamplerConfig(num_steps=4)
-  sampler = sampling_runner.bind_second_params(
-    autoguidance.make_autoguided_sampler(
-      counting("main", main_model.apply),
-      counting("guide", guide_model.apply),
-      shape=shape,
-      null_label=10,
-      config=scfg,
-    ),
-    params[1],
+  sampler = sampling_runner.make_sampler(
+    counting("main", main_model.apply),
+    shape=shape,
+    null_label=10,
+    config=scfg,
+    method=guidance.Autoguidance(),
+    networks={
+      "guide": sampling_runner.model_network(counting("guide", guide_model.apply), params[1])
+    },
   )
   labels = np.arange(6) % 10
   xs = {
@@ -168,14 +171,6 @@ def test_sweep_of_two_unets_compiles_once_and_w0_ignores_the_guide():
     conditional, params[0], jax.random.key(0), labels=labels, w=0.0, batch_size=6
   )
   np.testing.assert_allclose(xs[0.0], x_cond, atol=1e-5)
-  with pytest.raises(ValueError, match="guided=True"):
-    autoguidance.make_autoguided_sampler(
-      main_model.apply,
-      guide_model.apply,
-      shape=shape,
-      null_label=10,
-      config=sampling.SamplerConfig(guided=False),
-    )
 
 
 # --- config validation: before any compile ------------------------------------------------------
@@ -190,28 +185,28 @@ def auto_config(**autoguidance_fields):
 
 def test_autoguidance_without_a_guide_workdir_is_a_config_error():
   with pytest.raises(config_lib.ConfigError, match="autoguidance.workdir is empty"):
-    config_lib.validate(auto_config())
+    validation.validate(auto_config())
   c = load_config("digits")
   c.sampling.guidance = "auto"  # --mode=sample checks the same guide
   with pytest.raises(config_lib.ConfigError, match="autoguidance.workdir is empty"):
-    config_lib.validate(c)
-  config_lib.validate(load_config("digits"))  # cfg needs no guide
+    validation.validate(c)
+  validation.validate(load_config("digits"))  # cfg needs no guide
 
 
 def test_guide_without_checkpoint_or_of_other_data_is_a_config_error(tmp_path):
   c = auto_config(workdir=str(tmp_path), config=os.path.join(REPO, "configs", "mnist.py"))
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(c)
+    validation.validate(c)
   msg = str(e.value)
   assert "holds no checkpoint" in msg and "--mode=train" in msg
   assert "data.name='mnist'" in msg and "data.image_size=28" in msg
   c = auto_config(workdir=str(tmp_path), config=str(tmp_path / "nope.py"))
   with pytest.raises(config_lib.ConfigError, match="autoguidance.config=.*does not load"):
-    config_lib.validate(c)
+    validation.validate(c)
   c = load_config("digits")
   c.sampling.guidance = "autoguidance"
-  with pytest.raises(config_lib.ConfigError, match="sampling.guidance must be 'cfg'"):
-    config_lib.validate(c)
+  with pytest.raises(config_lib.ConfigError, match="sampling.guidance='autoguidance' is not a"):
+    validation.validate(c)
 
 
 def test_guide_config_with_a_bad_model_is_a_config_error(tmp_path):
@@ -226,7 +221,7 @@ def test_guide_config_with_a_bad_model_is_a_config_error(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   c = auto_config(workdir=str(tmp_path), config=str(path))
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(c)
+    validation.validate(c)
   assert "holds no checkpoint" in str(e.value)
   assert re.search(
     "autoguidance.config: .*cannot be halved 4 times for model.ch_mult", str(e.value)
@@ -278,13 +273,15 @@ def test_cli_evaluates_and_samples_with_an_earlier_checkpoint_as_guide(trained_c
   assert settings["autoguidance"]["checkpoint_step"] == 2 and settings["guided"]
   assert all(np.isfinite(r["fd"]) for r in rows)
   assert os.path.exists(os.path.join(workdir, "eval", "tradeoff_ag_step4_T4.png"))
-  run_cli(
+  sampled = run_cli(
     workdir,
     "--mode=sample",
     "--config.sampling.guidance=auto",
     "--config.sampling.num_samples=10",
     *guide,
   )
+  done = [line for line in sampled.stderr.splitlines() if "Done:" in line]
+  assert len(done) == 1 and "auto_w*.png" in done[0], done  # the files it wrote, by name
   with np.load(os.path.join(workdir, "sample", "step_00000004", "auto_samples.npz")) as f:
     assert f["images"].shape == (3, 10, 8, 8, 1)
     assert json.loads(str(f["sampler_settings"]))["autoguidance"]["checkpoint_step"] == 2

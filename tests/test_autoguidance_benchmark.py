@@ -3,17 +3,14 @@ bootstrap of both feature sets and the report, on known data."""
 
 import argparse
 import os
-import sys
 import types
 
 import numpy as np
 import pytest
 
+from benchmarks import autoguidance as bench
 from cfg_jax.evaluation import metrics
 from tests.helpers import REPO
-
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import autoguidance as bench  # noqa: E402
 
 
 def _args(**kw):

@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from cfg_jax import checkpointing, classifier, evaluate, models, sample, sharding, train_state
+from cfg_jax import checkpointing, models, sharding, train_state
+from cfg_jax.jobs import evaluate as evaluate_job
+from cfg_jax.jobs import sample as sample_job
 from tests.helpers import tiny_config
 
 
@@ -73,16 +75,16 @@ def test_sample_falls_back_to_the_newest_intact_step(corrupt_run, caplog):
   workdir, state = corrupt_run
   config, mesh = _config(), sharding.make_mesh(1)
   with caplog.at_level(logging.WARNING):
-    npz = sample.sample_from_checkpoint(config, workdir)
+    npz = sample_job.run(config, workdir)
   assert os.path.basename(os.path.dirname(npz)) == "step_00000001"
   warned = _warnings(caplog)
   assert "checkpoint step 2" in warned and "Using checkpoint step 1" in warned
   assert "--config.sampling.checkpoint_step" in warned
-  params, step = sample.restore_params(config, workdir, mesh)
+  params, step = train_state.restore_params(config, workdir, mesh)
   assert step == 1
   jax.tree.map(np.testing.assert_array_equal, params, state.ema_params)  # step 1's, not 2's
   with pytest.raises(checkpointing.CheckpointError, match="step 2"):  # asked for: no fallback
-    sample.restore_params(config, workdir, mesh, step=2)
+    train_state.restore_params(config, workdir, mesh, step=2)
 
 
 @pytest.mark.slow
@@ -90,7 +92,7 @@ def test_evaluate_falls_back_to_the_newest_intact_step(corrupt_run, caplog, tmp_
   workdir = str(tmp_path / "run")
   shutil.copytree(corrupt_run[0], workdir)
   with caplog.at_level(logging.WARNING):
-    rows = evaluate.evaluate(_config(), workdir)
+    rows = evaluate_job.run(_config(), workdir)
   assert [r["step"] for r in rows] == [1]
   warned = _warnings(caplog)
   assert "Using checkpoint step 1" in warned and "--config.evaluation.checkpoint_step" in warned
@@ -103,16 +105,16 @@ def test_classifier_loader_falls_back_to_the_newest_intact_step(tmp_path, caplog
     dict(ch=8, ch_mult=(1,), attn_resolutions=(), head_channels=8, num_groups=4)
   )
   init = functools.partial(
-    classifier.init_state,
-    model=classifier.create_classifier(config),
-    tx=classifier.create_optimizer(config),
+    train_state.init_classifier_state,
+    model=models.create_classifier(config),
+    tx=train_state.create_classifier_optimizer(config),
     shape=(8, 8, 1),
   )
   state = jax.jit(init)(jax.random.key(0))
   workdir = str(tmp_path)
-  _save_two_steps(os.path.join(workdir, classifier.SUBDIR), state)
+  _save_two_steps(os.path.join(workdir, train_state.CLASSIFIER_SUBDIR), state)
   mesh = sharding.make_mesh(1)
   with caplog.at_level(logging.WARNING):
-    params = classifier.load_classifier_params(config, workdir, mesh=mesh)
+    params, _ = train_state.restore_classifier_params(config, workdir, mesh)
   assert "Using checkpoint step 1" in _warnings(caplog)
   jax.tree.map(np.testing.assert_array_equal, params, state.params)  # step 1's, not step 2's

@@ -13,8 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import classifier, sampling, schedules, sharding, toy2d
-from cfg_jax import classifier_guidance as cg
+from cfg_jax import (
+  guidance,
+  models,
+  sampling,
+  sampling_runner,
+  schedules,
+  sharding,
+  toy2d,
+  train_state,
+)
+from cfg_jax.guidance import classifier as cg
+from cfg_jax.jobs import train_classifier
 from tests import helpers
 from tests.helpers import class_separation_and_spread, load_config, mixture_moment_error
 
@@ -119,7 +129,7 @@ def test_guidance_term_is_sigma_times_grad_log_softmax():
 
 
 def test_scale_zero_is_the_model_and_the_flax_classifier_is_per_row():
-  model = classifier.create_classifier(tiny_classifier_config(num_res_blocks=0))
+  model = models.create_classifier(tiny_classifier_config(num_res_blocks=0))
   params = _random_params(model)
   model_eps = lambda z, logsnr, labels: jnp.sin(z) * (1.0 + labels[:, None, None, None])
   logits_fn = cg.classifier_logits_fn(model.apply, params)
@@ -153,10 +163,6 @@ def test_bad_arguments_are_clear_errors():
     cg.classifier_guided_eps_fn(
       TOY_EPS, toy_classifier_apply, None, scale=1.0, model_labels="uncond"
     )
-  with pytest.raises(ValueError, match="guided=False"):
-    cg.make_classifier_guided_sampler(
-      toy_apply, toy_classifier_apply, shape=(2,), null_label=K, config=sampling.SamplerConfig()
-    )
   f = cg.classifier_guided_eps_fn(TOY_EPS, toy_classifier_apply, None, scale=jnp.ones(3))
   with pytest.raises(ValueError, match="one scale per sample"):
     f(jnp.zeros((6, 2)), jnp.zeros(6), jnp.zeros(6, jnp.int32))
@@ -187,17 +193,23 @@ CALLS: dict[tuple[str, int], int] = {}  # Python calls of the classifier: counts
 
 @functools.cache
 def _cg_sampler(name: str, mesh_devices: int = 0):
-  """make_classifier_guided_sampler on the mixture: the exact unconditional ε ('null') and the
-  exact classifier; scale=None, so f's w slot carries a per-sample scale."""
-  config = sampling.SamplerConfig(num_steps=64, sampler=name, thresholding="none", guided=False)
+  """The one sampler factory with classifier guidance on the mixture: the exact unconditional ε
+  ('null') and the exact classifier; the strength slot carries a per-sample scale."""
+  config = sampling.SamplerConfig(num_steps=64, sampler=name, thresholding="none")
   mesh = sharding.make_mesh(mesh_devices) if mesh_devices else None
 
   def counted(*args, **kwargs):
     CALLS[(name, mesh_devices)] = CALLS.get((name, mesh_devices), 0) + 1
     return toy_classifier_apply(*args, **kwargs)
 
-  return cg.make_classifier_guided_sampler(
-    toy_apply, counted, shape=(2,), null_label=K, config=config, model_labels="null", mesh=mesh
+  return sampling_runner.make_sampler(
+    toy_apply,
+    shape=(2,),
+    null_label=K,
+    config=config,
+    method=guidance.ClassifierGuidance(model_labels="null"),
+    networks={"classifier": sampling_runner.classifier_network(counted, {})},
+    mesh=mesh,
   )
 
 
@@ -205,7 +217,6 @@ def draw_cg(name: str, scale: float, mesh_devices: int = 0) -> np.ndarray:
   f = _cg_sampler(name, mesh_devices)
   x = np.asarray(
     f(
-      {},
       {},
       jax.random.key(0),
       jnp.arange(N),
@@ -319,17 +330,18 @@ def test_cli_trains_the_classifier_logs_and_checkpoints(tmp_path):
   # far above chance (measured 55%; 10% at λ < −10, where no classifier can do better).
   assert np.isfinite(loss).all() and loss[-1] < loss[0] - 0.2, loss
   assert all(0.0 <= a <= 1.0 for a in scalar("train/accuracy"))
-  edges = classifier.ACCURACY_LOGSNR_EDGES
+  edges = train_classifier.ACCURACY_LOGSNR_EDGES
   accuracy = {
-    lo: scalar(classifier.accuracy_tag(lo, hi))[0] for lo, hi in zip(edges[:-1], edges[1:])
+    lo: scalar(train_classifier.accuracy_tag(lo, hi))[0] for lo, hi in zip(edges[:-1], edges[1:])
   }
   assert all(0.0 <= a <= 1.0 for a in accuracy.values())
   assert accuracy[5.0] > 0.3 and accuracy[10.0] > 0.3 and accuracy[-20.0] < 0.2, accuracy
   # The checkpoint loads into the classifier of the same settings.
   config = tiny_classifier_config(ch_mult=(1, 2), attn_resolutions=(4,), num_res_blocks=0)
-  params = classifier.load_classifier_params(config, workdir, mesh=sharding.make_mesh(1))
+  params, step = train_state.restore_classifier_params(config, workdir, sharding.make_mesh(1))
+  assert step == 150
   shapes = jax.eval_shape(
-    lambda r: classifier.create_classifier(config).init(
+    lambda r: models.create_classifier(config).init(
       r, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), train=False
     )["params"],
     jax.random.key(0),
@@ -359,7 +371,7 @@ def test_evaluation_job_sweeps_the_classifier_scale(trained_copy):
   ]
   assert not any("w" in r for r in rows)
   settings = json.loads(rows[0]["sampler_settings"])
-  assert settings["guided"] is False and settings["classifier_guidance"]["model_labels"] == "cond"
+  assert settings["guided"] and settings["classifier_guidance"]["model_labels"] == "cond"
   assert all(np.isfinite(r["fd"]) and 0.0 <= r["class_accuracy"] <= 1.0 for r in rows)
   acc = event_accumulator.EventAccumulator(
     os.path.join(workdir, "eval"), size_guidance={"tensors": 0}

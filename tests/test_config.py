@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cfg_jax import config_lib, data
+from cfg_jax import config_lib, data, validation
 from tests.helpers import REPO, load_config, tiny_config
 
 CONFIGS = [
@@ -25,7 +25,7 @@ CONFIGS = [
 @pytest.mark.parametrize("name", CONFIGS)
 def test_configs_load_and_validate(name):
   c = load_config(name)
-  config_lib.validate(c, num_devices=8)
+  validation.validate(c, num_devices=8)
   for section in ("data", "model", "diffusion", "guidance", "training", "sampling", "evaluation"):
     assert section in c
 
@@ -78,13 +78,13 @@ def test_locked_config_rejects_unknown_keys():
 def test_bad_values_name_the_field(key, value, match):
   c = tiny_config(**{key: value})
   with pytest.raises(config_lib.ConfigError, match=match):
-    config_lib.validate(c, num_devices=8)
+    validation.validate(c, num_devices=8)
 
 
 def test_errors_are_collected():
   c = tiny_config(**{"guidance.p_uncond": 2.0, "sampling.v": -1.0})
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(c)
+    validation.validate(c)
   assert "guidance.p_uncond" in str(e.value) and "sampling.v" in str(e.value)
 
 
@@ -100,12 +100,12 @@ def test_errors_list_every_section():
     }
   )
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(c, num_devices=8)
+    validation.validate(c, num_devices=8)
   for field in ("data.num_classes", "sampling.eta", "mesh.fsdp", "training.ema_decay"):
     assert field in str(e.value)
   c = tiny_config(**{"model.head_channels": 5, "sampling.eta": 2.0})
   with pytest.raises(config_lib.ConfigError, match="(?s)model.head_channels=5.*sampling.eta"):
-    config_lib.validate(c, num_devices=8)
+    validation.validate(c, num_devices=8)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -116,7 +116,7 @@ def test_dataset_fields_come_from_the_dataset(name):
   spec = data.dataset_spec(raw.data)
   c = load_config(name)
   assert (c.data.image_size, c.data.num_classes) == (spec.image_shape[0], spec.num_classes)
-  config_lib.validate(raw, num_devices=8)  # validate fills them too
+  validation.validate(raw, num_devices=8)  # validate fills them too
   assert (raw.data.image_size, raw.data.num_classes) == (spec.image_shape[0], spec.num_classes)
 
 

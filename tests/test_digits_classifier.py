@@ -10,7 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cfg_jax import data, fileio
+from cfg_jax import fileio
+from cfg_jax.data import pipeline
 from cfg_jax.evaluation import digits_classifier as dc
 
 
@@ -44,7 +45,7 @@ def classifier(data_dir):
 @pytest.fixture(scope="module")
 def splits(data_dir):
   cfg = _cfg(data_dir)
-  return {s: data.eval_arrays(cfg, split=s) for s in ("train", "test")}
+  return {s: pipeline.eval_arrays(cfg, split=s) for s in ("train", "test")}
 
 
 def _copy_data_dir(src, tmp_path):

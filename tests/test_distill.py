@@ -16,8 +16,7 @@ import pytest
 from cfg_jax import (
   checkpointing,
   config_lib,
-  distill,
-  evaluate,
+  distillation,
   guidance,
   models,
   sampling,
@@ -25,7 +24,10 @@ from cfg_jax import (
   students,
   toy2d,
   train_state,
+  validation,
 )
+from cfg_jax.evaluation import results
+from cfg_jax.jobs import distill as distill_job
 from cfg_jax.models import unet
 from tests.helpers import tiny_config
 
@@ -63,7 +65,7 @@ def test_w_embedding_at_init_is_the_teachers_conditional_model():
   )
   init = train_state.init_state(jax.random.key(0), model=teacher, tx=tx, shape=shape)
   t_params = _perturbed(init.params)
-  params = distill.student_init(
+  params = distillation.student_init(
     jax.random.key(1), t_params, model=student, tx=tx, shape=shape
   ).params
   assert set(params) == set(t_params) | {"w_dense_0", "w_dense_1"}
@@ -84,14 +86,14 @@ def test_ddim_target_of_an_exact_point_mass_teacher_is_the_point():
   """For data = one point x0 the exact ε is (z − α x0)/σ and every DDIM step is exact, so the
   one-step target of two steps is x0 itself, at any λ and w."""
   b, x0 = 5, jnp.array([0.3, -0.7])
-  eps_fn = lambda z, lam, labels, w: distill.eps_from_x(
+  eps_fn = lambda z, lam, labels, w: distillation.eps_from_x(
     z=z, x=jnp.broadcast_to(x0, z.shape), logsnr=lam
   )
   lam = jnp.array([-12.0, -8.0, -2.0, 1.0, 5.0])
   logsnrs = (lam, lam + 1.5, lam + 3.0)
   z = jax.random.normal(jax.random.key(0), (b, 2))
   cfg = sampling.SamplerConfig(w_conditioned=True, clip_x=False)
-  x = distill.two_step_target(
+  x = distillation.two_step_target(
     eps_fn,
     z=z,
     logsnrs=logsnrs,
@@ -108,9 +110,9 @@ def test_ddim_target_x_inverts_one_ddim_step():
   x = jax.random.uniform(jax.random.key(1), (4, 3), minval=-1, maxval=1)
   lam, lam_next = jnp.array([-6.0, -1.0, 0.5, 3.0]), jnp.array([-2.0, 2.0, 4.0, 9.0])
   bl = lambda l: l[:, None]
-  eps = distill.eps_from_x(z=z, x=x, logsnr=lam)
+  eps = distillation.eps_from_x(z=z, x=x, logsnr=lam)
   z_next = sampling.ddim_step(x=x, eps=eps, logsnr=bl(lam), logsnr_next=bl(lam_next), eta=0.0)
-  got = distill.ddim_target_x(z=z, z_next=z_next, logsnr=lam, logsnr_next=lam_next)
+  got = distillation.ddim_target_x(z=z, z_next=z_next, logsnr=lam, logsnr_next=lam_next)
   np.testing.assert_allclose(np.asarray(got), np.asarray(x), atol=1e-4)
 
 
@@ -184,12 +186,12 @@ def test_stage1_student_learns_the_exact_teachers_guided_eps():
     config.data.num_classes = toy.num_classes
     config.training.warmup_steps = 0
     config.distill.learning_rate = 3e-3
-  opt_cfg = distill.optimizer_config(config)
+  opt_cfg = distillation.optimizer_config(config)
   model, tx = _ToyStudent(toy.num_classes), train_state.create_optimizer(opt_cfg)
   teacher = types.SimpleNamespace(apply=lambda v, z, lam, labels, train: exact(z, lam, labels))
-  state = distill.student_init(jax.random.key(0), {}, model=model, tx=tx, shape=(2,))
+  state = distillation.student_init(jax.random.key(0), {}, model=model, tx=tx, shape=(2,))
   step = jax.jit(
-    functools.partial(distill.stage1_step, model=model, teacher=teacher, tx=tx, config=opt_cfg)
+    functools.partial(distillation.stage1_step, model=model, teacher=teacher, tx=tx, config=opt_cfg)
   )
   rng = np.random.default_rng(0)
   labels = rng.integers(0, toy.num_classes, 200_000).astype(np.int32)
@@ -207,7 +209,7 @@ def test_stage1_student_learns_the_exact_teachers_guided_eps():
   lab = jnp.asarray(rng.integers(0, toy.num_classes, n), jnp.int32)
   x = jnp.asarray(toy2d.sample_data(toy, labels=np.asarray(lab), seed=9))
   lam = schedules.logsnr_schedule_cosine(jax.random.uniform(k[0], (n,)))
-  z = distill._noised(x, k[1], lam)
+  z = distillation._noised(x, k[1], lam)
   w = jax.random.uniform(k[2], (n,), minval=0.0, maxval=4.0)
   eps_c = exact(z, lam, lab)
   target = guidance.guided_eps(
@@ -252,7 +254,7 @@ def distilled(tmp_path_factory):
   teacher_dir = str(root / "teacher")
   _save_teacher(_tiny(), teacher_dir)
   workdir = str(root / "one_run")
-  states = distill.distill(_distill_config(teacher_dir), workdir)
+  states = distill_job.run(_distill_config(teacher_dir), workdir)
   return root, teacher_dir, workdir, states
 
 
@@ -261,9 +263,9 @@ def test_distillation_resumes_exactly(distilled):
   root, teacher_dir, _, states = distilled
   assert set(states) == {"stage1", "round_1"}
   workdir = str(root / "two_halves")
-  half = distill.distill(_distill_config(teacher_dir, **{"distill.round_steps": 1}), workdir)
+  half = distill_job.run(_distill_config(teacher_dir, **{"distill.round_steps": 1}), workdir)
   assert int(half["round_1"].step) == 1
-  full = distill.distill(_distill_config(teacher_dir), workdir)
+  full = distill_job.run(_distill_config(teacher_dir), workdir)
   for name in states:
     assert int(full[name].step) == int(states[name].step) == 2
     for a, b in zip(jax.tree.leaves(full[name]), jax.tree.leaves(states[name])):
@@ -273,12 +275,12 @@ def test_distillation_resumes_exactly(distilled):
 def test_bad_distill_config_is_a_clear_error():
   config = _tiny(**{"distill.start_num_steps": 64, "distill.w_min": 2.0, "distill.w_max": 1.0})
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(config)
+    validation.validate(config)
   assert "distill.start_num_steps=64" in str(e.value) and "distill.w_min" in str(e.value)
   with pytest.raises(config_lib.ConfigError, match="distill.teacher_workdir"):
-    distill.check_distill_config(_tiny())
+    distill_job.check_distill_config(_tiny())
   with pytest.raises(config_lib.ConfigError, match="distill.student='round_9'"):
-    config_lib.validate(_tiny(**{"distill.student": "round_9"}))
+    validation.validate(_tiny(**{"distill.student": "round_9"}))
 
 
 def test_student_config_samples_round_k_with_ddim_at_its_steps():
@@ -329,7 +331,7 @@ def test_a_distilled_checkpoint_samples_and_evaluates_through_the_cli(distilled)
     "--config.evaluation.batch_size=20",
     *CLI_TINY,
   )
-  rows = evaluate.load_results(os.path.join(workdir, "stage1"))
+  rows = results.load_results(os.path.join(workdir, "stage1"))
   assert [(r["step"], r["w"], r["num_steps"]) for r in rows] == [(2, 0.0, 4), (2, 1.0, 4)]
   assert all(json.loads(r["sampler_settings"])["w_conditioned"] for r in rows)
   assert all(np.isfinite(r["fd"]) for r in rows)

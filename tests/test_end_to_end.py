@@ -9,6 +9,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from cfg_jax.evaluation import results
+from cfg_jax.jobs import evaluate as evaluate_job
 from tests.helpers import run_cli
 
 
@@ -181,10 +183,9 @@ def test_evaluate_adds_inception_fid_on_digits(trained, tmp_path):
   )
   [row] = _rows(workdir)[before:]
   # The saved features give back the row's FID and FD (what benchmarks/fid_vs_w.py bootstraps).
-  from cfg_jax import evaluate
   from cfg_jax.evaluation import metrics
 
-  path = evaluate.features_path(workdir, step=4, num_steps=4, guidance="cfg", w=1.0, num_samples=10)
+  path = results.features_path(workdir, step=4, num_steps=4, guidance="cfg", w=1.0, num_samples=10)
   with np.load(path) as f:
     saved = {k: f[k] for k in f.files}
   assert saved["inception"].shape == (10, 2048) and saved["labels"].tolist() == list(
@@ -238,15 +239,14 @@ def test_evaluate_poll_does_each_checkpoint_once(trained):
 def test_evaluate_skips_a_checkpoint_deleted_meanwhile(trained, tmp_path):
   import shutil
 
-  from cfg_jax import evaluate
   from tests.helpers import tiny_config
 
   workdir, _ = trained
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
   config = tiny_config(**{"evaluation.num_samples": 10, "evaluation.w_values": (1.0,)})
-  evaluator = evaluate.Evaluator(config, copy)
+  evaluator = evaluate_job.Evaluator(config, copy)
   steps = sorted(int(s) for s in os.listdir(os.path.join(copy, "checkpoints")))
   shutil.rmtree(os.path.join(copy, "checkpoints", str(steps[0])))  # as max_to_keep would
-  rows = evaluate.evaluate_steps(evaluator, steps[:1])
+  rows = evaluate_job.evaluate_steps(evaluator, steps[:1])
   assert rows == []  # skipped with a warning, no crash

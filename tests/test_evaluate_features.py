@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cfg_jax import evaluate, sharding
-from cfg_jax.evaluation import inception
+from cfg_jax import sharding
+from cfg_jax.evaluation import features, inception, results
+from cfg_jax.jobs import evaluate as evaluate_job
+from tests.helpers import load_config
 
 
 @pytest.mark.slow
@@ -26,7 +28,7 @@ def test_inception_features_sharded_match_single_device(tmp_path):
     {"data": {"name": "cifar10"}, "evaluation": {"batch_size": 8, "inception_weights": path}}
   )
   x = rs.uniform(-1, 1, (5, 32, 32, 3)).astype(np.float32)  # 5 does not divide 8 devices
-  net = evaluate.feature_net(config, sharding.make_mesh(8))
+  net = features.feature_net(config, sharding.make_mesh(8))
   feats, logits = net.apply(x)
   assert feats.shape == (5, 2048) and logits.shape == (5, 1008)
   ref = inception.jit_features(inception.load_params(path), x)
@@ -66,9 +68,9 @@ def test_reference_cache_is_keyed_by_the_weights(tmp_path):
         "evaluation.batch_size": 3,
       }
     )
-    net = evaluate.inception_net(config, mesh)
+    net = features.inception_net(config, mesh)
     assert net.cache_name == f"inception-{net.key}" and net.key.endswith("-tf299")
-    refs.append(evaluate.reference_features(config, net, workdir))
+    refs.append(features.reference_features(config, net, workdir))
     names.append(sorted(os.listdir(eval_dir)))
   assert len(names[0]) == 1 and len(names[1]) == 2 and names[2] == names[1]
   assert "logits" not in refs[0]  # no classifier in these weights
@@ -81,54 +83,62 @@ def test_inception_net_follows_the_weights_setting(tmp_path, monkeypatch):
   a dataset evaluated with Inception only says how to make the weights."""
   from tests.helpers import tiny_config
 
-  assert evaluate.inception_net(tiny_config()) is None
+  assert features.inception_net(tiny_config()) is None
   default = random_weights(tmp_path / "inception_fid.npz", 3, with_logits=False)
   monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, default)
-  net = evaluate.inception_net(tiny_config(), sharding.make_mesh(1))
+  net = features.inception_net(tiny_config(), sharding.make_mesh(1))
   feats, logits = net.apply(np.zeros((2, 8, 8, 1), np.float32))
   assert feats.shape == (2, 2048) and logits is None
-  assert evaluate.inception_net(tiny_config(**{"evaluation.inception_weights": "none"})) is None
+  assert features.inception_net(tiny_config(**{"evaluation.inception_weights": "none"})) is None
   config = ml_collections.ConfigDict(
     {"data": {"name": "cifar10"}, "evaluation": {"batch_size": 8, "inception_weights": "none"}}
   )
   with pytest.raises(inception.InceptionWeightsError, match="evaluated with Inception only"):
-    evaluate.feature_net(config)
+    features.feature_net(config)
   monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, str(tmp_path / "absent.npz"))
   config.evaluation.inception_weights = ""
   with pytest.raises(inception.InceptionWeightsError, match="make fid-weights"):
-    evaluate.feature_net(config)
+    features.feature_net(config)
 
 
-def test_results_rows_name_the_classifier_scale_and_old_files_still_load(tmp_path):
+def test_results_rows_name_the_strength_column_of_their_method(tmp_path):
   import json
 
-  from tests.helpers import load_config
+  from cfg_jax import guidance, sampling
 
-  config = load_config("digits")
-  config.evaluation.guidance = "classifier"
-  config.evaluation.classifier_scales = (0.0, 4.0)
-  config.evaluation.num_steps_values = (4,)
-  key, n = evaluate.settings_key(config, 4), config.evaluation.num_samples
-  os.makedirs(tmp_path / "eval")
-  with open(evaluate.results_path(str(tmp_path)), "w") as f:  # as written before `scale`
-    for s in (0.0, 4.0):
-      f.write(
-        json.dumps(
-          {"step": 3, "guidance": "classifier", "w": s, "num_samples": n, "sampler_settings": key}
-        )
-        + "\n"
-      )
-    f.write(json.dumps({"step": 3, "w": 1.0, "num_samples": n}) + "\n")  # before `guidance`
-  rows = evaluate.load_results(str(tmp_path))
-  assert [(r["guidance"], "w" in r, evaluate.guidance_strength(r)) for r in rows] == [
-    ("classifier", False, 0.0),
-    ("classifier", False, 4.0),
-    ("cfg", True, 1.0),
+  rows = [
+    {"step": 3, "guidance": "classifier", "scale": 0.0},
+    {"step": 3, "guidance": "classifier", "scale": 4.0},
+    {"step": 3, "guidance": "cfg", "w": 1.0},
+    {"step": 3, "guidance": "auto", "w": 2.0},
   ]
-  assert evaluate.sweep_done(str(tmp_path), 3, config)
-  assert not evaluate.sweep_done(str(tmp_path), 4, config)
-  evaluate.append_results(str(tmp_path), [{"step": 4, "guidance": "classifier", "scale": 4.0}])
+  results.append_results(str(tmp_path), rows)
+  assert results.load_results(str(tmp_path)) == rows
+  assert [results.guidance_strength(r) for r in rows] == [0.0, 4.0, 1.0, 2.0]
+  assert {n: m.strength_field for n, m in guidance.METHODS.items()} == {
+    "cfg": "w",
+    "classifier": "scale",
+    "auto": "w",
+  }
   with open(tmp_path / "eval" / "results.csv") as f:
     header, *lines = f.read().splitlines()
   assert header.startswith("step,guidance,num_steps,w,scale,") and len(lines) == 4
   assert lines[0].startswith("3,classifier,,,0.0,") and lines[2].startswith("3,cfg,,1.0,,")
+  # A sweep is done for exactly its settings (sampler + method) and sample count.
+  config = load_config("digits")
+  config.evaluation.guidance = "classifier"
+  config.evaluation.classifier_scales = (0.0, 4.0)
+  evaluator = object.__new__(evaluate_job.Evaluator)  # the bookkeeping alone: no networks
+  evaluator.config, evaluator.network_steps = config, {"classifier": 7}
+  evaluator.method = guidance.from_config(config, section="evaluation")
+  key = evaluator.settings_key(config.sampling.num_steps)
+  settings = json.loads(key)
+  assert settings == {
+    **sampling.SamplerConfig.from_config(config).describe(),
+    "classifier_guidance": {"model_labels": "cond", "classifier_workdir": "<workdir>"},
+  }
+  n = config.evaluation.num_samples
+  done = [dict(r, num_samples=n, sampler_settings=key) for r in rows[:2]]
+  assert evaluator.sweep_done(3, done) and not evaluator.sweep_done(4, done)
+  assert not evaluator.sweep_done(3, done[:1])
+  assert not evaluator.sweep_done(3, [dict(r, num_samples=n + 1) for r in done])

@@ -1,15 +1,11 @@
 """benchmarks/fid_vs_w.py's analysis: paired bootstrap verdicts and the report, on known data."""
 
 import os
-import sys
 
 import numpy as np
 
-from cfg_jax.evaluation import metrics
-from tests.helpers import REPO
-
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import fid_vs_w  # noqa: E402
+from benchmarks import fid_vs_w
+from cfg_jax.evaluation import metrics, results
 
 
 def _rows_and_boot(shifts):
@@ -85,9 +81,10 @@ class _RecordingEvaluator:
   def __init__(self, config, workdir):
     self.config, self.workdir, self.calls = config, workdir, []
 
-  def evaluate_step(self, step):
-    from cfg_jax import evaluate
+  def settings_key(self, t):
+    return f"settings of T={t}"
 
+  def evaluate_step(self, step):
     c = self.config
     t, n = c.sampling.num_steps, c.evaluation.num_samples
     self.calls.append(tuple(c.evaluation.w_values))
@@ -97,7 +94,7 @@ class _RecordingEvaluator:
         "w": float(w),
         "num_samples": n,
         "fid": 10.0 + w,
-        "sampler_settings": evaluate.settings_key(c, t),
+        "sampler_settings": self.settings_key(t),
       }
       for w in c.evaluation.w_values
     ]
@@ -105,7 +102,7 @@ class _RecordingEvaluator:
       path = fid_vs_w.feature_file(self.workdir, step, t, w, n)
       os.makedirs(os.path.dirname(path), exist_ok=True)
       np.savez(path, features=np.zeros(1))
-    evaluate.append_results(self.workdir, rows)
+    results.append_results(self.workdir, rows)
     return rows
 
 

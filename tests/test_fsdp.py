@@ -16,15 +16,16 @@ from jax.sharding import PartitionSpec as P
 from cfg_jax import (
   checkpointing,
   config_lib,
-  evaluate,
   models,
-  sample,
   sampling,
   sampling_runner,
   sharding,
-  train,
   train_state,
+  training,
+  validation,
 )
+from cfg_jax.evaluation import features
+from cfg_jax.jobs import evaluate as evaluate_job
 from tests.helpers import REPO, cli_env, tiny_config
 
 FSDP_SPEC = P(None, None, None, "fsdp")
@@ -64,7 +65,7 @@ def fsdp_state():
   config = tiny_config(**{"mesh.fsdp": 2, "mesh.fsdp_min_size": 1024})
   mesh = sharding.make_mesh_from_config(config)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
-  state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
+  state, shardings = training.create_train_state(config, model, tx, mesh, (8, 8, 1))
   return config, mesh, model, state
 
 
@@ -114,7 +115,7 @@ def test_sampling_from_fsdp_params_matches_one_device(fsdp_state):
     labels=labels,
     w=1.0,
     batch_size=16,
-    num_devices=mesh.size,
+    mesh=mesh,
   )
   one = sharding.make_mesh(1)
   params1 = jax.device_put(jax.device_get(state.ema_params), sharding.replicated(one))
@@ -125,7 +126,7 @@ def test_sampling_from_fsdp_params_matches_one_device(fsdp_state):
     labels=labels,
     w=1.0,
     batch_size=16,
-    num_devices=1,
+    mesh=one,
   )
   assert x8.shape == (10, 8, 8, 1)
   np.testing.assert_allclose(x8, x1, atol=1e-4)
@@ -145,7 +146,7 @@ def test_sampling_from_fsdp_params_matches_one_device(fsdp_state):
 )
 def test_mesh_config_errors(overrides, match):
   with pytest.raises(config_lib.ConfigError, match=match):
-    config_lib.validate(tiny_config(**overrides), num_devices=8)
+    validation.validate(tiny_config(**overrides), num_devices=8)
 
 
 @pytest.mark.slow
@@ -214,7 +215,9 @@ def test_load_params_reads_only_the_params_it_returns(
   workdir, saved = fsdp_checkpoint
   want = saved.ema_params if use_ema else saved.params
   reads = _record_reads(monkeypatch)
-  params, step = sample.load_params(config, workdir, mesh, step=None, use_ema=use_ema)
+  params, step = train_state.restore_params(
+    config, workdir, mesh, step=None, use_ema=use_ema, gather=True
+  )
   assert step == 1
   field = "ema_params" if use_ema else "params"
   assert {n for n, _ in reads} == {
@@ -231,7 +234,7 @@ def test_restore_params_keeps_the_fsdp_plan(fsdp_state, fsdp_checkpoint):
   samplers' gather): sharded over fsdp where the plan says so."""
   config, mesh, _, state = fsdp_state
   workdir, saved = fsdp_checkpoint
-  params, _ = sample.restore_params(config, workdir, mesh, step=1)
+  params, _ = train_state.restore_params(config, workdir, mesh, step=1)
   jax.tree.map(
     np.testing.assert_array_equal, jax.device_get(params), jax.device_get(saved.ema_params)
   )
@@ -259,14 +262,14 @@ def test_restore_params_checks_the_fingerprint_of_what_it_reads(
   meta["fingerprint"][first_ema][1] += 1.0
   meta_path.write_text(json.dumps(meta))
   with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
-    sample.restore_params(config, str(copy), mesh, step=1, use_ema=True)
-  sample.restore_params(config, str(copy), mesh, step=1, use_ema=False)
+    train_state.restore_params(config, str(copy), mesh, step=1, use_ema=True)
+  train_state.restore_params(config, str(copy), mesh, step=1, use_ema=False)
   meta["fingerprint"][first_ema][1] -= 1.0
   meta["fingerprint"][1][0] += 1.0  # the first leaf of params
   meta_path.write_text(json.dumps(meta))
-  sample.restore_params(config, str(copy), mesh, step=1, use_ema=True)
+  train_state.restore_params(config, str(copy), mesh, step=1, use_ema=True)
   with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
-    sample.restore_params(config, str(copy), mesh, step=1, use_ema=False)
+    train_state.restore_params(config, str(copy), mesh, step=1, use_ema=False)
 
 
 def test_evaluator_uses_the_config_mesh(fsdp_state, fsdp_checkpoint, monkeypatch):
@@ -281,18 +284,18 @@ def test_evaluator_uses_the_config_mesh(fsdp_state, fsdp_checkpoint, monkeypatch
     config.evaluation.w_values = (1.0,)
     config.evaluation.num_steps_values = (2,)
   flat = lambda x: x.reshape(len(x), -1)
-  net = evaluate.FeatureNet("stub", lambda x: (flat(x), flat(x)[:, :10]), True)
-  monkeypatch.setattr(evaluate, "feature_net", lambda config, mesh=None: net)
-  monkeypatch.setattr(evaluate, "reference_features", lambda config, net, workdir: {})
+  net = features.FeatureNet("stub", lambda x: (flat(x), flat(x)[:, :10]), True)
+  monkeypatch.setattr(features, "feature_net", lambda config, mesh=None: net)
+  monkeypatch.setattr(features, "reference_features", lambda config, net, workdir: {})
   monkeypatch.setattr(
-    evaluate,
+    features,
     "sample_metrics",
     lambda feats, logits, labels, net, ref, pr_k=3: {
       k: float(np.mean(feats))
       for k in ("fd", "is", "is_std", "precision", "recall", "class_accuracy")
     },
   )
-  evaluator = evaluate.Evaluator(config, workdir)
+  evaluator = evaluate_job.Evaluator(config, workdir)
   assert dict(evaluator.mesh.shape) == {"data": 4, "fsdp": 2}
   reads = _record_reads(monkeypatch)
   rows = evaluator.evaluate_step(1)

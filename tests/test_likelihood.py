@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import config_lib, likelihood, likelihood_eval, toy2d
+from cfg_jax import config_lib, likelihood, toy2d, validation
+from cfg_jax.data import pipeline
+from cfg_jax.jobs import likelihood as likelihood_job
 from tests.helpers import tiny_config
 from tests.test_no_recompile import count_compiles
 
@@ -106,15 +108,15 @@ def test_one_compile_per_w_sweep():
   """After compile_fn, a sweep over three w values compiles nothing more."""
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:2]), ("data",))
   config = likelihood.LikelihoodConfig(solver="heun", num_steps=8, elbo_num_logsnrs=4)
-  fn = likelihood_eval.make_fn(_toy_apply, null_label=NULL, settings=config, mesh=mesh)
+  fn = likelihood_job.make_fn(_toy_apply, null_label=NULL, settings=config, mesh=mesh)
   x, labels, _ = held_out(10)
   x, labels = np.asarray(x), np.asarray(labels)
   rng = jax.random.key(0)
-  bs = likelihood_eval.batch_layout(10, batch_size=4, mesh=mesh)
-  fn = likelihood_eval.compile_fn(fn, {}, rng, image_shape=(2,), batch_size=bs, mesh=mesh)
+  bs = likelihood_job.batch_layout(10, batch_size=4, mesh=mesh)
+  fn = likelihood_job.compile_fn(fn, {}, rng, image_shape=(2,), batch_size=bs, mesh=mesh)
   with count_compiles() as compiles:
     rows = [
-      likelihood_eval.run_batches(fn, {}, rng, x=x, labels=labels, w=w, batch_size=bs, mesh=mesh)
+      likelihood_job.run_batches(fn, {}, rng, x=x, labels=labels, w=w, batch_size=bs, mesh=mesh)
       for w in (-1.0, 0.0, 2.0)
     ]
   assert not compiles, compiles
@@ -124,7 +126,7 @@ def test_one_compile_per_w_sweep():
 def test_bad_likelihood_config_is_a_clear_error():
   c = tiny_config(**{"likelihood.solver": "rk4", "likelihood.w_values": (-2.0,)})
   with pytest.raises(config_lib.ConfigError) as e:
-    likelihood_eval.check_config(c)
+    validation.validate(c)
   assert "likelihood.solver" in str(e.value) and "likelihood.w_values" in str(e.value)
 
 
@@ -144,15 +146,14 @@ def test_encode_decode_reconstructs_digits():
   N((1 + w) μ_c − w μ_∅, s²)), encode maps test digits to the closed-form
   z = α_min μ̃ + √(v_min / v_max) (x − α_max μ̃), v = α² s² + σ², to 1e-3, and decode brings
   them back to 1e-3 (max abs, pixels in [−1, 1]) at rtol = atol = 1e-5."""
-  from cfg_jax import data
 
   config = tiny_config()
   config_lib.fill_dataset_fields(config)
-  x_train, y_train = data.eval_arrays(config.data, split="train")
+  x_train, y_train = pipeline.eval_arrays(config.data, split="train")
   means = np.stack([x_train[y_train == c].mean(0) for c in range(10)] + [x_train.mean(0)])
   s = 0.5
   eps_fn = _gaussian_eps(jnp.asarray(means), s)
-  x, labels = data.eval_arrays(config.data, max_examples=4)
+  x, labels = pipeline.eval_arrays(config.data, max_examples=4)
   w = np.array([0.0, 2.0, -1.0, 1.0], np.float32)
   settings = likelihood.LikelihoodConfig()
   kw = dict(labels=jnp.asarray(labels), w=w, null_label=10, config=settings)

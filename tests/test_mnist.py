@@ -8,8 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cfg_jax import data
-from cfg_jax.data import mnist
+from cfg_jax.data import mnist, pipeline, sources
 from cfg_jax.evaluation import digits_classifier as dc
 from cfg_jax.evaluation import digits_judge
 
@@ -29,7 +28,7 @@ def mnist_cfg(tmp_path_factory, monkeypatch_module):
   cfg = ml_collections.ConfigDict(
     {"name": "mnist", "data_dir": str(tmp_path_factory.mktemp("tfds_mnist"))}
   )
-  data.check_available(cfg)  # builds offline
+  sources.check_available(cfg)  # builds offline
   return cfg
 
 
@@ -57,7 +56,7 @@ def test_split_sizes_stratified_and_fixed(mnist_cfg):
     assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(np.bincount(labels), np.full(10, n // 10))
     assert hashlib.sha256(images.tobytes()).hexdigest() == sha
-    x, y = data.eval_arrays(mnist_cfg, split=split)
+    x, y = pipeline.eval_arrays(mnist_cfg, split=split)
     assert x.shape == (n, 28, 28, 1) and x.min() == -1.0 and x.max() == 1.0
     np.testing.assert_array_equal(y, labels)
 
@@ -91,7 +90,7 @@ def test_judges_classify_real_test_digits(mnist_cfg, monkeypatch):
   assert clf.test_accuracy >= 0.93
   assert dc.cache_dir(mnist_cfg).endswith("cfg_mnist_classifier/test-short")
   assert dc.feature_net_name(mnist_cfg) == "mnist_classifier_vtest-short"
-  x, y = data.eval_arrays(mnist_cfg, split="test")
+  x, y = pipeline.eval_arrays(mnist_cfg, split="test")
   assert clf.outputs(x[:5])["features"].shape == (5, dc.FEATURE_DIM)
   with pytest.raises(ValueError, match=r"shape \[N, 28, 28, 1\]"):
     clf.outputs(np.zeros((2, 8, 8, 1)))

@@ -20,7 +20,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from cfg_jax import sample, sharding
+from cfg_jax import cluster, sharding, train_state
 from tests.helpers import REPO, load_config
 
 TINY = [
@@ -112,8 +112,8 @@ def losses(workdir):
 
 def final_params(workdir, step):
   """The raw (not EMA) params of checkpoint `step`, restored on one device of this process."""
-  params, _ = sample.load_params(
-    load_config("digits"), workdir, sharding.make_mesh(1), step=step, use_ema=False
+  params, _ = train_state.restore_params(
+    load_config("digits"), workdir, sharding.make_mesh(1), step=step, use_ema=False, gather=True
   )
   return jax.tree.map(np.asarray, params)
 
@@ -177,7 +177,6 @@ TPU_V5E = ("0x1ae0", "0x0063")
 
 def _fake_host(monkeypatch, tmp_path, env, pci=(), accel=False, vfio=False):
   """A host with `env`, PCI devices `pci` ((vendor, device) ids), /dev/accel0 and /dev/vfio/0."""
-  from cfg_jax import main
 
   for k in (
     "SLURM_JOB_ID",
@@ -201,10 +200,9 @@ def _fake_host(monkeypatch, tmp_path, env, pci=(), accel=False, vfio=False):
   if vfio:
     (dev / "vfio" / "0").touch()
   files = {str(p).replace(str(dev), "/dev") for p in dev.rglob("*")}
-  monkeypatch.setattr(main.os.path, "exists", lambda p: p in files)
-  monkeypatch.setattr(main, "PCI_DEVICES_DIR", str(tmp_path / "sys"), raising=False)
-  monkeypatch.setattr(main, "TPU_ACCEL_DEVICES", str(dev / "accel[0-9]*"), raising=False)
-  return main
+  monkeypatch.setattr(cluster.os.path, "exists", lambda p: p in files)
+  monkeypatch.setattr(cluster, "PCI_DEVICES_DIR", str(tmp_path / "sys"))
+  monkeypatch.setattr(cluster, "TPU_ACCEL_DEVICES", str(dev / "accel[0-9]*"))
 
 
 @pytest.mark.parametrize(
@@ -220,20 +218,22 @@ def _fake_host(monkeypatch, tmp_path, env, pci=(), accel=False, vfio=False):
   ],
 )
 def test_cluster_detection(monkeypatch, tmp_path, env, pci, accel, expected):
-  main = _fake_host(monkeypatch, tmp_path, env, pci=pci, accel=accel, vfio=bool(pci))
-  assert main._cluster_detected() is expected
+  _fake_host(monkeypatch, tmp_path, env, pci=pci, accel=accel, vfio=bool(pci))
+  assert cluster.cluster_detected() is expected
 
 
 def test_vfio_gpu_host_stays_single_process(monkeypatch, tmp_path):
   """/dev/vfio/0 (a GPU passed through with VFIO) is no TPU: --distributed=auto must not call
   jax.distributed.initialize(), which would fail there for want of a coordinator."""
-  main = _fake_host(monkeypatch, tmp_path, {}, pci=(GOOGLE_GVNIC, NVIDIA_GPU), vfio=True)
+  _fake_host(monkeypatch, tmp_path, {}, pci=(GOOGLE_GVNIC, NVIDIA_GPU), vfio=True)
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
-  monkeypatch.setattr(main, "_DISTRIBUTED", type("F", (), {"value": "auto"}))
-  monkeypatch.setattr(main, "_COORDINATOR", type("F", (), {"value": None}))
-  main.initialize_distributed()
+  flags = dict(coordinator=None, num_processes=None, process_id=None)
+  cluster.initialize_distributed("auto", **flags)
   assert calls == []
-  monkeypatch.setattr(main, "_DISTRIBUTED", type("F", (), {"value": "on"}))
-  main.initialize_distributed()  # 'on' still forces it
+  cluster.initialize_distributed("on", **flags)  # 'on' still forces it
   assert calls == [((), {})]
+  cluster.initialize_distributed("off", **{**flags, "coordinator": "h:1"})  # 'off' never
+  assert calls == [((), {})]
+  with pytest.raises(ValueError, match="--num_processes and --process_id"):
+    cluster.initialize_distributed("auto", **{**flags, "coordinator": "h:1"})

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import models, sampling, sampling_runner, sharding, train, train_state
+from cfg_jax import models, sampling, sampling_runner, sharding, train_state, training
 from tests.helpers import tiny_config
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -71,8 +71,8 @@ def test_train_loop_does_not_recompile_or_transfer():
   mesh = sharding.make_mesh()
   shape = (8, 8, 1)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
-  state, state_sharding = train.create_train_state(config, model, tx, mesh, shape)
-  step_fn = train.make_train_step(model, tx, config, mesh, state_sharding)
+  state, state_sharding = training.create_train_state(config, model, tx, mesh, shape)
+  step_fn = training.make_train_step(model, tx, config, mesh, state_sharding)
   b = config.training.batch_size
   rs = np.random.RandomState(0)
   host_batches = [
@@ -101,7 +101,7 @@ def test_sampling_loop_does_not_recompile_or_transfer():
   mesh = sharding.make_mesh()
   shape = (8, 8, 1)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
-  state, _ = train.create_train_state(config, model, tx, mesh, shape)
+  state, _ = training.create_train_state(config, model, tx, mesh, shape)
   sampler = sampling_runner.make_sampler(
     model.apply,
     shape=shape,

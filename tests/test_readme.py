@@ -2,14 +2,11 @@
 
 import os
 import re
-import sys
 
 import pytest
 
+from benchmarks import param_counts
 from tests.helpers import REPO
-
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import param_counts  # noqa: E402
 
 
 def _readme():

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import config_lib, guidance, sampling, toy2d
+from cfg_jax import config_lib, guidance, sampling, toy2d, validation
 from tests.helpers import load_config, tiny_config
 
 TOY = toy2d.default_toy()
@@ -267,4 +267,4 @@ def test_bad_sampling_fields_name_the_field(field, value):
   with pytest.raises(ValueError, match=f"sampling.{field}"):
     sampling.SamplerConfig(**{field: value})
   with pytest.raises(config_lib.ConfigError, match=f"sampling.{field}"):
-    config_lib.validate(tiny_config(**{f"sampling.{field}": value}))
+    validation.validate(tiny_config(**{f"sampling.{field}": value}))

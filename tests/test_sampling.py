@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import sampling, sampling_runner, schedules
+from cfg_jax import sampling, sampling_runner, schedules, sharding
 
 MU = jnp.array([[1.5, -0.5], [-1.0, 1.0]])  # class means; ∅ is class 2
 S = 0.5  # per-dimension std of each class
@@ -114,11 +114,12 @@ def test_generate_pads_to_devices():
     )
   )
   labels = np.array([0, 1, 0, 1, 0, 1, 1])
+  kw = dict(labels=labels, w=1.0)
   a = sampling_runner.generate(
-    sampler, None, jax.random.key(0), labels=labels, w=1.0, batch_size=3, num_devices=4
+    sampler, None, jax.random.key(0), batch_size=3, mesh=sharding.make_mesh(4), **kw
   )
   b = sampling_runner.generate(
-    sampler, None, jax.random.key(0), labels=labels, w=1.0, batch_size=7, num_devices=1
+    sampler, None, jax.random.key(0), batch_size=7, mesh=sharding.make_mesh(1), **kw
   )
   assert a.shape == (7, 2)
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

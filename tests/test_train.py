@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg_jax import models, sharding, train, train_state
+from cfg_jax import models, sharding, train_state, training
 from tests.helpers import tiny_config
 
 
@@ -24,8 +24,8 @@ def _batches(n, batch_size, seed=0):
 def _run(config, num_devices, batches, fsdp=1):
   mesh = sharding.make_mesh(num_devices, fsdp=fsdp)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
-  state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
-  step = train.make_train_step(model, tx, config, mesh, shardings)
+  state, shardings = training.create_train_state(config, model, tx, mesh, (8, 8, 1))
+  step = training.make_train_step(model, tx, config, mesh, shardings)
   rng, losses = jax.random.key(7), []
   for b in batches:
     state, m = step(state, sharding.global_batch(b, mesh), rng)
@@ -66,9 +66,9 @@ def test_nonfinite_update_is_skipped():
   config = tiny_config()
   mesh = sharding.make_mesh(1)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
-  state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
+  state, shardings = training.create_train_state(config, model, tx, mesh, (8, 8, 1))
   before = jax.device_get(state.params)
-  step = train.make_train_step(model, tx, config, mesh, shardings)
+  step = training.make_train_step(model, tx, config, mesh, shardings)
   bad = _batches(1, 16)[0]
   bad["image"][0, 0, 0, 0] = np.nan
   state, m = step(state, sharding.global_batch(bad, mesh), jax.random.key(0))
@@ -78,9 +78,9 @@ def test_nonfinite_update_is_skipped():
 
 
 def test_ema_decay_schedule():
-  assert float(train.ema_decay_at(jnp.array(0), 0.999)) == 0.0
-  assert float(train.ema_decay_at(jnp.array(1), 0.999)) == pytest.approx(2 / 11)
-  assert float(train.ema_decay_at(jnp.array(10**6), 0.999)) == pytest.approx(0.999)
+  assert float(training.ema_decay_at(jnp.array(0), 0.999)) == 0.0
+  assert float(training.ema_decay_at(jnp.array(1), 0.999)) == pytest.approx(2 / 11)
+  assert float(training.ema_decay_at(jnp.array(10**6), 0.999)) == pytest.approx(0.999)
 
 
 def test_learning_rate_warmup():
@@ -98,8 +98,8 @@ def test_logged_learning_rate_is_the_applied_one_after_a_skipped_step():
   config = tiny_config(**{"training.warmup_steps": 10, "training.learning_rate": 1e-3})
   mesh = sharding.make_mesh(1)
   model, tx = models.create_model(config), train_state.create_optimizer(config)
-  state, shardings = train.create_train_state(config, model, tx, mesh, (8, 8, 1))
-  step = train.make_train_step(model, tx, config, mesh, shardings)
+  state, shardings = training.create_train_state(config, model, tx, mesh, (8, 8, 1))
+  step = training.make_train_step(model, tx, config, mesh, shardings)
   batches = _batches(4, 16)
   batches[1]["image"][0, 0, 0, 0] = np.nan
   logged = []

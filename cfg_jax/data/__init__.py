@@ -1,36 +1,11 @@
-"""Data layer: the offline `cfg_digits` TFDS dataset and input pipelines.
+"""Data: the dataset table (`specs`, no tfds), opening prepared data (`sources`), the embedded
+offline datasets (`digits`, `mnist`) and the input pipelines (`pipeline`, `tfdata`).
 
-docs/data.md describes the batch format, the determinism and resume guarantees, and
-the digits dataset and its split.
+Only the table is imported here, so that configs, models and validation read it without tfds;
+jobs import `cfg_jax.data.pipeline` / `cfg_jax.data.sources`. docs/data.md describes the batch
+format, the determinism and resume guarantees, and the embedded datasets and their splits.
 """
 
-from cfg_jax.data.digits import CfgDigits, ensure_digits
-from cfg_jax.data.pipeline import (
-  VALID_NAMES,
-  BadBatchError,
-  DatasetNotAvailableError,
-  DatasetSpec,
-  check_available,
-  dataset_spec,
-  eval_arrays,
-  global_batch_indices,
-  resolve_data_dir,
-  train_iterator,
-  validate_batch,
-)
+from cfg_jax.data.specs import VALID_NAMES, DatasetSpec, dataset_spec, image_shape, resolve_data_dir
 
-__all__ = [
-  "CfgDigits",
-  "BadBatchError",
-  "DatasetNotAvailableError",
-  "DatasetSpec",
-  "VALID_NAMES",
-  "check_available",
-  "dataset_spec",
-  "ensure_digits",
-  "eval_arrays",
-  "global_batch_indices",
-  "resolve_data_dir",
-  "train_iterator",
-  "validate_batch",
-]
+__all__ = ["VALID_NAMES", "DatasetSpec", "dataset_spec", "image_shape", "resolve_data_dir"]

@@ -105,3 +105,6 @@ class CfgDigits(embedded.EmbeddedBuilder):
 def ensure_digits(data_dir: str | os.PathLike[str]) -> CfgDigits:
   """Returns the `cfg_digits` builder, building it (array_record) into `data_dir` if needed."""
   return embedded.ensure_built(CfgDigits, data_dir)
+
+
+ensure = ensure_digits  # what data/specs.py's `embedded` entry calls

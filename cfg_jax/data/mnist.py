@@ -99,3 +99,6 @@ class CfgMnist(embedded.EmbeddedBuilder):
 def ensure_mnist(data_dir: str | os.PathLike[str]) -> CfgMnist:
   """Returns the `cfg_mnist` builder, building it (array_record) into `data_dir` if needed."""
   return embedded.ensure_built(CfgMnist, data_dir)
+
+
+ensure = ensure_mnist  # what data/specs.py's `embedded` entry calls

@@ -30,7 +30,9 @@ Cache (`load_or_train`): ``<resolve_data_dir(data)>/cfg_<name>_classifier/<versi
 sha256 of ``params.npz``). Both are written atomically (temp file + ``os.replace``). On load the
 sha256, the recipe and the array shapes are verified; a missing, corrupt or mismatching cache is
 retrained (with a logged warning when a cache existed but was rejected) and rewritten, never used.
-Loaded classifiers are also cached per process, keyed by the resolved data dir.
+Loaded classifiers are also cached per process, keyed by the resolved data dir. The module is
+over 450 lines because the network, its deterministic training recipe and the verified cache are
+one unit: the cache is only valid for exactly this recipe and VERSION.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from absl import logging
 from flax import traverse_util
 
 from cfg_jax import fileio
+from cfg_jax.data import pipeline, specs
 
 __all__ = [
   "DigitsClassifier",
@@ -314,11 +317,9 @@ class DigitsClassifier:
 
 def cache_dir(data_config: Any) -> str:
   """``<resolve_data_dir(data_config)>/cfg_<name>_classifier/<version>``."""
-  from cfg_jax import data  # Local: keeps TFDS out of plain inference imports.
-
   name = _dataset_name(data_config)
   return os.path.join(
-    data.resolve_data_dir(data_config), f"cfg_{name}_classifier", RECIPES[name].version
+    specs.resolve_data_dir(data_config), f"cfg_{name}_classifier", RECIPES[name].version
   )
 
 
@@ -392,12 +393,10 @@ def _train_on(name: str, data_dir: str) -> DigitsClassifier:
   """Trains with RECIPES[name] on that dataset in `data_dir`; measures train/test accuracy."""
   import ml_collections  # Local: only needed to address the dataset.
 
-  from cfg_jax import data
-
   recipe = RECIPES[name]
   data_config = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
-  x_train, y_train = data.eval_arrays(data_config, split="train")
-  x_test, y_test = data.eval_arrays(data_config, split="test")
+  x_train, y_train = pipeline.eval_arrays(data_config, split="train")
+  x_test, y_test = pipeline.eval_arrays(data_config, split="test")
   params = train_digits_net(
     x_train, y_train, num_downsamples=recipe.num_downsamples, **recipe.train
   )
@@ -450,10 +449,8 @@ def load_or_train(data_config: Any) -> DigitsClassifier:
   See the module docstring for the cache layout and verification. Building the dataset
   (offline, via `cfg_jax.data`) happens only when training is needed.
   """
-  from cfg_jax import data
-
   name = _dataset_name(data_config)
-  return _load_or_train_cached(name, data.resolve_data_dir(data_config))
+  return _load_or_train_cached(name, specs.resolve_data_dir(data_config))
 
 
 def feature_net_name(data_config: Any) -> str:

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import functools
 
+import ml_collections
 import numpy as np
+
+from cfg_jax.data import pipeline
 
 DATASETS = ("digits", "mnist")
 
 
 @functools.lru_cache(maxsize=4)
 def _fit(data_dir: str, name: str):
-  import ml_collections
   from sklearn.svm import SVC
 
-  from cfg_jax import data
-
   cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
-  x, y = data.eval_arrays(cfg, split="train")
+  x, y = pipeline.eval_arrays(cfg, split="train")
   return SVC().fit(x.reshape(len(x), -1), y)
 
 
@@ -44,8 +44,6 @@ def test_accuracy(data_dir: str = "", name: str = "digits") -> float:
   """The SVM's own accuracy on the real held-out test split (the judge's ceiling)."""
   import ml_collections
 
-  from cfg_jax import data
-
   cfg = ml_collections.ConfigDict({"name": name, "data_dir": data_dir})
-  x, y = data.eval_arrays(cfg, split="test")
+  x, y = pipeline.eval_arrays(cfg, split="test")
   return class_accuracy(x, y, data_dir=data_dir, name=name)

@@ -5,7 +5,9 @@ pytorch-fid's `fid_inception_v3` layer structure and parameter names (BatchNorms
 convs): `features(params, x)` maps NHWC images in [−1, 1] to the `pool` features of FID and the
 bias-free `logits` of the Inception score, with the graph's own preprocessing (`preprocess`).
 `load_params` reads the .npz that `convert_inception` writes. The layer details, the two
-preprocessing modes and the weight sources are in docs/evaluation.md.
+preprocessing modes and the weight sources are in docs/evaluation.md. It is over 450 lines
+because the port is read beside the TF graph block by block: preprocessing, the blocks, the
+network and the weight loader that names the graph's nodes belong together.
 """
 
 from __future__ import annotations

@@ -1,13 +1,23 @@
-"""Neural network architectures for cfg_jax, and the U-Net a config describes."""
+"""The networks of cfg_jax and the ones a config describes: the ADM U-Net ε_θ(z_λ, c) (`unet`)
+and the noise-conditional classifier of classifier guidance (`classifier`)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 import ml_collections
 
+from cfg_jax.data.specs import image_shape
+from cfg_jax.models.classifier import NoisyClassifier, create_classifier
 from cfg_jax.models.unet import UNet, count_params
 
-__all__ = ["UNet", "count_params", "create_model", "image_shape"]
+__all__ = [
+  "NoisyClassifier",
+  "UNet",
+  "count_params",
+  "create_classifier",
+  "create_model",
+  "image_shape",
+]
 
 
 def create_model(config: ml_collections.ConfigDict) -> UNet:
@@ -31,10 +41,3 @@ def create_model(config: ml_collections.ConfigDict) -> UNet:
     remat=m.remat,
     w_embedding=bool(config.distill.student),
   )
-
-
-def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """(H, W, C) of the images of config.data's dataset."""
-  from cfg_jax import data  # imported lazily: TF is heavy and only needed here
-
-  return tuple(data.dataset_spec(config.data).image_shape)

@@ -4,7 +4,9 @@ The noise-prediction network eps_theta(z_lambda, c) of classifier-free guidance,
 openai/guided-diffusion's ``UNetModel`` (``use_scale_shift_norm=True``) so that parameter counts
 match it exactly, plus one class-embedding row for the NULL label ``num_classes``. The differences
 from the PyTorch reference (NHWC, log-SNR conditioning, attention resolutions as feature-map sizes,
-initialisation) are listed in docs/architecture.md.
+initialisation) are listed in docs/architecture.md. The module is over 450 lines because the
+network, its blocks and the checks of its hyperparameters are read together against ADM's
+`unet.py`, which has the same shape.
 """
 
 from __future__ import annotations
@@ -72,68 +74,103 @@ def num_groups_for(channels: int, num_groups: int) -> int:
   return math.gcd(num_groups, channels)
 
 
-def resolve_num_heads(channels: int, head_channels: int, num_heads: int) -> int:
+def resolve_num_heads(
+  channels: int, head_channels: int, num_heads: int, *, prefix: str = ""
+) -> int:
   """Number of attention heads for a `channels`-wide feature map.
 
   Exactly one of `head_channels` / `num_heads` must be positive (ADM convention).
   """
   if (head_channels > 0) == (num_heads > 0):
     raise ValueError(
-      f"Exactly one of head_channels={head_channels} and num_heads={num_heads} must be "
-      "positive: set head_channels=-1 to use num_heads, or num_heads=-1 to use head_channels."
+      f"Exactly one of {prefix}head_channels={head_channels} and {prefix}num_heads={num_heads} "
+      f"must be positive: set {prefix}head_channels=-1 to use {prefix}num_heads, or "
+      f"{prefix}num_heads=-1 to use {prefix}head_channels."
     )
   if head_channels > 0:
     if channels % head_channels:
       raise ValueError(
-        f"head_channels={head_channels} does not divide the {channels} channels of an "
-        "attention layer; choose head_channels dividing every ch * ch_mult[i]."
+        f"{prefix}head_channels={head_channels} does not divide the {channels} channels of an "
+        f"attention layer; choose {prefix}head_channels dividing every {prefix}ch * "
+        f"{prefix}ch_mult[i]."
       )
     return channels // head_channels
   if channels % num_heads:
     raise ValueError(
-      f"num_heads={num_heads} does not divide the {channels} channels of an attention "
-      "layer; choose num_heads dividing every ch * ch_mult[i]."
+      f"{prefix}num_heads={num_heads} does not divide the {channels} channels of an attention "
+      f"layer; choose {prefix}num_heads dividing every {prefix}ch * {prefix}ch_mult[i]."
     )
   return num_heads
 
 
 def check_hyperparameters(
-  ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, dropout: float, dtype: Any
+  ch: int,
+  ch_mult: tuple[int, ...],
+  num_res_blocks: int,
+  dropout: float,
+  dtype: Any,
+  *,
+  prefix: str = "",
 ) -> None:
   """Raise ValueError for widths or block counts below 1, dropout outside [0, 1) or a
   computation dtype other than float32, bfloat16 and float16."""
   if ch < 1 or not ch_mult or min(ch_mult) < 1 or num_res_blocks < 1:
     raise ValueError(
-      f"ch={ch}, num_res_blocks={num_res_blocks} and every entry of "
-      f"ch_mult={tuple(ch_mult)} must be >= 1 (ch_mult non-empty)."
+      f"{prefix}ch={ch}, {prefix}num_res_blocks={num_res_blocks} and every entry of "
+      f"{prefix}ch_mult={tuple(ch_mult)} must be >= 1 ({prefix}ch_mult non-empty)."
     )
   if not 0.0 <= dropout < 1.0:
-    raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    raise ValueError(f"{prefix}dropout must be in [0, 1), got {dropout}.")
   if jnp.dtype(dtype) not in (jnp.float32, jnp.bfloat16, jnp.float16):
-    raise ValueError(f"dtype must be float32, bfloat16 or float16, got {jnp.dtype(dtype)}.")
+    raise ValueError(f"{prefix}dtype must be float32, bfloat16 or float16, got {jnp.dtype(dtype)}.")
 
 
-def check_image_size(height: int, width: int, ch_mult: tuple[int, ...]) -> None:
+def check_image_size(
+  height: int, width: int, ch_mult: tuple[int, ...], *, prefix: str = ""
+) -> None:
   """Raise ValueError unless H and W can be halved len(ch_mult) - 1 times."""
   n_down = len(ch_mult) - 1
   factor = 2**n_down
   for size in (height, width):
     if size % factor:
       raise ValueError(
-        f"image size {size} cannot be halved {n_down} times for ch_mult of length "
-        f"{len(ch_mult)}; use an image size divisible by {factor} or a shorter ch_mult."
+        f"image size {size} cannot be halved {n_down} times for {prefix}ch_mult of length "
+        f"{len(ch_mult)}; use an image size divisible by {factor} or a shorter {prefix}ch_mult."
       )
 
 
-def check_attn_resolutions(height: int, attn_resolutions: tuple[int, ...], n_levels: int) -> None:
+def check_attn_resolutions(
+  height: int, attn_resolutions: tuple[int, ...], n_levels: int, *, prefix: str = ""
+) -> None:
   """Raise ValueError if some attention resolution is not a feature-map size of the net."""
   sizes = [height // 2**i for i in range(n_levels)]
   missing = sorted(set(attn_resolutions) - set(sizes))
   if missing:
     raise ValueError(
-      f"attn_resolutions={tuple(attn_resolutions)} contains {missing}, which never occurs: "
-      f"the feature maps of a {height}-pixel input have sizes {sizes}; "
-      "pick attn_resolutions among those."
+      f"{prefix}attn_resolutions={tuple(attn_resolutions)} contains {missing}, which never "
+      f"occurs: the feature maps of a {height}-pixel input have sizes {sizes}; pick "
+      f"{prefix}attn_resolutions among those."
+    )
+
+
+def check_architecture(section: Any, image_shape: tuple[int, int, int], *, prefix: str) -> None:
+  """Every check of an ADM network whose hyperparameters are the fields of a config section
+  (`model` of the U-Net, `classifier` of the noisy classifier), naming them `<prefix><field>`."""
+  ch_mult = tuple(section.ch_mult)
+  dropout, dtype = section.get("dropout", 0.0), section.get("dtype", "float32")
+  try:
+    jnp.dtype(dtype)
+  except TypeError as e:
+    raise ValueError(
+      f"{prefix}dtype={dtype!r}: {e}; use 'float32', 'bfloat16' or 'float16'."
+    ) from None
+  check_hyperparameters(section.ch, ch_mult, section.num_res_blocks, dropout, dtype, prefix=prefix)
+  height, width, _ = image_shape
+  check_image_size(height, width, ch_mult, prefix=prefix)
+  check_attn_resolutions(height, tuple(section.attn_resolutions), len(ch_mult), prefix=prefix)
+  for m in ch_mult:
+    resolve_num_heads(
+      m * section.ch, section.head_channels, section.get("num_heads", -1), prefix=prefix
     )
 
 

@@ -42,9 +42,9 @@ def _digits_config(**overrides):
 
 
 def _validate(**overrides):
-  from cfg_jax import config_lib
+  from cfg_jax import validation
 
-  config_lib.validate(_digits_config(**overrides), num_devices=8)
+  validation.validate(_digits_config(**overrides), num_devices=8)
 
 
 def _cli(tmp: str, *args: str) -> tuple[int, str]:
@@ -68,7 +68,8 @@ def _cli(tmp: str, *args: str) -> tuple[int, str]:
 
 def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
   """(bad input, a call that hits it), or (bad input, a `_cli` result) for the typo."""
-  from cfg_jax import checkpointing, data, sample, sharding, train_loop
+  from cfg_jax import checkpointing, data, sharding, train_loop, train_state
+  from cfg_jax.data import pipeline, sources
   from cfg_jax.evaluation import inception
 
   good = {"image": np.zeros((4, 8, 8, 1), np.float32), "label": np.zeros((4,), np.int32)}
@@ -151,27 +152,29 @@ def cases(tmp: str) -> list[tuple[str, Callable[[], None]]]:
     ("unknown dataset (`--config.data.name=svhn`)", lambda: _validate(**{"data.name": "svhn"})),
     (
       "dataset not prepared locally (cifar10)",
-      lambda: data.check_available(
+      lambda: sources.check_available(
         ml_collections.ConfigDict({"name": "cifar10", "data_dir": os.path.join(tmp, "tfds")})
       ),
     ),
     (
       "batch with the wrong image shape",
-      lambda: data.validate_batch({**good, "image": np.zeros((4, 28, 28, 1), np.float32)}, spec),
+      lambda: pipeline.validate_batch(
+        {**good, "image": np.zeros((4, 28, 28, 1), np.float32)}, spec
+      ),
     ),
     (
       "batch with pixels outside [−1, 1]",
-      lambda: data.validate_batch({**good, "image": good["image"] + 255.0}, spec),
+      lambda: pipeline.validate_batch({**good, "image": good["image"] + 255.0}, spec),
     ),
     (
       "batch with labels out of range",
-      lambda: data.validate_batch({**good, "label": np.full((4,), 10, np.int32)}, spec),
+      lambda: pipeline.validate_batch({**good, "label": np.full((4,), 10, np.int32)}, spec),
     ),
     ("missing Inception weights", lambda: inception.load_params(os.path.join(tmp, "none.npz"))),
     ("pickled weight file", pickled_weights),
     (
       "`--mode=sample` with no checkpoint",
-      lambda: sample.load_params(
+      lambda: train_state.restore_params(
         _digits_config(), os.path.join(tmp, "empty"), sharding.make_mesh(1)
       ),
     ),

@@ -108,8 +108,10 @@ def final_states_equal(workdir_a: str, workdir_b: str, steps: int) -> bool:
 
   config = config_lib.load_config(os.path.join(REPO, "configs", "digits.py"))
   abstract = train_state.abstract_state(config, sharding.make_mesh(1))
-  a = checkpointing.Checkpointer(workdir_a, read_only=True).restore(steps, abstract)
-  b = checkpointing.Checkpointer(workdir_b, read_only=True).restore(steps, abstract)
+  with checkpointing.Checkpointer(workdir_a, read_only=True) as ckpt:
+    a = ckpt.restore(steps, abstract)
+  with checkpointing.Checkpointer(workdir_b, read_only=True) as ckpt:
+    b = ckpt.restore(steps, abstract)
   same = jax.tree.map(lambda x, y: bool(np.array_equal(np.asarray(x), np.asarray(y))), a, b)
   return all(jax.tree.leaves(same))
 

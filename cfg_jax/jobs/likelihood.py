@@ -16,15 +16,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from cfg_jax import config_lib, likelihood, models, sample, sampling
+from cfg_jax import likelihood, models, sampling, train_state, validation
 from cfg_jax import sharding as sharding_lib
-
-
-def check_config(config: ml_collections.ConfigDict) -> likelihood.LikelihoodConfig:
-  """Validates the whole config, the `likelihood` section with it (before anything compiles);
-  returns the solver settings."""
-  config_lib.validate(config)
-  return likelihood.LikelihoodConfig.from_config(config)
+from cfg_jax.data import pipeline, sources
 
 
 def make_fn(apply_fn, *, null_label: int, settings: likelihood.LikelihoodConfig, mesh):
@@ -106,23 +100,24 @@ def results_path(workdir: str) -> str:
   return os.path.join(workdir, "likelihood", "results.jsonl")
 
 
-def evaluate_likelihood(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """The sweep over likelihood.w_values; returns the result rows (also written to disk)."""
-  from cfg_jax import data
-
-  settings = check_config(config)
+  validation.validate(config, workdir=workdir)
+  settings = likelihood.LikelihoodConfig.from_config(config)
   mesh = sharding_lib.make_mesh_from_config(config)
   s = config.likelihood
-  data.check_available(config.data)
-  x, labels = data.eval_arrays(
+  sources.check_available(config.data)
+  x, labels = pipeline.eval_arrays(
     config.data, max_examples=None if s.num_examples < 0 else s.num_examples
   )
-  params, step = sample.load_params(
+  params, step = train_state.restore_params(
     config,
     workdir,
     mesh,
     step=None if s.checkpoint_step < 0 else s.checkpoint_step,
     use_ema=s.use_ema,
+    setting="likelihood.checkpoint_step",
+    gather=True,
   )
   num_classes = config.data.num_classes
   fn = make_fn(

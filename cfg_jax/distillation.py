@@ -1,42 +1,26 @@
-"""`--mode=distill`: guided distillation (Meng et al. 2023) then progressive distillation (Salimans &
-Ho 2022) of a trained model, each phase a resumable run of `train_loop.run`.
+"""Guided distillation (Meng et al. 2023) and progressive distillation (Salimans & Ho 2022): the
+pure train steps of each phase and the targets they regress on.
 
-Stage 1 trains a w-conditioned student (the teacher's EMA params plus a zero-initialised w
-embedding) to give the teacher's guided ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) in one forward, with
+Stage 1 trains a w-conditioned student (the teacher's params plus a zero-initialised w embedding)
+to give the teacher's guided ε̃ = (1 + w) ε(z, c) − w ε(z, ∅) in one forward, with
 w ~ U[w_min, w_max] and λ as in training. Round k of stage 2 trains a student whose one DDIM
-(η = 0) step matches two DDIM steps of the previous student. Each phase has its own directory
-(`students.py`); the math and the choices are in docs/distillation.md.
+(η = 0) step matches two DDIM steps of the previous student. `jobs/distill.py` runs the phases;
+the math and the choices are in docs/distillation.md.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import logging
 
-from cfg_jax import (
-  config_lib,
-  diffusion,
-  guidance,
-  models,
-  sample,
-  sampling,
-  sampling_runner,
-  schedules,
-  students,
-  train,
-  train_loop,
-  train_state,
-)
+from cfg_jax import diffusion, guidance, sampling, schedules, train_state, training
 from cfg_jax import sharding as sharding_lib
-from cfg_jax.models import UNet
 from cfg_jax.train_state import TrainState
 
 
@@ -104,14 +88,14 @@ def _noised(x: jax.Array, rng: jax.Array, logsnr: jax.Array) -> jax.Array:
 
 
 def _student_update(state, *, model, z, logsnr, labels, w, eps_target, rng, tx, config):
-  """Gradient step on ‖ε_student(z, λ, c, w) − ε_target‖² (`train.apply_gradients`)."""
+  """Gradient step on ‖ε_student(z, λ, c, w) − ε_target‖² (`training.apply_gradients`)."""
 
   def loss_fn(params):
     eps = model.apply({"params": params}, z, logsnr, labels, w, train=True, rngs={"dropout": rng})
     return jnp.mean(diffusion.eps_loss(eps_pred=eps.astype(jnp.float32), eps=eps_target))
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  return train.apply_gradients(state, loss=loss, grads=grads, tx=tx, config=config)
+  return training.apply_gradients(state, loss=loss, grads=grads, tx=tx, config=config)
 
 
 def stage1_step(
@@ -120,8 +104,8 @@ def stage1_step(
   rng: jax.Array,
   teacher_params: Any,
   *,
-  model: UNet,
-  teacher: UNet,
+  model,
+  teacher,
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -137,14 +121,16 @@ def stage1_step(
   )
   z = _noised(x, k_eps, logsnr)
   w = draw_w(k_w, b, w_min=d.w_min, w_max=d.w_max)
-  eps = teacher.apply(
-    {"params": teacher_params},
-    jnp.concatenate([z, z]),
-    jnp.concatenate([logsnr, logsnr]),
-    jnp.concatenate([labels, jnp.full_like(labels, config.data.num_classes)]),
-    train=False,
-  ).astype(jnp.float32)
-  target = guidance.guided_eps(eps_cond=eps[:b], eps_uncond=eps[b:], w=w)
+  teacher_fn = sampling.unet_eps_fn(teacher.apply, teacher_params)
+  target, _ = guidance.CFG.guided(
+    lambda *a: teacher_fn(*a).astype(jnp.float32),
+    {},
+    z=z,
+    logsnr=logsnr,
+    labels=labels,
+    w=w,
+    null_label=config.data.num_classes,
+  )
   return _student_update(
     state,
     model=model,
@@ -165,7 +151,7 @@ def round_step(
   rng: jax.Array,
   frozen: dict[str, Any],
   *,
-  model: UNet,
+  model,
   teacher_sampler: sampling.SamplerConfig,
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
@@ -216,7 +202,7 @@ def student_init(
   rng: jax.Array,
   params_from: Any,
   *,
-  model: UNet,
+  model,
   tx: optax.GradientTransformation,
   shape: tuple[int, ...],
 ) -> TrainState:
@@ -247,126 +233,3 @@ def jit_distill_step(step_fn, mesh, state_sharding: Any, frozen: Any):
     donate_argnums=(0,),
   )
   return lambda state, batch, rng: jitted(state, batch, rng, frozen)
-
-
-def run_phase(
-  config: ml_collections.ConfigDict,
-  workdir: str,
-  *,
-  student: str,
-  step: Any,
-  params_from: Any,
-  frozen: Any,
-  num_steps: int,
-  mesh,
-  shape: tuple[int, ...],
-) -> TrainState:
-  """Trains `student` in `<workdir>/<student>` with `step`(state, batch, rng, frozen, model=,
-  tx=, config=) → (state, metrics), resuming from its checkpoints; writes the student's
-  sample grids as training does (none when training.grid_samples_per_class = 0)."""
-  cfg = students.student_config(config, student)
-  opt_cfg = optimizer_config(cfg)
-  model, tx = models.create_model(cfg), train_state.create_optimizer(opt_cfg)
-  init = functools.partial(student_init, model=model, tx=tx, shape=shape)
-  rng = jax.random.fold_in(jax.random.key(config.seed), 7 + students.round_of(student))
-  shardings = sharding_lib.state_shardings(
-    jax.eval_shape(init, rng, params_from), mesh, sharding_lib.mesh_config(config)[1]
-  )
-  state = jax.jit(init, out_shardings=shardings)(rng, params_from)
-  step_fn = functools.partial(step, model=model, tx=tx, config=opt_cfg)
-  phase_dir = os.path.join(workdir, student)
-  sampler = sampling_runner.make_sampler(
-    model.apply,
-    shape=shape,
-    null_label=cfg.data.num_classes,
-    mesh=mesh,
-    config=sampling.SamplerConfig.from_config(cfg),
-  )
-
-  def periodic(step: int, state: TrainState, *, last: bool, writer) -> None:
-    per_class = cfg.training.grid_samples_per_class  # 0: no grids
-    if per_class > 0 and train_loop.every(step, cfg.training.sample_every_steps, last=last):
-      train.write_sample_grids(
-        writer=writer,
-        workdir=phase_dir,
-        step=step,
-        sampler=sampler,
-        params=state.ema_params,
-        config=cfg,
-        mesh=mesh,
-      )
-
-  return train_loop.run(
-    state,
-    jit_distill_step(step_fn, mesh, shardings, frozen),
-    workdir=phase_dir,
-    **train_loop.loop_inputs(config, num_steps=num_steps),
-    mesh=mesh,
-    rng=rng,
-    hparams=cfg,
-    metadata={"config": cfg.to_json(), "student": student},
-    periodic=periodic,
-    what=f"distill/{student}",
-  )
-
-
-def check_distill_config(config: ml_collections.ConfigDict) -> None:
-  """`config_lib.validate` plus the fields only --mode=distill needs; raises ConfigError."""
-  config_lib.validate(config)
-  d, errors = config.distill, []
-  if not d.teacher_workdir:
-    errors.append("distill.teacher_workdir is empty: give the trained model's --workdir.")
-  if d.student:
-    errors.append(
-      f"distill.student={d.student!r} selects a student for --mode=sample/evaluate; leave it "
-      "'' with --mode=distill."
-    )
-  if errors:
-    raise config_lib.ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
-
-
-def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, TrainState]:
-  """Runs stage 1 and (distill.stage = 2) the progressive rounds, each resuming from its own
-  checkpoints in `<workdir>/<student>`; stops after a preempted phase. Returns the final states."""
-  from cfg_jax import data  # lazily: TF import
-
-  check_distill_config(config)
-  d = config.distill
-  mesh = sharding_lib.make_mesh_from_config(config)
-  shape = tuple(data.check_available(config.data).image_shape)
-  teacher_params, teacher_step = sample.restore_params(
-    config, d.teacher_workdir, mesh, step=None if d.teacher_step < 0 else d.teacher_step
-  )
-  logging.info("Distilling the teacher %s at step %d.", d.teacher_workdir, teacher_step)
-  teacher = models.create_model(config)
-  phase = functools.partial(run_phase, config, workdir, mesh=mesh, shape=shape)
-  states = {}
-  states[students.STAGE1] = state = phase(
-    student=students.STAGE1,
-    step=functools.partial(stage1_step, teacher=teacher),
-    params_from=teacher_params,
-    frozen=teacher_params,
-    num_steps=d.stage1_steps,
-  )
-  # The previous student's sampler settings that `denoise` reads (thresholding, guidance
-  # interval) are the same for every student: one static config, one compiled round step.
-  teacher_sampler = sampling.SamplerConfig.from_config(
-    students.student_config(config, students.STAGE1)
-  )
-  for k in range(1, d.rounds + 1 if d.stage == 2 else 1):
-    if int(state.step) < (d.stage1_steps if k == 1 else d.round_steps):
-      return states  # preempted: the same command resumes
-    name = students.round_name(k)
-    states[name] = state = phase(
-      student=name,
-      step=functools.partial(round_step, teacher_sampler=teacher_sampler),
-      params_from=state.ema_params,
-      frozen={
-        "teacher": state.ema_params,
-        "num_moves": jax.device_put(
-          jnp.int32(students.num_steps_of_round(d, k) - 1), sharding_lib.replicated(mesh)
-        ),
-      },
-      num_steps=d.round_steps,
-    )
-  return states

@@ -1,66 +1,14 @@
-"""Classifier-free guidance: label dropout for training, the guided ε and its variants for sampling.
-
-w is the paper's guidance strength: ε̃ = (1 + w) ε_θ(z, c) − w ε_θ(z, ∅), so w = 0 is the plain
-conditional model and w = −1 the unconditional one. Codebases that write s = 1 + w (a "guidance
-scale", e.g. diffusers' guidance_scale) mean s = 1 where we mean w = 0.
-
-Beyond the paper (each a `SamplerConfig` / `c.sampling.*` option, applied by
-`sampling.denoise`): a guidance interval in λ (Kynkäänniemi et al. 2024) whose outside steps run
-the conditional half only, CFG rescale (Lin et al. 2023) of the x̂ prediction, and static /
-dynamic (Imagen) thresholding of x̃.
+"""Guidance variants beyond the paper, for every method: a guidance interval in λ (Kynkäänniemi et
+al. 2024) whose outside steps run the unguided prediction only, CFG rescale (Lin et al. 2023) of the
+x̂ prediction, and static / dynamic (Imagen) thresholding of x̃; `sampling.denoise` applies them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-
-# (z [B,H,W,C], λ [B], labels [B]) -> ε [B,H,W,C]
-EpsFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-
-
-def drop_labels(
-  rng: jax.Array, labels: jax.Array, *, p_uncond: float | jax.Array, null_label: int
-) -> jax.Array:
-  """c ← ∅ with probability p_uncond, independently per example (Algorithm 1, line 3)."""
-  drop = jax.random.bernoulli(rng, p_uncond, labels.shape)
-  return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
-
-
-def check_p_uncond(p_uncond: float) -> None:
-  """Raises ValueError unless p_uncond (guidance.p_uncond) is a probability."""
-  if not 0.0 <= p_uncond <= 1.0:
-    raise ValueError(
-      f"guidance.p_uncond must be in [0, 1] (paper: 0.1, 0.2 or 0.5), got {p_uncond}."
-    )
-
-
-def check_w(w_values, *, field: str) -> None:
-  """Raises ValueError unless every guidance strength in `w_values` (the config field `field`) is
-  finite and >= −1."""
-  for w in w_values:
-    if not math.isfinite(w) or w < -1.0:
-      raise ValueError(
-        f"{field} holds {w}: w must be finite and >= -1 (w = 0 is the conditional "
-        "model, w = -1 the unconditional one; the paper sweeps 0..4). Note: "
-        "w = s - 1 for codebases that use a guidance scale s."
-      )
-
-
-def guided_eps(*, eps_cond: jax.Array, eps_uncond: jax.Array, w: jax.Array) -> jax.Array:
-  """ε̃ = (1 + w) ε_c − w ε_∅, with w a scalar or one value per sample ([B])."""
-  w = jnp.asarray(w, eps_cond.dtype)
-  if w.ndim == 1:
-    w = w.reshape(w.shape + (1,) * (eps_cond.ndim - 1))
-  return eps_cond + w * (eps_cond - eps_uncond)
-
-
-# --------------------------------------------------------------------------------------------
-# Guidance beyond the paper: guidance interval, CFG rescale, thresholding of x̃.
-# --------------------------------------------------------------------------------------------
 
 THRESHOLDING_MODES = ("none", "static", "dynamic")
 

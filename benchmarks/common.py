@@ -1,0 +1,104 @@
+"""What the benchmarks share: the machine they ran on, round-robin timing, XLA's figures of a
+compiled function, and writing a report as JSON beside its markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as fh:
+      for line in fh:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def machine() -> str:
+  """One line for a report: the CPU, its cores and the load average now."""
+  load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+  return f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} cores, load average {load}"
+
+
+def versions() -> dict[str, Any]:
+  """jax, flax and the backend, and torch / diffusers where installed."""
+  import flax
+  import jax
+
+  out = {"jax": jax.__version__, "flax": flax.__version__, "backend": jax.default_backend()}
+  for name in ("torch", "diffusers"):
+    try:
+      out[name] = __import__(name).__version__
+    except ImportError:
+      out[name] = "not installed"
+  return out
+
+
+def maxrss_mib() -> float:
+  """Peak resident memory of this process so far (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def memory_mib(compiled) -> dict[str, float] | None:
+  """XLA's buffer assignment of a compiled function: arguments, outputs, temporaries; `peak` is
+  arguments + outputs + temporaries − donated (aliased) bytes."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if m is None:
+    return None
+  mib = lambda b: b / 2**20
+  peak = (
+    m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  )
+  return {
+    "arguments": mib(m.argument_size_in_bytes),
+    "outputs": mib(m.output_size_in_bytes),
+    "temporaries": mib(m.temp_size_in_bytes),
+    "aliased": mib(m.alias_size_in_bytes),
+    "peak": mib(peak),
+  }
+
+
+def flops_of(compiled) -> float | None:
+  """XLA's FLOP count of a compiled function (cost_analysis), or None."""
+  ca = compiled.cost_analysis()
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  return float(ca["flops"]) if ca and "flops" in ca else None
+
+
+def round_robin(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+  """Calls each fn once per round, in turn (A, B, C, A, B, C, ...), so a load that comes and goes
+  on a shared machine hits every variant alike; each fn returns the seconds it measured."""
+  times = {name: [] for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      times[name].append(fn())
+  return times
+
+
+def summary(times: list[float]) -> dict[str, float]:
+  return {"median_s": statistics.median(times), "min_s": min(times), "runs_s": times}
+
+
+def write_report(out: str, data: Any, markdown: str) -> None:
+  """`<out>.json` (the data) and `<out>.md` (the tables), `out` a path without extension."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out + ".json", "w") as f:
+    json.dump(data, f, indent=1, sort_keys=True, default=str)
+  with open(out + ".md", "w") as f:
+    f.write(markdown)

@@ -1,0 +1,102 @@
+"""Guidance: one interface (`core.Method`) for every method, and the registry that the config's
+`sampling.guidance` / `evaluation.guidance` name.
+
+Each method is one small module: `cfg` (classifier-free, the paper's), `classifier` (classifier
+guidance), `auto` (autoguidance); `variants` holds the interval, rescale and thresholding rules
+that apply to all of them. Pure math: this package imports jax alone.
+"""
+
+from __future__ import annotations
+
+from cfg_jax.guidance.auto import Autoguidance
+from cfg_jax.guidance.cfg import ClassifierFree, check_p_uncond, drop_labels
+from cfg_jax.guidance.classifier import ClassifierGuidance
+from cfg_jax.guidance.core import (
+  Aux,
+  EpsFn,
+  Method,
+  NetworkSpec,
+  check_w,
+  guided_eps,
+  paired_forward,
+  per_row,
+)
+from cfg_jax.guidance.variants import (
+  THRESHOLDING_MODES,
+  dynamic_threshold,
+  in_interval,
+  interval_from_sigmas,
+  per_sample_std,
+  rescale_guided,
+  static_threshold,
+  threshold,
+)
+
+METHODS: dict[str, type[Method]] = {
+  m.name: m for m in (ClassifierFree, ClassifierGuidance, Autoguidance)
+}
+CFG = ClassifierFree()  # the default of every sampler
+SECTIONS = ("sampling", "evaluation")  # the config sections whose `guidance` field picks one
+
+
+def get(name: str) -> type[Method]:
+  """The method class registered as `name`; ValueError listing the valid names otherwise."""
+  if name not in METHODS:
+    raise ValueError(f"unknown guidance {name!r}; valid: {', '.join(METHODS)}.")
+  return METHODS[name]
+
+
+def from_config(config, *, section: str) -> Method:
+  """The method that `config.<section>.guidance` selects, with its settings from `config`."""
+  return get(config[section].guidance).from_config(config)
+
+
+def selected(config) -> set[str]:
+  """The names of the methods that sampling.guidance and evaluation.guidance select."""
+  return {config[s].guidance for s in SECTIONS}
+
+
+def config_errors(config) -> list[str]:
+  """An unknown method name in either section, and the config errors of the selected ones."""
+  errors = []
+  for s in SECTIONS:
+    if config[s].guidance not in METHODS:
+      errors.append(
+        f"{s}.guidance={config[s].guidance!r} is not a guidance method; valid: "
+        + ", ".join(f"'{n}' ({m.summary})" for n, m in METHODS.items())
+        + "."
+      )
+  for name in sorted(selected(config) & set(METHODS)):
+    errors += METHODS[name].config_errors(config)
+  return errors
+
+
+__all__ = [
+  "Aux",
+  "Autoguidance",
+  "CFG",
+  "ClassifierFree",
+  "ClassifierGuidance",
+  "EpsFn",
+  "METHODS",
+  "Method",
+  "NetworkSpec",
+  "THRESHOLDING_MODES",
+  "check_p_uncond",
+  "check_w",
+  "config_errors",
+  "drop_labels",
+  "dynamic_threshold",
+  "from_config",
+  "get",
+  "guided_eps",
+  "in_interval",
+  "interval_from_sigmas",
+  "paired_forward",
+  "per_row",
+  "per_sample_std",
+  "rescale_guided",
+  "selected",
+  "static_threshold",
+  "threshold",
+]
