@@ -172,7 +172,8 @@ class TimestepEmbedder(nn.Module):
 
 class Attention(nn.Module):
   """timm's Attention (qkv with bias, no q/k norm): multi-head softmax self-attention through
-  `jax.nn.dot_product_attention`, which picks fused kernels on TPU and GPU."""
+  `jax.nn.dot_product_attention` (its XLA implementation by default; the same call takes
+  implementation='cudnn' for cuDNN's fused flash attention on GPU)."""
 
   num_heads: int
   dtype: Any = jnp.float32
