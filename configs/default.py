@@ -45,8 +45,9 @@ def get_config(arg=None):
   c.data.num_classes = config_dict.placeholder(int)  # set from data.name; the null label is this id
   c.data.random_flip = False  # random horizontal flips of training images
 
-  # ADM-style U-Net (models/unet.py).
+  # The network: the ADM-style U-Net (models/unet.py) or a DiT (models/dit.py).
   c.model = ml_collections.ConfigDict()
+  c.model.name = "unet"  # unet (ADM U-Net) | dit (DiT, adaLN-Zero)
   c.model.ch = 16  # base channel count of the U-Net
   c.model.ch_mult = (1, 2)  # channel multiplier per resolution level (one level per entry)
   c.model.num_res_blocks = 1  # residual blocks per level
@@ -58,6 +59,13 @@ def get_config(arg=None):
   c.model.num_groups = 32  # GroupNorm groups (at most the channel count)
   c.model.dtype = "float32"  # computation dtype; parameters stay float32
   c.model.remat = False  # rematerialise activations in the backward pass (saves memory)
+  # DiT fields (model.name = dit; dtype and remat above apply too, the U-Net fields do not).
+  c.model.dit_preset = ""  # '' = the dit_* sizes below; "S/2" .. "XL/8" (paper models) set them
+  c.model.dit_patch_size = 2  # patch side p: the image is cut into (H/p)(W/p) tokens
+  c.model.dit_hidden_size = 64  # token width D (a multiple of 4 and of dit_num_heads)
+  c.model.dit_depth = 2  # number of adaLN-Zero transformer blocks
+  c.model.dit_num_heads = 4  # attention heads per block
+  c.model.dit_mlp_ratio = 4.0  # MLP hidden width / dit_hidden_size
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.logsnr_min = -20.0  # lambda_min of the cosine schedule (paper: -20)
