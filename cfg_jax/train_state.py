@@ -145,6 +145,22 @@ def abstract_classifier_state(config: ml_collections.ConfigDict, mesh) -> Classi
   return abstract_of(init, mesh, config)
 
 
+def check_checkpoint(workdir: str, *, step: int | None = None, setting: str) -> None:
+  """CheckpointError unless `workdir` holds a checkpoint (step `step`, when given): cheap, for a
+  job to say there is nothing to read before it computes or compiles anything."""
+  steps = checkpointing.list_steps(workdir)
+  if not steps:
+    raise checkpointing.CheckpointError(
+      f"no checkpoints in {checkpointing.checkpoint_dir(workdir)}: train first with --mode=train "
+      "and the same --workdir."
+    )
+  if step is not None and step not in steps:
+    raise checkpointing.CheckpointError(
+      f"--config.{setting}={step} is not in {checkpointing.checkpoint_dir(workdir)}, which holds "
+      f"steps {steps}; pick one of them or -1 (the latest)."
+    )
+
+
 def restore_params(
   config: ml_collections.ConfigDict,
   workdir: str,

@@ -44,13 +44,18 @@ def errors_of(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> list[str]:
 
 
 def model_errors(config: ml_collections.ConfigDict, *, prefix: str = "model.") -> list[str]:
-  """The U-Net's checks on config.model, then its init under jax.eval_shape (nothing allocated)."""
-  errors = errors_of(
-    unet.check_architecture, config.model, models.image_shape(config), prefix=prefix
-  )
-  if errors:
-    return errors
-  return errors_of(models.count_params, models.create_model(config), models.image_shape(config))
+  """The network's checks: the U-Net's architecture checks on config.model (model.name 'unet'),
+  then its init under jax.eval_shape (nothing allocated), which runs the DiT's own checks."""
+  shape = models.image_shape(config)
+  if config.model.name == "unet":
+    errors = errors_of(unet.check_architecture, config.model, shape, prefix=prefix)
+    if errors:
+      return errors
+  try:
+    model = models.create_model(config)
+  except (ValueError, TypeError) as e:
+    return [str(e)]
+  return errors_of(models.count_params, model, shape)
 
 
 def classifier_errors(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
@@ -137,6 +142,11 @@ def field_errors(config: ml_collections.ConfigDict) -> list[str]:
     )
   if ev.pr_k < 1 or ev.batch_size < 1:
     err(f"evaluation.pr_k ({ev.pr_k}) and evaluation.batch_size ({ev.batch_size}) must be >= 1.")
+  if ev.feature_batch_size < 0:
+    err(
+      f"evaluation.feature_batch_size must be >= 1, or 0 (auto: 50 on CPU, 500 on GPU / TPU), "
+      f"got {ev.feature_batch_size}."
+    )
   return errors
 
 

@@ -124,7 +124,10 @@ def get_config(arg=None):
   c.evaluation.w_values = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # paper's grid
   c.evaluation.num_steps_values = ()  # T values to sweep; () = (sampling.num_steps,)
   c.evaluation.num_samples = 1000  # per (T, w); the paper uses 50,000
-  c.evaluation.batch_size = 500  # samples per sampler / feature-network call
+  c.evaluation.batch_size = 500  # samples per sampler call (over all devices)
+  # Images per Inception call (at 299x299 it needs ~36 MiB per image on a CPU; the digits
+  # classifier takes evaluation.batch_size); 0 = auto: 50 on CPU, 500 on GPU / TPU.
+  c.evaluation.feature_batch_size = 0
   c.evaluation.reference_split = "train"  # dataset split of the reference statistics
   c.evaluation.reference_num_examples = -1  # -1 = the whole split
   c.evaluation.pr_k = 3  # k of the k-NN precision / recall

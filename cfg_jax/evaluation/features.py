@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from cfg_jax import fileio, images
+from cfg_jax import fileio, images, memory
 from cfg_jax import sharding as sharding_lib
 from cfg_jax.data import pipeline
 from cfg_jax.evaluation import digits_classifier, inception, metrics
@@ -65,6 +65,19 @@ def _inception_outputs(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array 
   return out["pool"], out.get("logits")
 
 
+AUTO_FEATURE_BATCH = {"cpu": 50}  # evaluation.feature_batch_size = 0 on this backend
+AUTO_FEATURE_BATCH_ACCELERATOR = 500
+
+
+def feature_batch_size(config: ml_collections.ConfigDict) -> int:
+  """Images per feature-network call: evaluation.feature_batch_size, or (0) the backend's auto
+  size (50 on CPU, where Inception needs ~36 MiB per image; 500 on GPU / TPU)."""
+  bs = int(config.evaluation.feature_batch_size)
+  if bs > 0:
+    return bs
+  return AUTO_FEATURE_BATCH.get(jax.default_backend(), AUTO_FEATURE_BATCH_ACCELERATOR)
+
+
 def inception_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet | None:
   """The FID Inception-v3 with the weights `evaluation.inception_weights` resolves to
   (`inception.resolve_weights_path`), or None when it resolves to none.
@@ -74,12 +87,19 @@ def inception_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet | 
   path = inception.resolve_weights_path(config.evaluation.inception_weights)
   if path is None:
     return None
+  bs = feature_batch_size(config)
+  memory.check_fits(
+    memory.inception_bytes(bs),
+    what=f"the Inception feature step at batch {bs}",
+    field="evaluation.feature_batch_size",
+    per_unit=memory.INCEPTION_BYTES_PER_IMAGE,
+    current=bs,
+  )
   params = inception.load_params(path)  # clear error if missing or wrong
   key = f"{params_digest(params)[:16]}-tf{inception.INPUT_SIZE}"  # weights, preprocessing
   apply = sharding_lib.sharded_batch_fn(
     _inception_outputs, params, mesh or sharding_lib.make_mesh()
   )
-  bs = config.evaluation.batch_size
   return FeatureNet("inception", lambda x: _batched(apply, x, bs), False, key)
 
 
@@ -88,7 +108,7 @@ def feature_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet:
 
   Inception runs with each batch split over the `data` axis of `mesh` (default: all devices).
   """
-  bs = config.evaluation.batch_size
+  bs = config.evaluation.batch_size  # the digits classifier is small
   if config.data.name in digits_classifier.RECIPES:
     clf = digits_classifier.load_or_train(config.data)
 

@@ -133,7 +133,23 @@ class Evaluator:
     arrays = {"labels": labels, "features": feats}
     if fid_feats is not None:
       arrays["inception"] = fid_feats
-    path = results.features_path(
+    path = self.features_file(step=step, num_steps=num_steps, w=w)
+    if jax.process_index() == 0:
+      fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
+
+  def cell_done(self, row: dict[str, Any], step: int, num_steps: int) -> bool:
+    """Whether results row `row` is the (step, T) cell of this sweep (settings and sample count),
+    with its features on disk when evaluation.save_features asks for them."""
+    if (row["step"], row.get("sampler_settings")) != (step, self.settings_key(num_steps)):
+      return False
+    if row["num_samples"] != self.config.evaluation.num_samples:
+      return False
+    return not self.config.evaluation.save_features or os.path.exists(
+      self.features_file(step=step, num_steps=num_steps, w=results.guidance_strength(row))
+    )
+
+  def features_file(self, *, step: int, num_steps: int, w: float) -> str:
+    return results.features_path(
       self.workdir,
       step=step,
       num_steps=num_steps,
@@ -141,12 +157,12 @@ class Evaluator:
       w=w,
       num_samples=self.config.evaluation.num_samples,
     )
-    if jax.process_index() == 0:
-      fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
 
   def evaluate_step(self, step: int | None) -> list[dict[str, Any]]:
     """Runs the whole (T, strength) sweep on checkpoint `step` (None: the newest intact one);
-    returns and records its rows."""
+    returns its rows. Each cell's row is appended to results.jsonl as soon as it is done, and a
+    cell already there (same settings and sample count) is not sampled again: an interrupted
+    sweep resumes where it stopped."""
     c, ev, method = self.config, self.config.evaluation, self.method
     params, step = train_state.restore_params(
       c,
@@ -163,7 +179,18 @@ class Evaluator:
     name, rows = method.symbol, []
     for t in num_steps_values(c):
       t_rows, grids, prefix = [], {}, prefix_of(t)
+      done = {
+        results.guidance_strength(r): r
+        for r in results.load_results(self.workdir)
+        if self.cell_done(r, step, t)
+      }
       for w in method.strengths(c):
+        if float(w) in done:
+          t_rows.append(done[float(w)])
+          logging.info(
+            "eval (%s) step %d T=%d %s=%g: in results.jsonl", method.name, step, t, name, w
+          )
+          continue
         start = time.time()
         x = sampling_runner.generate(
           self.sampler(t),
@@ -200,6 +227,7 @@ class Evaluator:
           "seconds": time.time() - start,
           "sampler_settings": self.settings_key(t),
         }
+        results.append_results(self.workdir, [row])  # on disk before the next cell starts
         t_rows.append(row)
         shown = [
           k
@@ -235,7 +263,6 @@ class Evaluator:
         images.save_png(plot, path)
       rows += t_rows
     self.writer.flush()
-    results.append_results(self.workdir, rows)
     return rows
 
 
@@ -280,6 +307,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   validation.validate(config, workdir=workdir)
   config, workdir = students.resolve(config, workdir)
   ev = config.evaluation
+  if not ev.poll:  # before any reference statistics or compile: is there anything to evaluate?
+    train_state.check_checkpoint(
+      workdir,
+      step=None if ev.checkpoint_step < 0 else ev.checkpoint_step,
+      setting="evaluation.checkpoint_step",
+    )
   evaluator = Evaluator(config, workdir)
   if ev.poll:
     rows = poll(evaluator)
