@@ -250,7 +250,7 @@ def heun_step(
 # --- Algorithm 2 ------------------------------------------------------------------------------
 
 
-def denoise(
+def denoise_step(
   eps_fn: EpsFn,
   *,
   z: jax.Array,
@@ -261,49 +261,69 @@ def denoise(
   config: SamplerConfig,
   method: Method = guidance.CFG,
   aux: Aux | None = None,
-) -> tuple[jax.Array, jax.Array]:
-  """Lines 3–4 of Algorithm 2 at the scalar λ: returns (x̃, ε̂), z [B, ...], labels and w [B].
+  step: jax.Array | int = 0,
+  keys: jax.Array | None = None,
+  state: Any = (),
+) -> tuple[jax.Array, jax.Array, Any]:
+  """Lines 3–4 of Algorithm 2 at the scalar λ: returns (x̃, ε̂, the method's state), z [B, ...],
+  labels and w [B].
 
   ε̃ = `method.guided(...)` (classifier-free: (1 + w) ε(z, c) − w ε(z, ∅) from ONE forward call on
-  [z, z] with labels [c, ∅]; `aux` holds the functions of the method's extra networks), then
-  x̃ = (z − σ ε̃)/α. With guided=False, or λ outside the guidance interval, ε̃ is the method's
-  unguided ε (the conditional model: one forward of B, not 2B); then CFG rescale and thresholding
-  change x̃. ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is the ε consistent with the final x̃ (ε̃ itself when
-  nothing changed x̃). A w-conditioned ε-function (config.w_conditioned, a distilled student)
-  gives ε̃ = ε(z, c, w) from one forward of B, and λ may be one per sample.
+  [z, z] with labels [c, ∅]; `aux` holds the functions of the method's extra networks, `step` is
+  the sampler step t, `keys` one key per sample, `state` what the method carries between steps),
+  then x̃ = (z − σ ε̃)/α (or the method's own x̃). With guided=False, or λ outside the guidance
+  interval, ε̃ is the method's unguided ε (the conditional model: one forward of B, not 2B) and
+  the state is kept; then CFG rescale and thresholding change x̃. ε̂ = ε̃ + e^{λ/2}(x̃_raw − x̃) is
+  the ε consistent with the final x̃ (ε̃ itself when nothing changed x̃), unless the method names
+  the ε its step re-noises with (CFG++). A w-conditioned ε-function (config.w_conditioned, a
+  distilled student) gives ε̃ = ε(z, c, w) from one forward of B, and λ may be one per sample.
   """
   b = z.shape[0]
   lam = jnp.broadcast_to(jnp.asarray(logsnr, jnp.float32), (b,))
   aux = aux or {}
-  kw = dict(logsnr=lam, labels=labels)
+  inputs = guidance.Step(
+    z=z, logsnr=lam, labels=labels, w=w, null_label=null_label, step=step, keys=keys
+  )
+  x_of = lambda eps: diffusion.x_from_eps(z=z, eps=eps, logsnr=lam)  # line 4: (z − σ ε̃)/α
 
-  def guided(z):  # line 3
-    return method.guided(eps_fn, aux, z=z, w=w, null_label=null_label, **kw)
+  def guided(carry):  # line 3
+    z, state = carry
+    pred, state = method.guided(eps_fn, aux, inputs._replace(z=z), state)
+    eps_step = pred.eps if pred.eps_step is None else pred.eps_step
+    x = (x_of(pred.eps) if pred.x is None else pred.x) if method.predicts_x else None
+    return (pred.eps, pred.eps_cond, eps_step, x), state
 
-  def unguided(z):
-    eps = method.unguided(eps_fn, aux, z=z, **kw)
-    return eps, eps
+  def unguided(carry):
+    z, state = carry
+    eps = method.unguided(eps_fn, aux, inputs._replace(z=z))
+    return (eps, eps, eps, x_of(eps) if method.predicts_x else None), state
 
   if config.w_conditioned:  # the student's ε̃ at w itself; w = 0 is its conditional model
     guide = config.guided & guidance.in_interval(lam, interval=config.guidance_interval)
     eps = eps_c = eps_fn(z, lam, labels, jnp.where(guide, w, 0.0))
+    out = (eps, eps_c, eps, None)
   elif not config.guided:
-    eps, eps_c = unguided(z)
+    out, state = unguided((z, state))
   elif config.guidance_interval is None:
-    eps, eps_c = guided(z)
+    out, state = guided((z, state))
   else:  # guide only inside the interval; outside, one forward of batch B instead of 2B
     inside = guidance.in_interval(logsnr, interval=config.guidance_interval)
-    eps, eps_c = jax.lax.cond(inside, guided, unguided, z)
-  x_raw = diffusion.x_from_eps(z=z, eps=eps, logsnr=lam)  # line 4: x̃ = (z − σ ε̃)/α
+    out, state = jax.lax.cond(inside, guided, unguided, (z, state))
+  eps, eps_c, eps_step, x_raw = out
+  x_raw = x_of(eps) if x_raw is None else x_raw
   x = x_raw
   if config.guided and config.rescale_phi > 0:
-    x = guidance.rescale_guided(
-      x_guided=x, x_cond=diffusion.x_from_eps(z=z, eps=eps_c, logsnr=lam), phi=config.rescale_phi
-    )
+    x = guidance.rescale_guided(x_guided=x, x_cond=x_of(eps_c), phi=config.rescale_phi)
   x = guidance.threshold(x, mode=config.effective_thresholding, p=config.dynamic_threshold_p)
-  if x is x_raw:
-    return x, eps
-  return x, eps + jnp.exp(0.5 * diffusion.broadcast_logsnr(lam, x)) * (x_raw - x)
+  if x is x_raw or method.own_step_eps:
+    return x, eps_step, state
+  return x, eps_step + jnp.exp(0.5 * diffusion.broadcast_logsnr(lam, x)) * (x_raw - x), state
+
+
+def denoise(eps_fn: EpsFn, **kwargs) -> tuple[jax.Array, jax.Array]:
+  """(x̃, ε̂) of `denoise_step` for methods that carry no state between steps."""
+  x, eps, _ = denoise_step(eps_fn, **kwargs)
+  return x, eps
 
 
 def sample(
@@ -336,8 +356,8 @@ def sample(
   keys = per_sample_keys(rng, sample_ids)
   logsnrs, last = config.logsnrs(), config.num_steps - 1
 
-  def predict(z, logsnr):  # (x̃, ε̂) at λ: lines 3–4
-    return denoise(
+  def predict(z, logsnr, t, state):  # (x̃, ε̂, state) at λ: lines 3–4
+    return denoise_step(
       eps_fn,
       z=z,
       logsnr=logsnr,
@@ -347,13 +367,16 @@ def sample(
       config=config,
       method=method,
       aux=aux,
+      step=t,
+      keys=keys,
+      state=state,
     )
 
   def body(t, carry):
-    z, _ = carry
+    z, _, state = carry
     # At t = T − 1 there is no next λ: λ' = λ_{t+1} clamped (= λ), and the move is discarded.
     logsnr, logsnr_next = logsnrs[t], logsnrs[jnp.minimum(t + 1, last)]
-    x, eps = predict(z, logsnr)
+    x, eps, state = predict(z, logsnr, t, state)
     # Line 5: z_{t+1} from (z_t, x̃_t) by the paper's ancestral step or another sampler's.
     if config.sampler == "ancestral":
       z_next = ancestral_step(
@@ -375,19 +398,21 @@ def sample(
       )
     elif config.sampler == "euler":
       z_next = euler_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
-    else:  # heun; lax.cond skips its evaluation at λ' at the last step
-      heun = lambda z: heun_step(
-        z=z,
-        x=x,
-        logsnr=logsnr,
-        logsnr_next=logsnr_next,
-        denoise_next=lambda z_next: predict(z_next, logsnr_next)[0],
-      )
-      z_next = jax.lax.cond(t < last, heun, lambda z: z, z)
-    return jnp.where(t < last, z_next, z), x
+    else:  # heun; lax.cond skips its evaluation at λ' at the last step (the state then too)
+
+      def heun(carry):
+        z, state = carry
+        x_next, _, state = predict(
+          euler_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next), logsnr_next, t + 1, state
+        )
+        return euler_step(z=z, x=0.5 * (x + x_next), logsnr=logsnr, logsnr_next=logsnr_next), state
+
+      z_next, state = jax.lax.cond(t < last, heun, lambda carry: carry, (z, state))
+    return jnp.where(t < last, z_next, z), x, state
 
   z1 = _normal(keys, 0, shape) if z_init is None else jnp.asarray(z_init, jnp.float32)
   if z1.shape != (b, *shape):
     raise ValueError(f"z_init has shape {z1.shape}, expected {(b, *shape)}.")
-  _, x = jax.lax.fori_loop(0, config.num_steps, body, (z1, jnp.zeros_like(z1)))
+  init = (z1, jnp.zeros_like(z1), method.init_state(z1))
+  _, x, _ = jax.lax.fori_loop(0, config.num_steps, body, init)
   return x

@@ -69,7 +69,9 @@ class Autoguidance(core.Method):
   def feature_tag(self, config, info) -> str:
     return core.digest_tag(self.name, self.describe(config, info))
 
-  def guided(self, eps_fn, aux, *, z, logsnr, labels, w, null_label):
-    del null_label
-    eps_c = eps_fn(z, logsnr, labels)
-    return core.guided_eps(eps_cond=eps_c, eps_uncond=aux["guide"](z, logsnr, labels), w=w), eps_c
+  def guided(self, eps_fn, aux, step, state):
+    eps_c = eps_fn(step.z, step.logsnr, step.labels)
+    eps_g = aux["guide"](step.z, step.logsnr, step.labels)
+    return core.Prediction(
+      core.guided_eps(eps_cond=eps_c, eps_uncond=eps_g, w=step.w), eps_c
+    ), state

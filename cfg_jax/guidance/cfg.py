@@ -40,9 +40,15 @@ class ClassifierFree(core.Method):
   name = "cfg"
   summary = "classifier-free, the paper's"
 
-  def guided(self, eps_fn, aux, *, z, logsnr, labels, w, null_label):
+  def guided(self, eps_fn, aux, step, state):
     del aux
-    eps_c, eps_u = core.paired_forward(
-      eps_fn, z=z, logsnr=logsnr, labels=labels, other=jnp.full_like(labels, null_label)
-    )
-    return core.guided_eps(eps_cond=eps_c, eps_uncond=eps_u, w=w), eps_c
+    eps_c, eps_u = conditional_and_null(eps_fn, step)
+    return core.Prediction(
+      core.guided_eps(eps_cond=eps_c, eps_uncond=eps_u, w=step.w), eps_c
+    ), state
+
+
+def conditional_and_null(eps_fn: core.EpsFn, step: core.Step) -> tuple[jax.Array, jax.Array]:
+  """(ε(z, c), ε(z, ∅)) from ONE forward call on [z, z] with labels [c, ∅]."""
+  null = jnp.full_like(step.labels, step.null_label)
+  return core.paired_forward(eps_fn, z=step.z, logsnr=step.logsnr, labels=step.labels, other=null)

@@ -187,18 +187,19 @@ class ClassifierGuidance(core.Method):
       "classifier_workdir": self.classifier_workdir or "<workdir>",
     }
 
-  def unguided(self, eps_fn, aux, *, z, logsnr, labels):
-    k = jax.eval_shape(aux["classifier"], z, logsnr).shape[-1]
-    return eps_fn(z, logsnr, _model_labels(labels, self.model_labels, k))
+  def unguided(self, eps_fn, aux, step):
+    k = jax.eval_shape(aux["classifier"], step.z, step.logsnr).shape[-1]
+    return eps_fn(step.z, step.logsnr, _model_labels(step.labels, self.model_labels, k))
 
-  def guided(self, eps_fn, aux, *, z, logsnr, labels, w, null_label):
-    return classifier_guided(
+  def guided(self, eps_fn, aux, step, state):
+    eps, eps_c = classifier_guided(
       eps_fn,
       aux["classifier"],
-      z=z,
-      logsnr=logsnr,
-      labels=labels,
-      scale=w,
+      z=step.z,
+      logsnr=step.logsnr,
+      labels=step.labels,
+      scale=step.w,
       model_labels=self.model_labels,
-      null_label=null_label,
+      null_label=step.null_label,
     )
+    return core.Prediction(eps, eps_c), state

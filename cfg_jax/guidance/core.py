@@ -1,13 +1,15 @@
 """The interface every guidance method implements, and the math they share.
 
-A method (`Method`) is a small frozen dataclass built from the config. `sampling.denoise` asks it
-for the guided ε̃ of a batch — `guided(eps_fn, aux, z=, logsnr=, labels=, w=, null_label=)`, which
-also returns the conditional prediction that CFG rescale targets — and, outside a guidance
-interval or with `SamplerConfig(guided=False)`, for its unguided ε (`unguided`). `aux` holds the
-functions of the extra networks a method names in `networks()` (a guide, a classifier), which
-the runtime (`cfg_jax/networks.py`) restores from checkpoints: this package imports jax alone.
-Each method also carries its strength column (`w` or `scale`), its TensorBoard tag, what it adds
-to the settings of a results row (`describe`) and its config errors.
+A method (`Method`) is a small frozen dataclass built from the config. At each network evaluation
+`sampling.denoise_step` asks it for the guided prediction of a batch, `guided(eps_fn, aux, step,
+state) -> (Prediction, state)`: the guided ε̃, the conditional ε that CFG rescale aims at, and,
+for methods that need them, the guided x̃ itself (APG) or the ε the DDIM step re-noises with
+(CFG++); `state` is what a method carries from step to step (APG's momentum). Outside a guidance
+interval, or with `SamplerConfig(guided=False)`, it asks for the unguided ε (`unguided`). `aux`
+holds the functions of the extra networks a method names in `networks()` (a guide, a classifier),
+which the runtime (`cfg_jax/networks.py`) restores: this package imports jax alone. Each method
+also carries its strength column, its TensorBoard tag, what it adds to a results row's settings
+(`describe`), the samplers it is defined for, and its config errors.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +58,33 @@ def check_w(w_values, *, field: str) -> None:
         "model, w = -1 the unconditional one; the paper sweeps 0..4). Note: "
         "w = s - 1 for codebases that use a guidance scale s."
       )
+
+
+class Step(NamedTuple):
+  """What a method sees at one network evaluation of the sampler: z [B, ...] at λ [B], the
+  requested labels [B], the strength w [B] (the method's own: w, a scale, ...), ∅, the sampler
+  step t (0 at λ_min; Heun's second evaluation of step t is t + 1) and one key per sample for
+  this evaluation (methods that draw something, e.g. ICG's random condition)."""
+
+  z: jax.Array
+  logsnr: jax.Array
+  labels: jax.Array
+  w: jax.Array
+  null_label: int
+  step: jax.Array | int = 0
+  keys: jax.Array | None = None
+
+
+class Prediction(NamedTuple):
+  """A method's guided prediction: ε̃ [B, ...] and the conditional ε (CFG rescale's target);
+  `x`, when set, is the guided x̃ itself (ε̃ is then (z − α x̃)/σ, and x̃ is used as it is);
+  `eps_step`, when set, is the ε the DDIM step re-noises with instead of the one consistent with
+  x̃ (CFG++)."""
+
+  eps: jax.Array
+  eps_cond: jax.Array
+  x: jax.Array | None = None
+  eps_step: jax.Array | None = None
 
 
 def per_row(x: jax.Array | float, like: jax.Array) -> jax.Array:
@@ -102,6 +131,9 @@ class Method:
   file_prefix: ClassVar[str] = ""  # --mode=sample file names: <prefix>samples.npz
   sweep_title: ClassVar[str] = "over w"  # the trade-off plot's title
   settings_name: ClassVar[str] = ""  # the key of `describe()` in a results row's settings
+  samplers: ClassVar[tuple[str, ...] | None] = None  # the samplers it is defined for; None: all
+  predicts_x: ClassVar[bool] = False  # its Prediction may set x (the guided x̃ itself)
+  own_step_eps: ClassVar[bool] = False  # its Prediction sets eps_step (CFG++'s ε_∅)
 
   @classmethod
   def from_config(cls, config) -> Method:
@@ -135,23 +167,16 @@ class Method:
     del config, info
     return self.name
 
-  def unguided(
-    self, eps_fn: EpsFn, aux: Aux, *, z: jax.Array, logsnr: jax.Array, labels: jax.Array
-  ) -> jax.Array:
+  def init_state(self, z: jax.Array) -> Any:
+    """What the method carries from step to step, at the first step (a pytree; () for none)."""
+    del z
+    return ()
+
+  def unguided(self, eps_fn: EpsFn, aux: Aux, step: Step) -> jax.Array:
     """ε where the sampler does not guide: the conditional model, one forward of B."""
     del aux
-    return eps_fn(z, logsnr, labels)
+    return eps_fn(step.z, step.logsnr, step.labels)
 
-  def guided(
-    self,
-    eps_fn: EpsFn,
-    aux: Aux,
-    *,
-    z: jax.Array,
-    logsnr: jax.Array,
-    labels: jax.Array,
-    w: jax.Array,
-    null_label: int,
-  ) -> tuple[jax.Array, jax.Array]:
-    """(guided ε̃, the conditional ε that CFG rescale aims at); w [B], λ [B]."""
+  def guided(self, eps_fn: EpsFn, aux: Aux, step: Step, state: Any) -> tuple[Prediction, Any]:
+    """The guided prediction at `step`, and the state for the next step."""
     raise NotImplementedError
