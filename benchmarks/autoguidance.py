@@ -193,6 +193,8 @@ def cells(value: str, b: np.ndarray, base: np.ndarray) -> str:
 def report(results: dict, args, seconds: float) -> str:
   import jax
 
+  from cfg_jax.evaluation import results as eval_results
+
   fid = "fid" in next(iter(results.values()))["boot"]
   base = {m: results["cfg"]["boot"][m][0.0] for m in results["cfg"]["boot"]}
   dataset = os.path.splitext(os.path.basename(args.config))[0]
@@ -227,7 +229,7 @@ def report(results: dict, args, seconds: float) -> str:
       "|---|---|---|---|---|---|---|---|---|" + ("---|---|---|" if fid else ""),
     ]
     for r in res["rows"]:
-      v = results.guidance_strength(r)
+      v = eval_results.guidance_strength(r)
       b = {m: res["boot"][m][v] for m in res["boot"]}
       fid_cells = f"{cells(format(r['fid'], '.2f'), b['fid'], base['fid'])} | " if fid else ""
       lines.append(
@@ -237,7 +239,7 @@ def report(results: dict, args, seconds: float) -> str:
       )
     metric = "fid" if fid else "fd"
     r = min(res["rows"], key=lambda r: r[metric])
-    v = results.guidance_strength(r)
+    v = eval_results.guidance_strength(r)
     best.append((name, v, r, {m: res["boot"][m][v] for m in res["boot"]}))
     lines.append("")
   lines += [

@@ -46,6 +46,13 @@ def x_from_eps(*, z: jax.Array, eps: jax.Array, logsnr: jax.Array) -> jax.Array:
   return (z - sigma * eps) / alpha
 
 
+def eps_from_x(*, z: jax.Array, x: jax.Array, logsnr: jax.Array) -> jax.Array:
+  """ε = (z − α x)/σ, the ε-prediction whose x̂ is x."""
+  _check_same_shape(z=z, x=x)
+  alpha, sigma = schedules.alpha_sigma(broadcast_logsnr(logsnr, z))
+  return (z - alpha * x) / sigma
+
+
 def one_minus_exp_diff(*, logsnr: jax.Array, logsnr_next: jax.Array) -> jax.Array:
   """1 − e^{λ−λ'}, as −expm1(λ − λ') (exact near λ ≈ λ')."""
   return -jnp.expm1(jnp.asarray(logsnr, jnp.float32) - jnp.asarray(logsnr_next, jnp.float32))

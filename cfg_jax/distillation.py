@@ -49,12 +49,6 @@ def ddim_target_x(
   return (z_next - ratio * z) / (alpha_next - ratio * alpha)
 
 
-def eps_from_x(*, z: jax.Array, x: jax.Array, logsnr: jax.Array) -> jax.Array:
-  """ε = (z − α x)/σ, the ε-prediction whose x̂ is x."""
-  alpha, sigma = schedules.alpha_sigma(diffusion.broadcast_logsnr(logsnr, z))
-  return (z - alpha * x) / sigma
-
-
 def two_step_target(
   eps_fn: guidance.EpsFn,
   *,
@@ -183,7 +177,7 @@ def round_step(
     null_label=config.data.num_classes,
     config=teacher_sampler,
   )
-  target = eps_from_x(z=z, x=x_target, logsnr=logsnrs[0])
+  target = diffusion.eps_from_x(z=z, x=x_target, logsnr=logsnrs[0])
   return _student_update(
     state,
     model=model,

@@ -102,9 +102,12 @@ def field_errors(config: ml_collections.ConfigDict) -> list[str]:
   sweep; p_uncond and w through their checks in cfg_jax/guidance."""
   errors = errors_of(guidance.check_p_uncond, config.guidance.p_uncond)
   err = errors.append
-  for field in ("guidance.w_values", "sampling.w_values", "evaluation.w_values"):
+  for field in ("guidance.w_values", "evaluation.w_values"):
     section, _, key = field.partition(".")
     errors += errors_of(guidance.check_w, config[section][key], field=field)
+  if config.sampling.guidance in guidance.METHODS:  # the strengths of that method
+    method = guidance.get(config.sampling.guidance)
+    errors += method.strength_errors(config.sampling.w_values, field="sampling.w_values")
 
   t = config.training
   if t.num_train_steps < 0:

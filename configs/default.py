@@ -114,7 +114,10 @@ def get_config(arg=None):
   c.sampling.num_samples = 100  # --mode=sample draws this many per w
   c.sampling.labels = ()  # () = cycle through all classes
   c.sampling.w_values = (0.0, 1.0, 3.0)  # guidance strengths w of --mode=sample
-  c.sampling.guidance = "cfg"  # cfg (classifier-free) | auto (autoguidance: c.autoguidance)
+  # The guidance method of --mode=sample (and the training grids' are always cfg): cfg |
+  # classifier | auto | cfgpp | apg | cfg_zero | icg | cfg_schedule (cfg_jax/guidance/); its
+  # strengths are sampling.w_values (the method's own: w, a classifier scale, CFG++'s l).
+  c.sampling.guidance = "cfg"
   c.sampling.batch_size = 500  # samples per sampler call (over all devices)
   c.sampling.checkpoint_step = -1  # -1 = latest
   c.sampling.use_ema = True  # sample with the EMA params (False: the raw params)
@@ -144,10 +147,11 @@ def get_config(arg=None):
   # digits train split (a digits-only sanity metric, not an Inception score).
   c.evaluation.judge_num_samples = 500
   c.evaluation.judge_w_values = (0.0, 1.0, 3.0)  # w values the digits judge scores
-  # Which guidance the sweep evaluates: 'cfg' (classifier-free, over w_values), 'classifier'
-  # (Dhariwal & Nichol's classifier guidance, over classifier_scales, with the noise-conditional
-  # classifier of --mode=train_classifier, read from <classifier_workdir>/classifier) or 'auto'
-  # (autoguidance over w_values, with the guide of c.autoguidance).
+  # Which guidance the sweep evaluates (cfg_jax/guidance/): 'cfg' (classifier-free, over
+  # w_values), 'classifier' (classifier guidance over classifier_scales, with the classifier of
+  # --mode=train_classifier in <classifier_workdir>/classifier), 'auto' (autoguidance by the guide
+  # of c.autoguidance), 'cfgpp' (CFG++, over cfgpp.scales; DDIM), 'apg' (c.apg), 'cfg_zero'
+  # (c.cfg_zero), 'icg' (c.icg) or 'cfg_schedule' (c.w_schedule), all but two over w_values.
   c.evaluation.guidance = "cfg"
   c.evaluation.classifier_scales = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)  # scales s (guidance=classifier)
   c.evaluation.classifier_model_labels = "cond"  # cond: eps(z, c) | null: eps(z, null), p_uncond=1
@@ -177,6 +181,28 @@ def get_config(arg=None):
   c.autoguidance.workdir = ""  # the guide's workdir (required with guidance 'auto')
   c.autoguidance.checkpoint_step = -1  # -1 = latest
   c.autoguidance.config = ""  # the guide's config file, 'path' or 'path:arg'; '' = this config
+
+  # Guidance since the paper (cfg_jax/guidance/; the math in docs/samplers.md), each selected by
+  # sampling.guidance / evaluation.guidance. CFG++ (Chung et al. 2024): x̂ guided by
+  # ε_∅ + l (ε_c − ε_∅), re-noised with ε_∅; a DDIM-family step.
+  c.cfgpp = ml_collections.ConfigDict()
+  c.cfgpp.scales = (0.2, 0.4, 0.6, 0.8, 1.0)  # the l that --mode=evaluate sweeps (paper: 0..1)
+  # APG (Sadat et al. 2024): Δ = x̂_c − x̂_∅ with momentum, norm threshold, split along x̂_c.
+  c.apg = ml_collections.ConfigDict()
+  c.apg.eta = 0.0  # share of the update along x̂_c kept (paper: 0; 1 = plain CFG)
+  c.apg.norm_threshold = 0.0  # r: the update's norm is clipped to it per sample; 0 = no clip
+  c.apg.momentum = 0.0  # β of the running average of Δ (paper: -0.5); 0 = none
+  # CFG-Zero* (Fan et al. 2025): ε_∅ scaled by s* = <ε_c, ε_∅>/|ε_∅|², x̃ = 0 for K steps.
+  c.cfg_zero = ml_collections.ConfigDict()
+  c.cfg_zero.zero_steps = 0  # K: the first sampler steps with x̃ = 0 (zero-init); 0 = none
+  c.cfg_zero.optimized_scale = True  # use s* (False: s* = 1, plain CFG with K = 0)
+  # ICG (Sadat et al. 2024): guide against a random condition c̃ instead of ∅.
+  c.icg = ml_collections.ConfigDict()
+  c.icg.condition = "random"  # random (c̃ uniform over the classes) | null (c̃ = ∅: plain CFG)
+  # Guidance-weight schedules (Wang et al. 2024), guidance 'cfg_schedule': w_t = w f(s).
+  c.w_schedule = ml_collections.ConfigDict()
+  c.w_schedule.shape = "linear"  # constant | linear (2s) | cosine (1 - cos pi s); mean 1 over s
+  c.w_schedule.variable = "step"  # s from noise to data in sampler steps | logsnr
 
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
   # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8

@@ -16,6 +16,7 @@ import pytest
 from cfg_jax import (
   checkpointing,
   config_lib,
+  diffusion,
   distillation,
   guidance,
   models,
@@ -86,7 +87,7 @@ def test_ddim_target_of_an_exact_point_mass_teacher_is_the_point():
   """For data = one point x0 the exact ε is (z − α x0)/σ and every DDIM step is exact, so the
   one-step target of two steps is x0 itself, at any λ and w."""
   b, x0 = 5, jnp.array([0.3, -0.7])
-  eps_fn = lambda z, lam, labels, w: distillation.eps_from_x(
+  eps_fn = lambda z, lam, labels, w: diffusion.eps_from_x(
     z=z, x=jnp.broadcast_to(x0, z.shape), logsnr=lam
   )
   lam = jnp.array([-12.0, -8.0, -2.0, 1.0, 5.0])
@@ -110,7 +111,7 @@ def test_ddim_target_x_inverts_one_ddim_step():
   x = jax.random.uniform(jax.random.key(1), (4, 3), minval=-1, maxval=1)
   lam, lam_next = jnp.array([-6.0, -1.0, 0.5, 3.0]), jnp.array([-2.0, 2.0, 4.0, 9.0])
   bl = lambda l: l[:, None]
-  eps = distillation.eps_from_x(z=z, x=x, logsnr=lam)
+  eps = diffusion.eps_from_x(z=z, x=x, logsnr=lam)
   z_next = sampling.ddim_step(x=x, eps=eps, logsnr=bl(lam), logsnr_next=bl(lam_next), eta=0.0)
   got = distillation.ddim_target_x(z=z, z_next=z_next, logsnr=lam, logsnr_next=lam_next)
   np.testing.assert_allclose(np.asarray(got), np.asarray(x), atol=1e-4)

@@ -2,14 +2,19 @@
 `sampling.guidance` / `evaluation.guidance` name.
 
 Each method is one small module: `cfg` (classifier-free, the paper's), `classifier` (classifier
-guidance), `auto` (autoguidance); `variants` holds the interval, rescale and thresholding rules
-that apply to all of them. Pure math: this package imports jax alone.
+guidance), `auto` (autoguidance), `cfgpp` (CFG++), `apg` (adaptive projected guidance),
+`cfg_zero` (CFG-Zero*), `icg` (independent-condition guidance), `schedule` (w schedules);
+`variants` holds the interval, rescale and thresholding rules that apply to all of them. Pure
+math: this package imports jax alone. The math beside each paper's is in docs/samplers.md.
 """
 
 from __future__ import annotations
 
+from cfg_jax.guidance.apg import APG
 from cfg_jax.guidance.auto import Autoguidance
 from cfg_jax.guidance.cfg import ClassifierFree, check_p_uncond, drop_labels
+from cfg_jax.guidance.cfg_zero import CFGZeroStar
+from cfg_jax.guidance.cfgpp import CFGPlusPlus
 from cfg_jax.guidance.classifier import ClassifierGuidance
 from cfg_jax.guidance.core import (
   Aux,
@@ -23,6 +28,8 @@ from cfg_jax.guidance.core import (
   paired_forward,
   per_row,
 )
+from cfg_jax.guidance.icg import ICG
+from cfg_jax.guidance.schedule import ScheduledCFG
 from cfg_jax.guidance.variants import (
   THRESHOLDING_MODES,
   dynamic_threshold,
@@ -35,7 +42,17 @@ from cfg_jax.guidance.variants import (
 )
 
 METHODS: dict[str, type[Method]] = {
-  m.name: m for m in (ClassifierFree, ClassifierGuidance, Autoguidance)
+  m.name: m
+  for m in (
+    ClassifierFree,
+    ClassifierGuidance,
+    Autoguidance,
+    CFGPlusPlus,
+    APG,
+    CFGZeroStar,
+    ICG,
+    ScheduledCFG,
+  )
 }
 CFG = ClassifierFree()  # the default of every sampler
 SECTIONS = ("sampling", "evaluation")  # the config sections whose `guidance` field picks one
@@ -69,13 +86,24 @@ def config_errors(config) -> list[str]:
         + "."
       )
   for name in sorted(selected(config) & set(METHODS)):
-    errors += METHODS[name].config_errors(config)
+    method = METHODS[name]
+    errors += method.config_errors(config)
+    if method.samplers is not None and config.sampling.sampler not in method.samplers:
+      errors.append(
+        f"{name} ({method.summary}) is defined for sampling.sampler in {method.samplers}, got "
+        f"{config.sampling.sampler!r}: set --config.sampling.sampler={method.samplers[0]}."
+      )
   return errors
 
 
 __all__ = [
+  "APG",
   "Aux",
   "Autoguidance",
+  "CFGPlusPlus",
+  "CFGZeroStar",
+  "ICG",
+  "ScheduledCFG",
   "CFG",
   "ClassifierFree",
   "ClassifierGuidance",

@@ -136,6 +136,7 @@ class ClassifierGuidance(core.Method):
   symbol = "s"
   tag = "classifier_guidance"
   plot_stem = "tradeoff_cg"
+  file_prefix = "classifier_"
   sweep_title = "classifier guidance, over s"
   settings_name = "classifier_guidance"
 
@@ -151,13 +152,14 @@ class ClassifierGuidance(core.Method):
     return cls(model_labels=ev.classifier_model_labels, classifier_workdir=ev.classifier_workdir)
 
   @classmethod
+  def strength_errors(cls, values, *, field: str) -> list[str]:
+    bad = [s for s in values if not math.isfinite(s) or s < 0]
+    return [f"{field} holds {bad}: a classifier scale must be finite and >= 0."] if bad else []
+
+  @classmethod
   def config_errors(cls, config) -> list[str]:
-    ev, errors = config.evaluation, []
-    for sc in ev.classifier_scales:
-      if not math.isfinite(sc) or sc < 0:
-        errors.append(
-          f"evaluation.classifier_scales holds {sc}: a classifier scale must be finite and >= 0."
-        )
+    ev = config.evaluation
+    errors = cls.strength_errors(ev.classifier_scales, field="evaluation.classifier_scales")
     if ev.classifier_model_labels not in MODEL_LABELS:
       errors.append(
         f"evaluation.classifier_model_labels must be 'cond' (eps(z, c), a conditional model) or "

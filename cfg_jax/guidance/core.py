@@ -147,6 +147,15 @@ class Method:
     del config
     return []
 
+  @classmethod
+  def strength_errors(cls, values, *, field: str) -> list[str]:
+    """What is wrong with `values` as this method's strengths (the config field `field`)."""
+    try:
+      check_w(values, field=field)
+    except ValueError as e:
+      return [str(e)]
+    return []
+
   def networks(self, config) -> tuple[NetworkSpec, ...]:
     """The extra networks it samples with (none for classifier-free guidance)."""
     del config
