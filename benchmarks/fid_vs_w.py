@@ -49,6 +49,9 @@ def load_config(dataset: str, p_uncond: float, args):
 
   c = config_lib.load_config(os.path.join(REPO, "configs", f"{dataset}.py"))
   c.guidance.p_uncond = p_uncond
+  steps = dict(item.split(":") for item in args.train_steps.split(",") if item)
+  if dataset in steps:  # a longer run: resumes the shorter one exactly (constant rate after warmup)
+    c.training.num_train_steps = int(steps[dataset])
   c.training.checkpoint_every_steps = c.training.num_train_steps // 4
   c.training.max_checkpoints_to_keep = 4
   c.evaluation.num_samples = args.num_samples
@@ -111,9 +114,7 @@ def share_reference(runs: str, dataset: str, workdir: str) -> None:
 def checkpoint_steps(workdir: str) -> list[int]:
   from cfg_jax import checkpointing
 
-  if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
-    return []
-  return checkpointing.Checkpointer(workdir, read_only=True).all_steps()
+  return checkpointing.list_steps(workdir)
 
 
 def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> str:
@@ -125,30 +126,103 @@ def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> s
   )
 
 
-def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
-  """Rows of (step, w) from results.jsonl, running the evaluation job for the w that are missing
-  (every w samples from the same noise and labels, so a partial sweep pairs with the rest)."""
+def cells_on_disk(evaluator, workdir: str, step: int, n: int | None = None) -> dict[float, dict]:
+  """{w: row} of the (step, T) cells with these sampler settings and their features on disk, of
+  sample count n (None: the largest of each w)."""
   from cfg_jax.evaluation import results
 
   c = evaluator.config
-  t, n = c.sampling.num_steps, c.evaluation.num_samples
-  key = evaluator.settings_key(t)
+  t, key = c.sampling.num_steps, evaluator.settings_key(c.sampling.num_steps)
+  out = {}
+  for r in results.load_results(workdir):
+    if r["step"] != step or r.get("sampler_settings") != key or r["guidance"] != "cfg":
+      continue
+    if not os.path.exists(feature_file(workdir, step, t, r["w"], r["num_samples"])):
+      continue
+    if n is None and r["num_samples"] >= out.get(r["w"], {}).get("num_samples", 0):
+      out[r["w"]] = r
+    elif r["num_samples"] == n:
+      out[r["w"]] = r
+  return out
 
-  def done() -> dict[float, dict]:
-    return {
-      r["w"]: r
-      for r in results.load_results(workdir)
-      if r["step"] == step
-      and r["num_samples"] == n
-      and r.get("sampler_settings") == key
-      and os.path.exists(feature_file(workdir, step, t, r["w"], n))
-    }
 
-  missing = [float(w) for w in w_values if float(w) not in done()]
+def grow_cell(evaluator, workdir: str, step: int, old: dict) -> None:
+  """Extends the cell `old` (a results row with fewer samples) to evaluation.num_samples: only the
+  samples old["num_samples"] ... n − 1 are drawn (sample i uses noise key i and label i mod K, so
+  the first ones are those already measured), their features appended to the saved ones, and the
+  metrics of all n written as the row of the n-sample cell (to float tolerance the same as
+  drawing all n afresh)."""
+  import jax
+
+  from cfg_jax import sampling_runner, train_state
+  from cfg_jax.evaluation import features, results
+
+  c, ev = evaluator.config, evaluator.config.evaluation
+  t, n, n0, w = c.sampling.num_steps, ev.num_samples, old["num_samples"], old["w"]
+  start = time.time()
+  with np.load(feature_file(workdir, step, t, w, n0)) as f:
+    saved = {k: f[k] for k in f.files}
+  if "logits" not in saved and evaluator.net.logits_are_dataset_classes:
+    raise ValueError(f"the {n0}-sample cell w={w:g} has no saved logits: evaluate it afresh.")
+  params, _ = train_state.restore_params(c, workdir, evaluator.mesh, step=step, gather=True)
+  labels = np.resize(np.arange(c.data.num_classes, dtype=np.int32), n)
+  x = sampling_runner.generate(
+    evaluator.sampler(t),
+    params,
+    jax.random.fold_in(jax.random.key(c.seed), 3),  # the evaluation job's noise
+    labels=labels[n0:],
+    w=w,
+    batch_size=ev.batch_size,
+    first_id=n0,
+    mesh=evaluator.mesh,
+  )
+  xq = features.quantize(x)
+  feats, logits = evaluator.net.apply(xq)
+  feats = np.concatenate([saved["features"], feats])
+  logits = None if logits is None else np.concatenate([saved["logits"], logits])
+  m = features.sample_metrics(feats, logits, labels, evaluator.net, evaluator.ref, pr_k=ev.pr_k)
+  fid_feats = None
+  if evaluator.fid_net is evaluator.net:
+    fid_feats, fid = feats, (m["fd"], m["precision"], m["recall"])
+  elif evaluator.fid_net is not None:
+    fid_feats = np.concatenate([saved["inception"], evaluator.fid_net.apply(xq)[0]])
+    fid = features.distribution_metrics(fid_feats, evaluator.fid_ref, pr_k=ev.pr_k)
+  evaluator.save_features(
+    step=step, num_steps=t, w=w, labels=labels, feats=feats, fid_feats=fid_feats, logits=logits
+  )
+  row = {
+    **old,
+    **m,
+    "num_samples": n,
+    "grown_from": n0,
+    "seconds": old["seconds"] + time.time() - start,
+  }
+  if fid_feats is not None:
+    row.update(zip(results.FID_FIELDS, fid))
+  results.append_results(workdir, [row])
+  print(
+    f"grew step {step} w={w:g} from {n0} to {n} samples: {time.time() - start:.0f} s", flush=True
+  )
+
+
+def evaluate_cells(evaluator, workdir: str, step: int, w_values) -> list[dict]:
+  """Rows of (step, w) at evaluation.num_samples, from results.jsonl: a cell measured with fewer
+  samples is grown to n (`grow_cell`), a missing one evaluated by the evaluation job (every w
+  samples from the same noise and labels, so a partial sweep pairs with the rest)."""
+  n = evaluator.config.evaluation.num_samples
+  have, largest = (
+    cells_on_disk(evaluator, workdir, step, n),
+    cells_on_disk(evaluator, workdir, step),
+  )
+  for w in [float(w) for w in w_values if float(w) not in have]:
+    if w in largest and largest[w]["num_samples"] < n:
+      grow_cell(evaluator, workdir, step, largest[w])
+  have = cells_on_disk(evaluator, workdir, step, n)
+  missing = [float(w) for w in w_values if float(w) not in have]
   if missing:
-    c.evaluation.w_values = tuple(missing)
+    evaluator.config.evaluation.w_values = tuple(missing)
     evaluator.evaluate_step(step)
-  rows = done()
+  rows = cells_on_disk(evaluator, workdir, step, n)
   return [rows[float(w)] for w in w_values]
 
 
@@ -195,6 +269,7 @@ def summarize(rows: list[dict], boot: dict[str, dict[float, np.ndarray]]) -> lis
         "seconds",
       )
     }
+    cell["grown_from"] = r.get("grown_from")
     for key, prefix in (("fid", ""), ("fd", "fd_")):
       b, d = boot[key][r["w"]], boot[key][r["w"]] - boot[key][0.0]
       cell.update(
@@ -264,11 +339,12 @@ def markdown(report: dict) -> str:
       "",
       f"## {s['dataset']}, p_uncond = {s['p_uncond']:g}, step {s['step']} "
       f"({s['fraction']} of the training steps, T = {s['num_steps']}, "
-      f"n = {s['cells'][0]['num_samples']})",
+      f"n = {s['cells'][0]['num_samples']}, seed {s.get('seed', 0)})",
       "",
       "| w | FID ± std | Δ ± std | P(Δ<0) | Incep. precision | Incep. recall | "
-      "FD (clf) ± std | FD Δ ± std | IS (clf) | accuracy | paper FID (ImageNet 64) |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "FD (clf) ± std | FD Δ ± std | IS (clf) | accuracy | paper FID (ImageNet 64) | "
+      "cell time (s) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in s["cells"]:
       paper = PAPER_FID.get(c["w"])
@@ -280,7 +356,9 @@ def markdown(report: dict) -> str:
         f"{c['delta_std']:.2f} | {c['p_better']:.2f} | {c['fid_precision']:.3f} | "
         f"{c['fid_recall']:.3f} | {c['fd']:.2f} ± {c['fd_std']:.2f} | "
         f"{c['fd_delta']:+.2f} ± {c['fd_delta_std']:.2f} | {c['is']:.2f} | "
-        f"{c['class_accuracy']:.3f} | {paper} |"
+        f"{c['class_accuracy']:.3f} | {paper} | {c['seconds']:.0f}"
+        + (f" (grown from n = {c['grown_from']})" if c.get("grown_from") else "")
+        + " |"
       )
   if report["train_seconds"]:
     lines += [
@@ -291,7 +369,7 @@ def markdown(report: dict) -> str:
   if report["commands"]:
     lines += [
       "",
-      "Training commands (evaluation runs in-process through `cfg_jax.evaluate`):",
+      "Training commands (evaluation runs in-process through `cfg_jax.jobs.evaluate`):",
       "",
       "```",
       *report["commands"],
@@ -314,6 +392,12 @@ def main(argv=None):
     help="dataset:p_uncond pairs; the series over training length uses p = 0.1",
   )
   p.add_argument("--num_samples", type=int, default=500)
+  p.add_argument(
+    "--train_steps",
+    default="",
+    help="dataset:steps pairs, e.g. mnist:4800: train that dataset's models to that many steps "
+    "(an existing shorter run resumes; the series fractions and checkpoints follow)",
+  )
   p.add_argument("--eval_batch", type=int, default=100)
   p.add_argument("--reference_examples", type=int, default=-1, help="-1: the whole train split")
   p.add_argument(
@@ -401,6 +485,7 @@ def main(argv=None):
           "step": step,
           "fraction": fraction,
           "num_steps": config.sampling.num_steps,
+          "seed": config.seed,
           "cells": cells,
           "verdict": verdict(cells),
           "verdict_fd": verdict(cells, "fd_"),

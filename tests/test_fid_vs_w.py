@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from benchmarks import fid_vs_w
 from cfg_jax.evaluation import metrics, results
@@ -91,6 +92,7 @@ class _RecordingEvaluator:
     rows = [
       {
         "step": step,
+        "guidance": "cfg",
         "w": float(w),
         "num_samples": n,
         "fid": 10.0 + w,
@@ -108,7 +110,12 @@ class _RecordingEvaluator:
 
 def test_evaluate_cells_runs_only_the_missing_w(tmp_path):
   args = fid_vs_w.argparse.Namespace(
-    num_samples=20, reference_examples=-1, eval_batch=10, inception_weights="", quick=False
+    num_samples=20,
+    reference_examples=-1,
+    eval_batch=10,
+    inception_weights="",
+    quick=False,
+    train_steps="",
   )
   ev = _RecordingEvaluator(fid_vs_w.load_config("digits", 0.1, args), str(tmp_path))
   first = fid_vs_w.evaluate_cells(ev, str(tmp_path), 7, (0.0, 0.5))
@@ -118,3 +125,54 @@ def test_evaluate_cells_runs_only_the_missing_w(tmp_path):
   assert [r["w"] for r in first] == [0.0, 0.5]
   assert [r["fid"] for r in both] == [10.0, 10.3, 10.5, 11.0]
   assert [r["w"] for r in again] == [0.0, 1.0]
+
+
+def test_train_steps_extend_a_dataset_s_run():
+  args = fid_vs_w.argparse.Namespace(
+    num_samples=20,
+    reference_examples=-1,
+    eval_batch=10,
+    inception_weights="",
+    quick=False,
+    train_steps="mnist:4800",
+  )
+  mnist, digits = (
+    fid_vs_w.load_config("mnist", 0.1, args),
+    fid_vs_w.load_config("digits", 0.1, args),
+  )
+  assert (mnist.training.num_train_steps, mnist.training.checkpoint_every_steps) == (4800, 1200)
+  assert digits.training.num_train_steps == 1500  # the config's own
+
+
+@pytest.mark.slow
+def test_a_grown_cell_equals_the_cell_drawn_at_once(trained_copy, tmp_path):
+  """Growing a 10-sample cell to 30 draws only samples 10..29, and gives the metrics of drawing
+  all 30 at once (the same noise and labels per sample index)."""
+  import shutil
+
+  from cfg_jax import validation
+  from cfg_jax.jobs import evaluate as evaluate_job
+
+  fresh = str(tmp_path / "fresh")
+  shutil.copytree(trained_copy, fresh)
+  args = fid_vs_w.argparse.Namespace(
+    num_samples=10,
+    reference_examples=100,
+    eval_batch=10,
+    inception_weights="none",
+    quick=False,
+    train_steps="",
+  )
+  config = fid_vs_w.load_config("digits", 0.1, args)
+  config.sampling.num_steps = 4
+  validation.validate(config, workdir=trained_copy)
+  ev = evaluate_job.Evaluator(config, trained_copy)
+  small = fid_vs_w.evaluate_cells(ev, trained_copy, 4, (0.0, 1.0))
+  config.evaluation.num_samples = 30
+  grown = fid_vs_w.evaluate_cells(ev, trained_copy, 4, (0.0, 1.0))
+  assert [r["num_samples"] for r in small] == [10, 10]
+  assert [(r["num_samples"], r["grown_from"]) for r in grown] == [(30, 10), (30, 10)]
+  at_once = fid_vs_w.evaluate_cells(evaluate_job.Evaluator(config, fresh), fresh, 4, (0.0, 1.0))
+  for a, b in zip(grown, at_once):
+    for k in ("fd", "is", "precision", "recall", "class_accuracy"):
+      assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), (k, a[k], b[k])

@@ -128,11 +128,14 @@ class Evaluator:
       fid = features.distribution_metrics(fid_feats, self.fid_ref, pr_k=self.config.evaluation.pr_k)
     return fid_feats, {**dict(zip(results.FID_FIELDS, fid)), "fid_net": self.fid_net.cache_name}
 
-  def save_features(self, *, step, num_steps, w, labels, feats, fid_feats) -> None:
-    """The cell's sample features (evaluation.save_features), e.g. for a bootstrap of FID."""
+  def save_features(self, *, step, num_steps, w, labels, feats, fid_feats, logits=None) -> None:
+    """The cell's sample features (evaluation.save_features), e.g. for a bootstrap of FID, and
+    the feature network's logits where it has them (what a grown cell's IS needs)."""
     arrays = {"labels": labels, "features": feats}
     if fid_feats is not None:
       arrays["inception"] = fid_feats
+    if logits is not None:
+      arrays["logits"] = logits
     path = self.features_file(step=step, num_steps=num_steps, w=w)
     if jax.process_index() == 0:
       fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
@@ -213,6 +216,7 @@ class Evaluator:
             labels=labels,
             feats=feats,
             fid_feats=fid_feats,
+            logits=logits,
           )
         row = {
           "step": int(step),
