@@ -35,6 +35,7 @@ import time
 
 import numpy as np
 
+from benchmarks import common
 from benchmarks.common import REPO
 
 METHODS = ("cfg", "auto_early", "auto_small", "classifier")
@@ -131,33 +132,6 @@ def evaluate_method(name: str, args) -> tuple[list[dict], dict[float, dict], obj
     with np.load(path(v)) as f:
       feats[v] = {k: f[k] for k in f.files}
   return [rows[v] for v in values], feats, evaluator
-
-
-def check_paired(feats: dict) -> None:
-  """Raises unless every cell holds the same labels in the same order (sample i of every cell
-  then shares its noise too: both come from (seed, sample id))."""
-  labels = [f["labels"] for f in feats.values()]
-  if any(not np.array_equal(x, labels[0]) for x in labels):
-    raise ValueError(
-      "cells with different labels or sample counts cannot be paired; give all "
-      "of them one --num_samples and --seed."
-    )
-
-
-def bootstrap(feats: dict, evaluator, rounds: int, seed: int) -> dict[str, dict]:
-  """Paired-bootstrap FDs {metric: {(method, value): [rounds]}} of the classifier features
-  ('fd') and, when every cell has them, the Inception features ('fid')."""
-  from cfg_jax.evaluation import metrics
-
-  refs = {"fd": ("features", evaluator.ref)}
-  if evaluator.fid_ref is not None and all("inception" in f for f in feats.values()):
-    refs["fid"] = ("inception", evaluator.fid_ref)
-  out = {}
-  for metric, (array, ref) in refs.items():
-    out[metric] = metrics.bootstrap_frechet_distances(
-      {k: f[array] for k, f in feats.items()}, ref["mu"], ref["sigma"], num_rounds=rounds, seed=seed
-    )
-  return out
 
 
 def kind(name: str) -> str:
@@ -327,8 +301,8 @@ def main(argv=None):
     rows, f, evaluator = evaluate_method(name, args)
     results[name] = {"rows": rows}
     feats.update({(name, v): x for v, x in f.items()})
-  check_paired(feats)
-  boot = bootstrap(feats, evaluator, args.rounds, args.seed)
+  common.check_paired(feats)
+  boot = common.paired_bootstrap(feats, evaluator, rounds=args.rounds, seed=args.seed)
   for name in names:
     results[name]["boot"] = {
       m: {k[1]: b[k] for k in feats if k[0] == name} for m, b in boot.items()

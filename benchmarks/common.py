@@ -102,3 +102,33 @@ def write_report(out: str, data: Any, markdown: str) -> None:
     json.dump(data, f, indent=1, sort_keys=True, default=str)
   with open(out + ".md", "w") as f:
     f.write(markdown)
+
+
+def check_paired(feats: dict) -> None:
+  """Raises unless every cell of {key: saved feature arrays} holds the same labels in the same
+  order (sample i of every cell then shares its noise too: both come from (seed, sample id))."""
+  import numpy as np
+
+  labels = [f["labels"] for f in feats.values()]
+  if any(not np.array_equal(x, labels[0]) for x in labels):
+    raise ValueError(
+      "cells with different labels or sample counts cannot be paired; give all of them one "
+      "--num_samples and seed."
+    )
+
+
+def paired_bootstrap(feats: dict, evaluator, *, rounds: int, seed: int) -> dict[str, dict]:
+  """Paired-bootstrap Fréchet distances {metric: {key: [rounds]}} of every cell of
+  {key: saved feature arrays} (the same resampled indices for every cell): of the dataset
+  classifier's features ('fd') and, when every cell has them, Inception's ('fid')."""
+  from cfg_jax.evaluation import metrics
+
+  refs = {"fd": ("features", evaluator.ref)}
+  if evaluator.fid_ref is not None and all("inception" in f for f in feats.values()):
+    refs["fid"] = ("inception", evaluator.fid_ref)
+  return {
+    metric: metrics.bootstrap_frechet_distances(
+      {k: f[array] for k, f in feats.items()}, ref["mu"], ref["sigma"], num_rounds=rounds, seed=seed
+    )
+    for metric, (array, ref) in refs.items()
+  }

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import autoguidance as bench
+from benchmarks import common
 from cfg_jax.evaluation import metrics
 from tests.helpers import REPO
 
@@ -63,9 +64,9 @@ def test_bootstrap_pairs_both_feature_sets_and_report_shows_fid():
   labels = np.arange(400) % 10
   keys = [(("cfg", 0.0), 0.3), (("cfg", 1.0), 0.5), (("auto_early_300", 0.5), 0.0)]
   feats = _feats(keys, rng, labels)
-  bench.check_paired(feats)
+  common.check_paired(feats)
   ev = types.SimpleNamespace(ref=refd, fid_ref=refd)
-  boot = bench.bootstrap(feats, ev, rounds=50, seed=0)
+  boot = common.paired_bootstrap(feats, ev, rounds=50, seed=0)
   assert set(boot) == {"fd", "fid"}
   d = boot["fid"][("auto_early_300", 0.5)] - boot["fid"][("cfg", 0.0)]
   assert np.all(d < 0) and abs(np.mean(d) + 6 * (0.6**2)) < 0.3  # FD gap = d·(shift²)
@@ -94,4 +95,4 @@ def test_unpaired_cells_are_refused():
   feats = _feats([(("cfg", 0.0), 0.0)], rng, np.arange(20) % 10)
   feats.update(_feats([(("cfg", 1.0), 0.0)], rng, np.arange(20)[::-1] % 10))
   with pytest.raises(ValueError, match="paired"):
-    bench.check_paired(feats)
+    common.check_paired(feats)
