@@ -1,7 +1,7 @@
 """Trainable parameter counts of cfg_jax's DiT beside facebookresearch/DiT's, preset by preset.
 
-    python benchmarks/dit_param_counts.py                          # beside the recorded counts
-    python benchmarks/dit_param_counts.py --reference_dir PATH     # beside a fresh count
+    python -m benchmarks.dit_param_counts                          # beside the recorded counts
+    python -m benchmarks.dit_param_counts --reference_dir PATH     # beside a fresh count
 
 The reference is DiT's ``models.py`` with ``learn_sigma=False`` (the output is eps alone, as
 here) and ``class_dropout_prob=0.1`` (its label table then has the null row num_classes, as
@@ -22,7 +22,8 @@ import os
 import shlex
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO
+
 PRESETS = ("S/2", "S/4", "B/2", "B/4", "L/2", "XL/2")
 # (H, W, C, num_classes): DiT's 256x256 ImageNet latents, MNIST, ImageNet 64x64 pixels.
 SHAPES = ((32, 32, 4, 1000), (28, 28, 1, 10), (64, 64, 3, 1000))
@@ -59,11 +60,14 @@ def cfg_jax_count(preset: str, shape: tuple[int, int, int, int]) -> int:
 
 
 def reference_module(reference_dir: str):
-  """DiT's models.py, imported from `reference_dir`."""
-  sys.path.insert(0, os.path.abspath(reference_dir))
-  import models  # the reference's module, found on the path above
+  """DiT's models.py, loaded from its file in `reference_dir` (torch and timm must import)."""
+  import importlib.util
 
-  return models
+  path = os.path.join(os.path.abspath(reference_dir), "models.py")
+  spec = importlib.util.spec_from_file_location("dit_reference_models", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def reference_count(models, preset: str, shape: tuple[int, int, int, int]) -> int:
@@ -205,5 +209,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, REPO)
   main()

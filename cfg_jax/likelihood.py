@@ -90,7 +90,7 @@ SingleEpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def config_errors(config) -> list[str]:
-  """The rules of the `likelihood` section (collected by `config_lib.validate`), each naming the
+  """The rules of the `likelihood` section (collected by `validation.validate`), each naming the
   field and the fix."""
   s, errors = config.likelihood, []
   try:

@@ -55,7 +55,7 @@ class SamplerConfig:
   rescale_phi: float = 0.0  # CFG rescale φ in [0, 1]; 0 = off
   thresholding: str = "static"  # none | static | dynamic
   dynamic_threshold_p: float = 0.995  # percentile of |x̃| for dynamic thresholding
-  # A guided-distilled student (cfg_jax/distill.py): ε(z, λ, c, w) is the guided ε̃ itself, from
+  # A guided-distilled student (cfg_jax/distillation.py): ε(z, λ, c, w) is the guided ε̃ itself, from
   # ONE forward of batch B (w = 0 where guided=False or outside the guidance interval).
   w_conditioned: bool = False
 

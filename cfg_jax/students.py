@@ -1,6 +1,6 @@
 """Distilled students on disk: their names, directories, step counts and the config they sample with.
 
-`--mode=distill` (cfg_jax/distill.py) writes the guided-distilled student to `<workdir>/stage1`
+`--mode=distill` (cfg_jax/jobs/distill.py) writes the guided-distilled student to `<workdir>/stage1`
 and the progressive rounds to `<workdir>/round_<k>`; `--mode=sample` and `--mode=evaluate` load
 one of them with `--config.distill.student=<name>` through `resolve`. This module imports no
 training code.

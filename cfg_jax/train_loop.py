@@ -1,7 +1,7 @@
 """The one training loop of cfg_jax: resume, step, log, checkpoint, stop on preemption.
 
-`run` serves every job that trains a network (the diffusion model of `train.py`, the noisy
-classifier of `classifier.py`, a distilled student next): the job brings its state (a pytree with
+`run` serves every job that trains a network (the diffusion model of `jobs/train.py`, the noisy
+classifier of `jobs/train_classifier.py`, each distilled student of `jobs/distill.py`): the job brings its state (a pytree with
 a `step` field), a jitted step function (state, batch, rng) → (state, metrics) and a `periodic`
 hook for its own work (sample grids, evaluations); the loop restores the newest intact checkpoint
 or keeps the fresh state, runs the steps, logs the metrics averaged over each logging window to

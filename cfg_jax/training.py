@@ -72,7 +72,7 @@ def apply_gradients(
   config: ml_collections.ConfigDict,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """The update of a step with `loss` and `grads` of state.params: optimizer, EMA and the
-  non-finite skip of `train_step` (shared by the distillation steps of `distill.py`)."""
+  non-finite skip of `train_step` (shared by the distillation steps of `distillation.py`)."""
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

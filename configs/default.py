@@ -122,7 +122,7 @@ def get_config(arg=None):
   c.sampling.checkpoint_step = -1  # -1 = latest
   c.sampling.use_ema = True  # sample with the EMA params (False: the raw params)
 
-  # --mode=evaluate: the trade-off sweep (see cfg_jax/evaluate.py).
+  # --mode=evaluate: the trade-off sweep (see cfg_jax/jobs/evaluate.py).
   c.evaluation = ml_collections.ConfigDict()
   c.evaluation.w_values = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 1.0, 2.0, 3.0, 4.0)  # paper's grid
   c.evaluation.num_steps_values = ()  # T values to sweep; () = (sampling.num_steps,)
@@ -205,7 +205,7 @@ def get_config(arg=None):
   c.w_schedule.variable = "step"  # s from noise to data in sampler steps | logsnr
 
   # --mode=train_classifier: the noise-conditional classifier of classifier guidance
-  # (cfg_jax/classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8
+  # (cfg_jax/models/classifier.py, cfg_jax/jobs/train_classifier.py). Sized for the 8x8 digits: an ADM-style encoder of width 16 at 8x8
   # and 32 at 4x4, attention at 4x4.
   c.classifier = ml_collections.ConfigDict()
   c.classifier.ch = 16  # base channel count of the classifier
@@ -222,7 +222,7 @@ def get_config(arg=None):
   c.classifier.log_every_steps = 100  # metrics every this many steps
   c.classifier.checkpoint_every_steps = 500  # checkpoint every this many steps (and at the end)
 
-  # --mode=distill (cfg_jax/distill.py): guided distillation (Meng et al. 2023) of the trained
+  # --mode=distill (cfg_jax/jobs/distill.py, cfg_jax/distillation.py): guided distillation (Meng et al. 2023) of the trained
   # model in `teacher_workdir` into <workdir>/stage1 (a w-conditioned student: one forward of
   # batch B per step at any w), then progressive distillation (Salimans & Ho 2022) with DDIM
   # into <workdir>/round_1 .. round_<rounds>, halving the steps each round. The optimizer is the

@@ -343,7 +343,7 @@ class UNet(ADMBase):
 
   out_channels: int | None = None
   remat: bool = False
-  # A guided-distilled student (cfg_jax/distill.py): the call takes w, embedded and added to the
+  # A guided-distilled student (cfg_jax/distillation.py): the call takes w, embedded and added to the
   # λ embedding by an MLP whose last layer starts at zero (at init: the model without it).
   w_embedding: bool = False
 
