@@ -83,13 +83,6 @@ def spec_errors(
   return errors
 
 
-def errors(
-  config: ml_collections.ConfigDict, method: guidance.Method, *, workdir: str | None = None
-) -> list[str]:
-  """`spec_errors` of every network of `method`."""
-  return [e for spec in method.networks(config) for e in spec_errors(config, spec, workdir=workdir)]
-
-
 def _load_one(config, spec: NetworkSpec, *, workdir: str, mesh) -> tuple[Network, int]:
   step = None if spec.step < 0 else spec.step
   where = _workdir(spec, workdir)

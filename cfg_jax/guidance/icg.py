@@ -66,6 +66,8 @@ class ICG(core.Method):
     if self.condition == "null":
       other = jnp.full_like(step.labels, step.null_label)
     else:  # ∅ is the class id num_classes: the classes are [0, null_label)
+      if step.keys is None:
+        raise ValueError("ICG with a random condition needs one key per sample (Step.keys).")
       other = random_conditions(step.keys, step.step, step.null_label).astype(step.labels.dtype)
     eps_c, eps_o = core.paired_forward(
       eps_fn, z=step.z, logsnr=step.logsnr, labels=step.labels, other=other
