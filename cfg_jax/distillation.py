@@ -116,15 +116,9 @@ def stage1_step(
   z = _noised(x, k_eps, logsnr)
   w = draw_w(k_w, b, w_min=d.w_min, w_max=d.w_max)
   teacher_fn = sampling.unet_eps_fn(teacher.apply, teacher_params)
-  target, _ = guidance.CFG.guided(
-    lambda *a: teacher_fn(*a).astype(jnp.float32),
-    {},
-    z=z,
-    logsnr=logsnr,
-    labels=labels,
-    w=w,
-    null_label=config.data.num_classes,
-  )
+  step = guidance.Step(z=z, logsnr=logsnr, labels=labels, w=w, null_label=config.data.num_classes)
+  pred, _ = guidance.CFG.guided(lambda *a: teacher_fn(*a).astype(jnp.float32), {}, step, ())
+  target = pred.eps
   return _student_update(
     state,
     model=model,

@@ -115,16 +115,15 @@ def guided_single(eps_fn: EpsFn, *, label: jax.Array, w: jax.Array, null_label: 
   gives ε(z, ∅)."""
 
   def f(z, logsnr):
-    eps, _ = guidance.CFG.guided(
-      eps_fn,
-      {},
+    step = guidance.Step(
       z=z[None],
       logsnr=jnp.full((1,), logsnr, jnp.float32),
       labels=label[None],
       w=w,
       null_label=null_label,
     )
-    return eps[0]
+    pred, _ = guidance.CFG.guided(eps_fn, {}, step, ())
+    return pred.eps[0]
 
   return f
 

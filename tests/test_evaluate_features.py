@@ -25,7 +25,10 @@ def test_inception_features_sharded_match_single_device(tmp_path):
   path = str(tmp_path / "inception.npz")
   inception.save_params(traverse_util.unflatten_dict(params, sep="/"), path)
   config = ml_collections.ConfigDict(
-    {"data": {"name": "cifar10"}, "evaluation": {"batch_size": 8, "inception_weights": path}}
+    {
+      "data": {"name": "cifar10"},
+      "evaluation": {"batch_size": 8, "feature_batch_size": 8, "inception_weights": path},
+    }
   )
   x = rs.uniform(-1, 1, (5, 32, 32, 3)).astype(np.float32)  # 5 does not divide 8 devices
   net = features.feature_net(config, sharding.make_mesh(8))
