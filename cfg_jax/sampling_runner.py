@@ -85,7 +85,12 @@ def make_sampler(
 
   jitted = jit_on_mesh(f, mesh=mesh, num_replicated=3)
   extra = sharding.gather_replicated({k: n.params for k, n in networks.items()})
-  return lambda params, rng, ids, labels, w: jitted(params, extra, rng, ids, labels, w)
+
+  def run(params, rng, ids, labels, w):
+    return jitted(params, extra, rng, ids, labels, w)
+
+  run.jitted = jitted  # the one compiled function (its cache is what a sweep must not grow)
+  return run
 
 
 def generate(

@@ -61,7 +61,8 @@ def model_errors(config: ml_collections.ConfigDict, *, prefix: str = "model.") -
 def classifier_errors(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
   """The `classifier` section: its architecture, batch split and training scalars."""
   cc = config.classifier
-  errors = errors_of(unet.check_architecture, cc, models.image_shape(config), prefix="classifier.")
+  shape = models.image_shape(config)  # the encoder may have 0 residual blocks per level
+  errors = errors_of(unet.check_architecture, cc, shape, prefix="classifier.", min_res_blocks=0)
   errors += errors_of(
     sharding.check_batch_size, cc.batch_size, (num_devices, 1), field="classifier.batch_size"
   )

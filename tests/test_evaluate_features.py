@@ -122,6 +122,11 @@ def test_results_rows_name_the_strength_column_of_their_method(tmp_path):
     "cfg": "w",
     "classifier": "scale",
     "auto": "w",
+    "cfgpp": "scale",
+    "apg": "w",
+    "cfg_zero": "w",
+    "icg": "w",
+    "cfg_schedule": "w",
   }
   with open(tmp_path / "eval" / "results.csv") as f:
     header, *lines = f.read().splitlines()

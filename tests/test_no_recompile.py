@@ -128,5 +128,5 @@ def test_sampling_loop_does_not_recompile_or_transfer():
   with steady_state():
     outs = [sampler(state.ema_params, rng, *call) for call in calls[1:]]
     jax.block_until_ready(outs)
-  assert sampler._cache_size() == 1
+  assert sampler.jitted._cache_size() == 1
   assert all(o.shape == (b, *shape) for o in outs)

@@ -111,13 +111,16 @@ def check_hyperparameters(
   dtype: Any,
   *,
   prefix: str = "",
+  min_res_blocks: int = 1,
 ) -> None:
-  """Raise ValueError for widths or block counts below 1, dropout outside [0, 1) or a
-  computation dtype other than float32, bfloat16 and float16."""
-  if ch < 1 or not ch_mult or min(ch_mult) < 1 or num_res_blocks < 1:
+  """Raise ValueError for widths below 1, fewer than `min_res_blocks` residual blocks per level
+  (the U-Net needs 1, the classifier's encoder 0), dropout outside [0, 1) or a computation dtype
+  other than float32, bfloat16 and float16."""
+  if ch < 1 or not ch_mult or min(ch_mult) < 1 or num_res_blocks < min_res_blocks:
     raise ValueError(
-      f"{prefix}ch={ch}, {prefix}num_res_blocks={num_res_blocks} and every entry of "
-      f"{prefix}ch_mult={tuple(ch_mult)} must be >= 1 ({prefix}ch_mult non-empty)."
+      f"{prefix}ch={ch} and every entry of {prefix}ch_mult={tuple(ch_mult)} must be >= 1 "
+      f"({prefix}ch_mult non-empty), and {prefix}num_res_blocks={num_res_blocks} >= "
+      f"{min_res_blocks}."
     )
   if not 0.0 <= dropout < 1.0:
     raise ValueError(f"{prefix}dropout must be in [0, 1), got {dropout}.")
@@ -153,9 +156,12 @@ def check_attn_resolutions(
     )
 
 
-def check_architecture(section: Any, image_shape: tuple[int, int, int], *, prefix: str) -> None:
+def check_architecture(
+  section: Any, image_shape: tuple[int, int, int], *, prefix: str, min_res_blocks: int = 1
+) -> None:
   """Every check of an ADM network whose hyperparameters are the fields of a config section
-  (`model` of the U-Net, `classifier` of the noisy classifier), naming them `<prefix><field>`."""
+  (`model` of the U-Net, `classifier` of the noisy classifier, whose encoder may have 0 residual
+  blocks per level), naming them `<prefix><field>`."""
   ch_mult = tuple(section.ch_mult)
   dropout, dtype = section.get("dropout", 0.0), section.get("dtype", "float32")
   try:
@@ -164,7 +170,15 @@ def check_architecture(section: Any, image_shape: tuple[int, int, int], *, prefi
     raise ValueError(
       f"{prefix}dtype={dtype!r}: {e}; use 'float32', 'bfloat16' or 'float16'."
     ) from None
-  check_hyperparameters(section.ch, ch_mult, section.num_res_blocks, dropout, dtype, prefix=prefix)
+  check_hyperparameters(
+    section.ch,
+    ch_mult,
+    section.num_res_blocks,
+    dropout,
+    dtype,
+    prefix=prefix,
+    min_res_blocks=min_res_blocks,
+  )
   height, width, _ = image_shape
   check_image_size(height, width, ch_mult, prefix=prefix)
   check_attn_resolutions(height, tuple(section.attn_resolutions), len(ch_mult), prefix=prefix)
