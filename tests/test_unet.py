@@ -254,3 +254,32 @@ def test_bad_attn_resolution_raises():
 def test_bad_head_config_raises(heads, field):
   with pytest.raises(ValueError, match=field):
     count_params(tiny_unet(**heads), IMAGE_SHAPE)
+
+
+def test_attention_block_matches_float64_reference():
+  """AttnBlock (jax.nn.dot_product_attention) equals group norm, the two einsums and the softmax
+  of the paper's attention written in float64 numpy from the block's own params."""
+  from flax import traverse_util
+
+  from cfg_jax.models.unet import AttnBlock
+
+  b, hw, c, heads, groups = 2, 4, 8, 2, 4
+  block = AttnBlock(num_heads=heads, num_groups=groups)
+  x = jax.random.normal(jax.random.key(3), (b, hw, hw, c))
+  shapes = jax.eval_shape(lambda: block.init(jax.random.key(0), x)["params"])
+  params = random_params(shapes, seed=1, scale=0.5)
+  out = np.asarray(jax.jit(lambda p, x: block.apply({"params": p}, x))(params, x), np.float64)
+
+  p = {k: np.asarray(v, np.float64) for k, v in traverse_util.flatten_dict(params, sep="/").items()}
+  x64 = np.asarray(x, np.float64)
+  g = x64.reshape(b, hw, hw, groups, c // groups)
+  g = (g - g.mean((1, 2, 4), keepdims=True)) / np.sqrt(g.var((1, 2, 4), keepdims=True) + 1e-5)
+  norm = g.reshape(b, hw * hw, c) * p["norm/scale"] + p["norm/bias"]
+  qkv = (norm @ p["qkv/kernel"] + p["qkv/bias"]).reshape(b, hw * hw, 3, heads, c // heads)
+  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(c // heads)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  att = np.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, hw * hw, c)
+  ref = x64 + (att @ p["proj_out/kernel"] + p["proj_out/bias"]).reshape(b, hw, hw, c)
+  np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
