@@ -34,6 +34,7 @@ MODES = {
   "likelihood": ("likelihood", "bits/dim of the eval split under the probability-flow ODE"),
   "distill": ("distill", "guided, then progressive distillation of distill.teacher_workdir"),
   "train_classifier": ("train_classifier", "the noisy classifier of classifier guidance"),
+  "plan": ("plan", "per-chip HBM, FLOPs, step-time estimate on plan.topology (TPU compiler)"),
 }
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -88,6 +89,10 @@ def run_mode(mode: str, config, workdir: str) -> None:
   """Runs the job of `mode` on `config` and `workdir` (in a cluster, after joining it)."""
   import jax  # after flags: XLA_FLAGS / platform env are read at first use
 
+  if mode == "plan":  # compiles for compile-only TPU devices: run on the host, join no cluster
+    if not os.environ.get("JAX_PLATFORMS"):
+      jax.config.update("jax_platforms", "cpu")
+    return importlib.import_module("cfg_jax.jobs.plan").run(config, workdir)
   try:
     cluster.initialize_distributed(
       _DISTRIBUTED.value,

@@ -243,4 +243,16 @@ def get_config(arg=None):
   # --mode=sample / evaluate: '' = the trained model of --workdir; 'stage1' or 'round_<k>' = that
   # distilled student in <workdir>/<student> (round_<k>: DDIM eta=0 at its own step count).
   c.distill.student = ""
+
+  # --mode=plan (cfg_jax/jobs/plan.py, cfg_jax/planning.py): compile the config's programs ahead
+  # of time with the TPU compiler (libtpu, `pip install 'cfg_jax[tpu-plan]'`) for a named slice,
+  # from shapes only, on any host; per-chip HBM, FLOPs and a roofline estimate to <workdir>/plan.json.
+  c.plan = ml_collections.ConfigDict()
+  c.plan.topology = ""  # e.g. v5e:16x16, v4:2x2x1, v5p:4x4x4, v6e:4x4 (chips per dimension)
+  c.plan.num_slices = 1  # slices joined over the data-center network (the data axis spans them)
+  c.plan.programs = ("train", "sample", "features")  # which programs to compile
+  c.plan.search_batch = False  # also find the largest per-chip train batch that fits
+  # Also compile the sampling step with the EMA params fsdp-sharded, beside the replicated params
+  # that sampling and evaluation use (their per-chip cost).
+  c.plan.sharded_params = False
   return c

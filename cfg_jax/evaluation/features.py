@@ -60,7 +60,8 @@ def _batched(fn, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray
   return np.concatenate(feats), (np.concatenate(logits) if logits else None)
 
 
-def _inception_outputs(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+def inception_outputs(params: Any, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  """(pool features, logits or None) of a batch: the feature step of evaluation."""
   out = inception.features(params, x)
   return out["pool"], out.get("logits")
 
@@ -69,13 +70,15 @@ AUTO_FEATURE_BATCH = {"cpu": 50}  # evaluation.feature_batch_size = 0 on this ba
 AUTO_FEATURE_BATCH_ACCELERATOR = 500
 
 
-def feature_batch_size(config: ml_collections.ConfigDict) -> int:
-  """Images per feature-network call: evaluation.feature_batch_size, or (0) the backend's auto
-  size (50 on CPU, where Inception needs ~36 MiB per image; 500 on GPU / TPU)."""
+def feature_batch_size(config: ml_collections.ConfigDict, backend: str | None = None) -> int:
+  """Images per feature-network call: evaluation.feature_batch_size, or (0) the auto size of
+  `backend` (default: this run's; 50 on CPU, where Inception needs ~36 MiB per image; 500 on
+  GPU / TPU)."""
   bs = int(config.evaluation.feature_batch_size)
   if bs > 0:
     return bs
-  return AUTO_FEATURE_BATCH.get(jax.default_backend(), AUTO_FEATURE_BATCH_ACCELERATOR)
+  backend = backend or jax.default_backend()
+  return AUTO_FEATURE_BATCH.get(backend, AUTO_FEATURE_BATCH_ACCELERATOR)
 
 
 def inception_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet | None:
@@ -97,9 +100,7 @@ def inception_net(config: ml_collections.ConfigDict, mesh=None) -> FeatureNet | 
   )
   params = inception.load_params(path)  # clear error if missing or wrong
   key = f"{params_digest(params)[:16]}-tf{inception.INPUT_SIZE}"  # weights, preprocessing
-  apply = sharding_lib.sharded_batch_fn(
-    _inception_outputs, params, mesh or sharding_lib.make_mesh()
-  )
+  apply = sharding_lib.sharded_batch_fn(inception_outputs, params, mesh or sharding_lib.make_mesh())
   return FeatureNet("inception", lambda x: _batched(apply, x, bs), False, key)
 
 
