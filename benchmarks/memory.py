@@ -5,18 +5,23 @@
     python -m benchmarks.memory --readme_evaluate       # also the README's evaluate command, whole
 
 For each embedded dataset it trains a model, then runs --mode=sample, evaluate (without and with
-the FID Inception, when its weights are installed), likelihood, distill and train_classifier on
-it, each with the config's defaults for everything that sets memory (model, batch sizes, sampler
-batch, Inception feature batch, likelihood batch) and a shorter run where the length does not
-(fewer steps, w values, samples or images: listed in the table). The peak is the child's own
-`ru_maxrss` (os.wait4), i.e. measured resident memory, not XLA's memory_analysis (which leaves out
-the CPU runtime's convolution scratch). Writes benchmarks/results/memory.{md,json}; a rerun
-reuses cached cases (--fresh to redo).
+the FID Inception), likelihood, distill and train_classifier on it, each with the config's
+defaults for everything that sets memory (model, batch sizes, sampler batch, Inception feature
+batch, likelihood batch: the `memory set by` column) and a shorter run where the length does not
+(fewer steps, w values, samples or images: the `overrides` column). Every evaluate run starts
+from an empty `eval/` (its reference statistics included), as the first evaluate after training
+does. The peak is the child's own `ru_maxrss` (os.wait4), i.e. measured resident memory, not
+XLA's memory_analysis (which leaves out the CPU runtime's convolution scratch). The Inception
+runs need the weights (`make fid-weights`); without them they are listed as not run, and their
+results rows must name the Inception weights (`fid_net`) to count. Writes
+benchmarks/results/memory.{md,json}; a rerun reuses the cached runs of the same weights
+(--fresh to redo).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -27,18 +32,21 @@ import time
 from benchmarks import common
 
 GiB = 2**30
-# (mode, case name, overrides that shorten the run without changing what sets its memory)
+# (mode, case name, uses Inception, overrides that shorten the run without changing what sets
+# its memory)
 CASES = [
-  ("train", "train", ["--config.training.num_train_steps=200"]),
-  ("sample", "sample", []),
+  ("train", "train", False, ["--config.training.num_train_steps=200"]),
+  ("sample", "sample", False, []),
   (
     "evaluate",
     "evaluate (dataset classifier)",
+    False,
     ["--config.evaluation.inception_weights=none", "--config.evaluation.w_values=(0.,1.)"],
   ),
   (
     "evaluate",
     "evaluate (+ Inception FID)",
+    True,
     [
       "--config.evaluation.w_values=(0.,)",
       "--config.evaluation.num_samples=200",
@@ -48,6 +56,7 @@ CASES = [
   (
     "likelihood",
     "likelihood",
+    False,
     [
       "--config.likelihood.w_values=(0.,)",
       "--config.likelihood.num_examples=100",
@@ -58,6 +67,7 @@ CASES = [
   (
     "distill",
     "distill",
+    False,
     [
       "--config.distill.stage1_steps=40",
       "--config.distill.round_steps=20",
@@ -65,21 +75,43 @@ CASES = [
       "--config.distill.start_num_steps=17",
     ],
   ),
-  ("train_classifier", "train_classifier", ["--config.classifier.num_train_steps=100"]),
+  ("train_classifier", "train_classifier", False, ["--config.classifier.num_train_steps=100"]),
 ]
+# The README's --mode=evaluate example (tests/test_readme.py checks that the README shows it),
+# run whole on the digits workdir.
 README_EVALUATE = [
-  "--config.evaluation.w_values=(0.,0.3,1.,3.)",
-  "--config.evaluation.num_samples=500",
+  "--config.evaluation.w_values='(0.,1.,3.)'",
+  "--config.evaluation.num_samples=300",
 ]
+README_CASE = "evaluate: the README's command (+ Inception FID)"
 CLASSIFIER_FOR = {
   "mnist": ["--config.classifier.attn_resolutions=(7,)", "--config.classifier.ch_mult=(1,2,2)"]
 }
+# The config fields that set each mode's memory (listed with their default values).
+MEMORY_FIELDS = {
+  "train": ["training.batch_size", "sampling.batch_size", "evaluation.judge_num_samples"],
+  "sample": ["sampling.batch_size", "sampling.num_samples"],
+  "evaluate": ["evaluation.batch_size", "evaluation.feature_batch_size"],
+  "likelihood": ["likelihood.batch_size", "likelihood.num_probes"],
+  "distill": ["training.batch_size"],
+  "train_classifier": ["classifier.batch_size"],
+}
+
+
+def readme_evaluate_command() -> str:
+  """The README's evaluate example, as a shell line."""
+  return " ".join(
+    [
+      "python -m cfg_jax.main --config=configs/digits.py --mode=evaluate --workdir=runs/digits",
+      *README_EVALUATE,
+    ]
+  )
 
 
 def run(args: list[str], log: str) -> dict:
-  """Runs `python -m cfg_jax.main *args` in a fresh process; its exit status, wall time and peak
-  resident memory (the child's ru_maxrss)."""
-  start = time.time()
+  """Runs `python -m cfg_jax.main *args` in a fresh process; its exit status, wall time, peak
+  resident memory (the child's ru_maxrss) and the 1-minute load average before and after."""
+  load_before, start = os.getloadavg()[0], time.time()
   with open(log, "w") as f:
     proc = subprocess.Popen(
       [sys.executable, "-m", "cfg_jax.main", *args], cwd=common.REPO, stdout=f, stderr=f
@@ -89,7 +121,45 @@ def run(args: list[str], log: str) -> dict:
     "status": os.waitstatus_to_exitcode(status),
     "seconds": round(time.time() - start, 1),
     "peak_rss_gib": round(usage.ru_maxrss * 1024 / GiB, 3),  # Linux: KiB
+    "load_before": round(load_before, 2),
+    "load_after": round(os.getloadavg()[0], 2),
   }
+
+
+def weights_digest() -> str | None:
+  """sha256 prefix of the Inception weights at the default location, or None if absent."""
+  from cfg_jax.evaluation import inception
+
+  path = inception.resolve_weights_path("")
+  if path is None:
+    return None
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def memory_fields(dataset: str, mode: str) -> dict:
+  from cfg_jax import config_lib
+
+  c = config_lib.load_config(os.path.join(common.REPO, "configs", f"{dataset}.py"))
+  out = {}
+  for field in MEMORY_FIELDS[mode]:
+    section, key = field.split(".")
+    out[field] = c[section][key]
+  return out
+
+
+def fid_nets(workdir: str) -> list[str]:
+  """The `fid_net` of every row of the workdir's results.jsonl ('' = no Inception)."""
+  path = os.path.join(workdir, "eval", "results.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line).get("fid_net", "") for line in f if line.strip()]
+
+
+def has_checkpoint(workdir: str) -> bool:
+  d = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
 def main(argv=None) -> None:
@@ -104,63 +174,93 @@ def main(argv=None) -> None:
   if os.path.exists(args.out + ".json") and not args.fresh:
     with open(args.out + ".json") as f:
       cache = {c["key"]: c for c in json.load(f)["cases"]}
-  start, machine = time.time(), common.machine()
+  start, machine, digest = time.time(), common.machine(), weights_digest()
+  not_run = []
   for dataset in args.datasets.split(","):
     workdir = os.path.join(args.runs, dataset)
     cases = list(CASES)
     if args.readme_evaluate and dataset == "digits":
-      cases.append(
-        ("evaluate", "evaluate: the README's command (+ Inception FID)", README_EVALUATE)
-      )
-    for mode, name, extra in cases:
-      key = f"{dataset}/{name}"
+      cases.append(("evaluate", README_CASE, True, README_EVALUATE))
+    for mode, name, uses_inception, extra in cases:
+      if uses_inception and digest is None:
+        not_run.append(f"{dataset}/{name}")
+        print(f"{dataset}/{name}: not run, no Inception weights (make fid-weights)", flush=True)
+        continue
+      # A run with Inception is cached per weights: one measured without them never counts.
+      key = f"{dataset}/{name}" + (f" [inception {digest}]" if uses_inception else "")
+      if mode == "train" and not has_checkpoint(workdir):
+        cache.pop(key, None)  # the later modes need its checkpoint
       if key in cache and cache[key]["status"] == 0:
         continue
-      if mode == "train" and not args.fresh and key not in cache:
-        shutil.rmtree(workdir, ignore_errors=True)
+      if mode == "train":
+        shutil.rmtree(workdir, ignore_errors=True)  # a fresh run, not a resume that does nothing
+      if mode == "evaluate":
+        shutil.rmtree(os.path.join(workdir, "eval"), ignore_errors=True)  # whole: references too
       where = os.path.join(args.runs, f"{dataset}_distill") if mode == "distill" else workdir
-      flags = [f"--config=configs/{dataset}.py", f"--workdir={where}", f"--mode={mode}", *extra]
+      flags = [f"--config=configs/{dataset}.py", f"--workdir={where}", f"--mode={mode}"]
+      flags += [e.replace("'", "") for e in extra]  # the shell quotes of the README's command
       if mode == "distill":
         flags.append(f"--config.distill.teacher_workdir={workdir}")
         shutil.rmtree(where, ignore_errors=True)
       if mode == "train_classifier":
         flags += CLASSIFIER_FOR.get(dataset, [])
       os.makedirs(args.runs, exist_ok=True)
-      result = run(flags, os.path.join(args.runs, f"{dataset}_{mode}_{len(cache)}.log"))
-      cache[key] = {
+      log = os.path.join(args.runs, f"{dataset}_{name.split(' ')[0].strip(':')}_{len(cache)}.log")
+      result = run(flags, log)
+      case = {
         "key": key,
         "dataset": dataset,
         "case": name,
         "mode": mode,
+        "memory_fields": memory_fields(dataset, mode),
         "overrides": extra + CLASSIFIER_FOR.get(dataset, []) * (mode == "train_classifier"),
+        "inception_weights": digest if uses_inception else None,
+        "log": os.path.relpath(log, common.REPO),
         **result,
       }
-      print(json.dumps(cache[key]), flush=True)
-      write(args, cache, machine, time.time() - start)
-  write(args, cache, machine, time.time() - start)
+      if mode == "evaluate":
+        nets = fid_nets(workdir)
+        case["rows"], case["fid_net"] = len(nets), sorted(set(nets))
+        if uses_inception and (not nets or "" in nets) and case["status"] == 0:
+          case["status"] = "no FID in its rows"  # ran without Inception: does not count
+      cache[key] = case
+      print(json.dumps(case), flush=True)
+      write(args, cache, machine, time.time() - start, not_run)
+  write(args, cache, machine, time.time() - start, not_run)
 
 
-def write(args, cache: dict, machine: str, seconds: float) -> None:
+def write(args, cache: dict, machine: str, seconds: float, not_run: list[str]) -> None:
   cases = list(cache.values())
+  order = {name: i for i, (_, name, _, _) in enumerate(CASES)} | {README_CASE: len(CASES)}
   lines = [
     "# Peak memory of every mode (measured RSS, fresh process per run)",
     "",
     f"`python -m benchmarks.memory{' --readme_evaluate' if args.readme_evaluate else ''}` on "
-    f"{machine}; this run {seconds / 60:.0f} min. Each row is one `python -m cfg_jax.main` "
-    "process; `peak RSS` is its own ru_maxrss. Everything that sets memory is the config's "
-    "default; the overrides only shorten the run (fewer steps, w values, samples or images). "
-    "A failed run (status ≠ 0) is listed with its status.",
+    f"{machine} (at the start); this invocation took {seconds / 60:.0f} min (the runs it "
+    "reused from the cache not counted). Each row is one `python -m cfg_jax.main` process; "
+    "`peak RSS` is its own ru_maxrss, `load` the 1-minute load average before → after it. "
+    "Everything that sets memory is the config's default (`memory set by`); the overrides only "
+    "shorten the run (fewer steps, w values, samples or images). Every evaluate run starts from "
+    "an empty `eval/` (reference statistics included). A failed run (status ≠ 0) is listed "
+    "with its status.",
     "",
-    "| dataset | mode | peak RSS (GiB) | wall time (s) | status | overrides |",
-    "|---|---|---:|---:|---:|---|",
+    "| dataset | mode | peak RSS (GiB) | wall time (s) | load | status | memory set by | overrides |",
+    "|---|---|---:|---:|---|---|---|---|",
   ]
-  for c in sorted(cases, key=lambda c: (c["dataset"], c["key"])):
+  for c in sorted(cases, key=lambda c: (c["dataset"], order.get(c["case"], 99))):
     extra = " ".join(f"`{o.removeprefix('--config.')}`" for o in c["overrides"]) or "—"
+    fields = ", ".join(f"`{k}={v}`" for k, v in c.get("memory_fields", {}).items())
+    load = f"{c.get('load_before', float('nan')):.1f} → {c.get('load_after', float('nan')):.1f}"
     lines.append(
       f"| {c['dataset']} | {c['case']} | {c['peak_rss_gib']:.2f} | {c['seconds']:.0f} | "
-      f"{c['status']} | {extra} |"
+      f"{load} | {c['status']} | {fields} | {extra} |"
     )
-  common.write_report(args.out, {"machine": machine, "cases": cases}, "\n".join(lines) + "\n")
+  if any(c["case"] == README_CASE for c in cases):
+    lines += ["", f"The README's command: `{readme_evaluate_command()}`."]
+  if not_run:
+    lines += ["", "Not run (no Inception weights; `make fid-weights`): " + ", ".join(not_run)]
+  data = {"machine": machine, "seconds": round(seconds, 1), "cases": cases, "not_run": not_run}
+  common.write_report(args.out, data, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
