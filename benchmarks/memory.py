@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -98,6 +99,40 @@ MEMORY_FIELDS = {
 }
 
 
+PROBE_BATCHES = (
+  25,
+  50,
+  100,
+)  # the Inception feature step alone, to fit cfg_jax/memory.py's figures
+
+
+def probe_inception(batch: int) -> None:
+  """The child of the Inception probe: one feature call of the evaluation job's Inception net at
+  `batch` digits-shaped images (8x8, resized to 299x299 in the graph), nothing else."""
+  import numpy as np
+
+  from cfg_jax import config_lib, sharding
+  from cfg_jax.evaluation import features
+
+  c = config_lib.load_config(os.path.join(common.REPO, "configs", "digits.py"))
+  with c.unlocked():
+    c.evaluation.feature_batch_size = batch
+  net = features.inception_net(c, sharding.make_mesh())
+  x = np.random.RandomState(0).uniform(-1, 1, (batch, 8, 8, 1)).astype(np.float32)
+  feats, _ = net.apply(x)
+  assert feats.shape == (batch, 2048)
+
+
+def inception_fit(probes: dict[int, float]) -> dict:
+  """Least-squares fixed + per-image bytes of the probes' peak RSS {batch: GiB}, in MiB."""
+  import numpy as np
+
+  b = np.array(sorted(probes), float)
+  y = np.array([probes[k] for k in sorted(probes)]) * 1024
+  per_image, fixed = np.polyfit(b, y, 1)
+  return {"fixed_mib": round(float(fixed), 1), "per_image_mib": round(float(per_image), 2)}
+
+
 def readme_evaluate_command() -> str:
   """The README's evaluate example, as a shell line."""
   return " ".join(
@@ -108,14 +143,12 @@ def readme_evaluate_command() -> str:
   )
 
 
-def run(args: list[str], log: str) -> dict:
-  """Runs `python -m cfg_jax.main *args` in a fresh process; its exit status, wall time, peak
-  resident memory (the child's ru_maxrss) and the 1-minute load average before and after."""
+def run(cmd: list[str], log: str) -> dict:
+  """Runs `cmd` in a fresh process; its exit status, wall time, peak resident memory (the
+  child's ru_maxrss) and the 1-minute load average before and after."""
   load_before, start = os.getloadavg()[0], time.time()
   with open(log, "w") as f:
-    proc = subprocess.Popen(
-      [sys.executable, "-m", "cfg_jax.main", *args], cwd=common.REPO, stdout=f, stderr=f
-    )
+    proc = subprocess.Popen(cmd, cwd=common.REPO, stdout=f, stderr=f)
     _, status, usage = os.wait4(proc.pid, 0)
   return {
     "status": os.waitstatus_to_exitcode(status),
@@ -169,13 +202,34 @@ def main(argv=None) -> None:
   p.add_argument("--out", default=os.path.join(common.RESULTS, "memory"))
   p.add_argument("--readme_evaluate", action="store_true", help="the README's evaluate, whole")
   p.add_argument("--fresh", action="store_true", help="rerun cached cases")
+  p.add_argument("--probe_inception", type=int, default=0, help=argparse.SUPPRESS)  # the child
   args = p.parse_args(argv)
+  if args.probe_inception:
+    return probe_inception(args.probe_inception)
   cache = {}
   if os.path.exists(args.out + ".json") and not args.fresh:
     with open(args.out + ".json") as f:
       cache = {c["key"]: c for c in json.load(f)["cases"]}
   start, machine, digest = time.time(), common.machine(), weights_digest()
   not_run = []
+  for batch in PROBE_BATCHES if digest else ():
+    key = f"inception step/batch {batch} [inception {digest}]"
+    if key in cache and cache[key]["status"] == 0:
+      continue
+    log = os.path.join(args.runs, f"inception_probe_{batch}.log")
+    os.makedirs(args.runs, exist_ok=True)
+    cmd = [sys.executable, "-m", "benchmarks.memory", f"--probe_inception={batch}"]
+    cache[key] = {
+      "key": key,
+      "dataset": "inception step",
+      "case": f"batch {batch}",
+      "mode": "probe",
+      "batch": batch,
+      "inception_weights": digest,
+      "log": os.path.relpath(log, common.REPO),
+      **run(cmd, log),
+    }
+    print(json.dumps(cache[key]), flush=True)
   for dataset in args.datasets.split(","):
     workdir = os.path.join(args.runs, dataset)
     cases = list(CASES)
@@ -206,7 +260,7 @@ def main(argv=None) -> None:
         flags += CLASSIFIER_FOR.get(dataset, [])
       os.makedirs(args.runs, exist_ok=True)
       log = os.path.join(args.runs, f"{dataset}_{name.split(' ')[0].strip(':')}_{len(cache)}.log")
-      result = run(flags, log)
+      result = run([sys.executable, "-m", "cfg_jax.main", *flags], log)
       case = {
         "key": key,
         "dataset": dataset,
@@ -229,25 +283,73 @@ def main(argv=None) -> None:
   write(args, cache, machine, time.time() - start, not_run)
 
 
+def _ordered(cases: list[dict]) -> list[dict]:
+  order = {name: i for i, (_, name, _, _) in enumerate(CASES)} | {README_CASE: len(CASES)}
+  runs = [c for c in cases if c["mode"] != "probe"]
+  return sorted(runs, key=lambda c: (c["dataset"], order.get(c["case"], 99)))
+
+
+def probes_of(cases: list[dict]) -> dict[int, float]:
+  """{batch: peak RSS GiB} of the Inception-step probes that succeeded."""
+  return {c["batch"]: c["peak_rss_gib"] for c in cases if c["mode"] == "probe" and c["status"] == 0}
+
+
+def docs_table(cases: list[dict]) -> str:
+  """The mode x dataset table of docs/memory.md: peak RSS and wall time per run."""
+  cells = {(c["case"], c["dataset"]): c for c in _ordered(cases)}
+  names = list(dict.fromkeys(c["case"] for c in _ordered(cases)))
+  datasets = list(dict.fromkeys(c["dataset"] for c in _ordered(cases)))
+  head = " | ".join(f"{d} peak RSS (GiB) | {d} wall (s)" for d in datasets)
+  lines = [f"| mode | {head} | shortened by |", "|---|" + "---:|---:|" * len(datasets) + "---|"]
+  for name in names:
+    row = []
+    for d in datasets:
+      c = cells.get((name, d))
+      ok = c is not None and c["status"] == 0
+      row += [f"{c['peak_rss_gib']:.2f}", f"{c['seconds']:.0f}"] if ok else ["—", "—"]
+    first = next(cells[(name, d)] for d in datasets if (name, d) in cells)
+    short = [o.removeprefix("--config.").replace("'", "") for o in first["overrides"]]
+    short = [o for o in short if not o.startswith(("classifier.attn", "classifier.ch_mult"))]
+    if first["case"] == README_CASE:
+      short = ["nothing (the README's command)"]
+    lines.append(f"| {name} | {' | '.join(row)} | {', '.join(f'`{o}`' for o in short) or '—'} |")
+  return "\n".join(lines) + "\n"
+
+
+def readme_table(cases: list[dict]) -> str:
+  """The README's small table: the peak RSS of each mode, digits / MNIST, rounded up to 0.1 GiB."""
+  cells = {(c["case"], c["dataset"]): c for c in _ordered(cases) if c["status"] == 0}
+  names = list(dict.fromkeys(c["case"] for c in _ordered(cases)))
+  lines = ["| mode | peak RAM, digits / MNIST (GiB) |", "|---|---|"]
+  for name in names:
+    vals = [
+      f"{math.ceil(cells[(name, d)]['peak_rss_gib'] * 10) / 10:.1f}" if (name, d) in cells else "—"
+      for d in ("digits", "mnist")
+    ]
+    label = "evaluate, the command above" if name == README_CASE else name
+    lines.append(f"| {label} | {' / '.join(v for v in vals if name != README_CASE or v != '—')} |")
+  return "\n".join(lines) + "\n"
+
+
 def write(args, cache: dict, machine: str, seconds: float, not_run: list[str]) -> None:
   cases = list(cache.values())
-  order = {name: i for i, (_, name, _, _) in enumerate(CASES)} | {README_CASE: len(CASES)}
   lines = [
     "# Peak memory of every mode (measured RSS, fresh process per run)",
     "",
     f"`python -m benchmarks.memory{' --readme_evaluate' if args.readme_evaluate else ''}` on "
-    f"{machine} (at the start); this invocation took {seconds / 60:.0f} min (the runs it "
-    "reused from the cache not counted). Each row is one `python -m cfg_jax.main` process; "
+    f"{machine} (at the start of the last invocation); the runs below took "
+    f"{sum(c['seconds'] for c in cases) / 60:.0f} min of wall time in all, beside other jobs "
+    "on the same 2 cores (the `load` column). Each row is one `python -m cfg_jax.main` process; "
     "`peak RSS` is its own ru_maxrss, `load` the 1-minute load average before → after it. "
-    "Everything that sets memory is the config's default (`memory set by`); the overrides only "
-    "shorten the run (fewer steps, w values, samples or images). Every evaluate run starts from "
-    "an empty `eval/` (reference statistics included). A failed run (status ≠ 0) is listed "
-    "with its status.",
+    "Everything that sets memory is the config's default (`memory set by`; "
+    "`evaluation.feature_batch_size=0` is auto, 50 on CPU); the overrides only shorten the run "
+    "(fewer steps, w values, samples or images). Every evaluate run starts from an empty `eval/` "
+    "(reference statistics included). A failed run (status ≠ 0) is listed with its status.",
     "",
     "| dataset | mode | peak RSS (GiB) | wall time (s) | load | status | memory set by | overrides |",
     "|---|---|---:|---:|---|---|---|---|",
   ]
-  for c in sorted(cases, key=lambda c: (c["dataset"], order.get(c["case"], 99))):
+  for c in _ordered(cases):
     extra = " ".join(f"`{o.removeprefix('--config.')}`" for o in c["overrides"]) or "—"
     fields = ", ".join(f"`{k}={v}`" for k, v in c.get("memory_fields", {}).items())
     load = f"{c.get('load_before', float('nan')):.1f} → {c.get('load_after', float('nan')):.1f}"
@@ -257,9 +359,41 @@ def write(args, cache: dict, machine: str, seconds: float, not_run: list[str]) -
     )
   if any(c["case"] == README_CASE for c in cases):
     lines += ["", f"The README's command: `{readme_evaluate_command()}`."]
+  probes = probes_of(cases)
+  fit = inception_fit(probes) if len(probes) >= 2 else None
+  if probes:
+    lines += [
+      "",
+      "## The Inception feature step alone",
+      "",
+      "One call of the evaluation job's Inception net (`features.inception_net`) on digits-shaped "
+      "images resized to 299×299 in the graph, in a fresh process (`--probe_inception=BATCH`): "
+      "what `cfg_jax/memory.py` predicts before an evaluate run starts.",
+      "",
+      "| batch | peak RSS (GiB) | wall time (s) | load |",
+      "|---:|---:|---:|---|",
+    ]
+    for c in sorted((c for c in cases if c["mode"] == "probe"), key=lambda c: c["batch"]):
+      lines.append(
+        f"| {c['batch']} | {c['peak_rss_gib']:.2f} | {c['seconds']:.0f} | "
+        f"{c['load_before']:.1f} → {c['load_after']:.1f} |"
+      )
+  if fit:
+    lines += [
+      "",
+      f"Least-squares fit: {fit['fixed_mib']:.0f} MiB + {fit['per_image_mib']:.1f} MiB per image "
+      "(`cfg_jax/memory.py`: INCEPTION_FIXED_BYTES, INCEPTION_BYTES_PER_IMAGE; a test keeps "
+      "them within 10% of this fit).",
+    ]
   if not_run:
     lines += ["", "Not run (no Inception weights; `make fid-weights`): " + ", ".join(not_run)]
-  data = {"machine": machine, "seconds": round(seconds, 1), "cases": cases, "not_run": not_run}
+  data = {
+    "machine": machine,
+    "seconds": round(seconds, 1),
+    "cases": cases,
+    "inception_fit": fit,
+    "not_run": not_run,
+  }
   common.write_report(args.out, data, "\n".join(lines) + "\n")
 
 
