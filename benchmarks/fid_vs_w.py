@@ -127,7 +127,8 @@ def feature_file(workdir: str, step: int, num_steps: int, w: float, n: int) -> s
 
 
 def cells_on_disk(evaluator, workdir: str, step: int, n: int | None = None) -> dict[float, dict]:
-  """{w: row} of the (step, T) cells with these sampler settings and their features on disk, of
+  """{w: row} of the (step, T) cells with these sampler settings and feature networks (a cell
+  without Inception does not count once the weights are there) and their features on disk, of
   sample count n (None: the largest of each w)."""
   from cfg_jax.evaluation import results
 
@@ -136,6 +137,8 @@ def cells_on_disk(evaluator, workdir: str, step: int, n: int | None = None) -> d
   out = {}
   for r in results.load_results(workdir):
     if r["step"] != step or r.get("sampler_settings") != key or r["guidance"] != "cfg":
+      continue
+    if not evaluator.same_features(r):
       continue
     if not os.path.exists(feature_file(workdir, step, t, r["w"], r["num_samples"])):
       continue

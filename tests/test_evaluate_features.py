@@ -139,6 +139,7 @@ def test_results_rows_name_the_strength_column_of_their_method(tmp_path):
   evaluator = object.__new__(evaluate_job.Evaluator)  # the bookkeeping alone: no networks
   evaluator.config, evaluator.network_steps = config, {"classifier": 7}
   evaluator.method = guidance.from_config(config, section="evaluation")
+  evaluator.net, evaluator.fid_net = features.FeatureNet("clf", None, True), None
   key = evaluator.settings_key(config.sampling.num_steps)
   settings = json.loads(key)
   assert settings == {
@@ -146,7 +147,7 @@ def test_results_rows_name_the_strength_column_of_their_method(tmp_path):
     "classifier_guidance": {"model_labels": "cond", "classifier_workdir": "<workdir>"},
   }
   n = config.evaluation.num_samples
-  done = [dict(r, num_samples=n, sampler_settings=key) for r in rows[:2]]
+  done = [dict(r, num_samples=n, sampler_settings=key, feature_net="clf") for r in rows[:2]]
   assert evaluator.sweep_done(3, done) and not evaluator.sweep_done(4, done)
   assert not evaluator.sweep_done(3, done[:1])
   assert not evaluator.sweep_done(3, [dict(r, num_samples=n + 1) for r in done])

@@ -85,6 +85,9 @@ class _RecordingEvaluator:
   def settings_key(self, t):
     return f"settings of T={t}"
 
+  def same_features(self, row):
+    return True
+
   def evaluate_step(self, step):
     c = self.config
     t, n = c.sampling.num_steps, c.evaluation.num_samples

@@ -133,3 +133,40 @@ def test_a_sweep_keeps_finished_cells_and_resumes_where_it_stopped(trained_copy,
   assert len(calls) == 2 + 2  # the rerun sampled only the two cells that were missing
   assert [r["w"] for r in rows] == [0.0, 1.0, 3.0]
   assert [r["w"] for r in results.load_results(trained_copy)] == [0.0, 1.0, 3.0]
+
+
+def test_a_cell_measured_without_inception_is_not_done_once_the_weights_are_there():
+  """A sweep run before `make fid-weights` has rows without FID: with the weights installed the
+  same sweep must compute them again (and cells of other Inception weights count neither)."""
+  from cfg_jax import guidance
+  from tests.helpers import load_config
+
+  config = load_config("digits")
+  config.evaluation.w_values = (0.0, 1.0)
+  ev = object.__new__(evaluate_job.Evaluator)  # the bookkeeping alone: no networks
+  ev.config, ev.workdir, ev.network_steps = config, "/nonexistent", {}
+  ev.method = guidance.from_config(config, section="evaluation")
+  ev.net, ev.fid_net = features.FeatureNet("digits_classifier_v1", None, True, "ab"), None
+  t, n = config.sampling.num_steps, config.evaluation.num_samples
+  rows = [
+    {
+      "step": 5,
+      "guidance": "cfg",
+      "w": w,
+      "num_samples": n,
+      "feature_net": "digits_classifier_v1",
+      "fid_net": "",
+      "sampler_settings": ev.settings_key(t),
+    }
+    for w in (0.0, 1.0)
+  ]
+  assert ev.sweep_done(5, rows) and all(ev.cell_done(r, 5, t) for r in rows)
+  ev.fid_net = features.FeatureNet("inception", None, False, "0123-tf299")  # weights installed
+  assert not ev.sweep_done(5, rows) and not any(ev.cell_done(r, 5, t) for r in rows)
+  with_fid = [dict(r, fid_net="inception-0123-tf299") for r in rows]
+  assert ev.sweep_done(5, with_fid) and all(ev.cell_done(r, 5, t) for r in with_fid)
+  other_weights = [dict(r, fid_net="inception-4567-tf299") for r in rows]
+  assert not ev.sweep_done(5, other_weights)
+  assert not any(ev.cell_done(r, 5, t) for r in other_weights)
+  ev.net = features.FeatureNet("digits_classifier_v2", None, True, "cd")  # a new classifier
+  assert not ev.sweep_done(5, with_fid) and not any(ev.cell_done(r, 5, t) for r in with_fid)

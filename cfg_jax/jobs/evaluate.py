@@ -100,12 +100,20 @@ class Evaluator:
   def features_tag(self) -> str:
     return self.method.feature_tag(self.config, self.network_steps)
 
+  def same_features(self, row: dict[str, Any]) -> bool:
+    """Whether results row `row` was measured with these feature networks: the same dataset
+    network and the same Inception (its weights' digest; none without weights). A cell computed
+    before `make fid-weights` has no FID and must be computed again once the weights are there."""
+    fid_net = "" if self.fid_net is None else self.fid_net.cache_name
+    return row.get("feature_net") == self.net.name and row.get("fid_net", "") == fid_net
+
   def sweep_done(self, step: int, rows: list[dict[str, Any]]) -> bool:
     """Whether `rows` (results.jsonl) hold every (T, strength) of this sweep for `step`, with
-    these settings and sample count."""
+    these settings, sample count and feature networks."""
     have = {
       (r["step"], results.guidance_strength(r), r["num_samples"], r.get("sampler_settings"))
       for r in rows
+      if self.same_features(r)
     }
     n = self.config.evaluation.num_samples
     return all(
@@ -141,11 +149,11 @@ class Evaluator:
       fileio.write_atomic(path, lambda f: np.savez(f, **arrays))
 
   def cell_done(self, row: dict[str, Any], step: int, num_steps: int) -> bool:
-    """Whether results row `row` is the (step, T) cell of this sweep (settings and sample count),
-    with its features on disk when evaluation.save_features asks for them."""
+    """Whether results row `row` is the (step, T) cell of this sweep (settings, sample count and
+    feature networks), with its features on disk when evaluation.save_features asks for them."""
     if (row["step"], row.get("sampler_settings")) != (step, self.settings_key(num_steps)):
       return False
-    if row["num_samples"] != self.config.evaluation.num_samples:
+    if row["num_samples"] != self.config.evaluation.num_samples or not self.same_features(row):
       return False
     return not self.config.evaluation.save_features or os.path.exists(
       self.features_file(step=step, num_steps=num_steps, w=results.guidance_strength(row))
