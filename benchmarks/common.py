@@ -1,5 +1,5 @@
-"""What the benchmarks share: the machine they ran on, round-robin timing, XLA's figures of a
-compiled function, and writing a report as JSON beside its markdown."""
+"""What the benchmarks share: the machine they ran on and its matmul peak, round-robin timing,
+XLA's figures of a compiled function, and writing a report as JSON beside its markdown."""
 
 from __future__ import annotations
 
@@ -79,6 +79,31 @@ def flops_of(compiled) -> float | None:
   if isinstance(ca, (list, tuple)):
     ca = ca[0] if ca else {}
   return float(ca["flops"]) if ca and "flops" in ca else None
+
+
+def matmul_peak(n: int, repeats: int) -> dict[str, float]:
+  """float32 matmul GFLOP/s of a jitted jnp.dot of two n×n matrices (best of `repeats`)."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return {
+    "n": n,
+    "best_s": min(times),
+    "median_s": statistics.median(times),
+    "gflops": 2 * n**3 / min(times) / 1e9,
+    "gflops_median": 2 * n**3 / statistics.median(times) / 1e9,
+  }
 
 
 def round_robin(fns: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

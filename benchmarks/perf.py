@@ -92,29 +92,6 @@ XLA_OPTIONS = [
 # ------------------------------------------------------------------------------------------
 
 
-def matmul_peak(n: int, repeats: int) -> dict[str, float]:
-  """float32 matmul GFLOP/s of a jitted jnp.dot of two n×n matrices (best of `repeats`)."""
-  import jax
-  import jax.numpy as jnp
-
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  f(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    f(a, b).block_until_ready()
-    times.append(time.perf_counter() - start)
-  return {
-    "n": n,
-    "best_s": min(times),
-    "median_s": statistics.median(times),
-    "gflops": 2 * n**3 / min(times) / 1e9,
-    "gflops_median": 2 * n**3 / statistics.median(times) / 1e9,
-  }
-
-
 # ------------------------------------------------------------------------------------------
 # Timing helpers
 # ------------------------------------------------------------------------------------------
@@ -908,7 +885,7 @@ def main(argv=None) -> dict:
     )
 
   n, reps = (1024, 3) if args.quick else (2048, 8)
-  peak = {**matmul_peak(n, reps), "repeats": reps}
+  peak = {**common.matmul_peak(n, reps), "repeats": reps}
   print(f"float32 matmul peak: {peak['gflops']:.1f} GFLOP/s (n = {n})", flush=True)
 
   result: dict[str, Any] = {

@@ -19,6 +19,9 @@ CONFIGS = [
   "cifar10",
   "imagenet64",
   "imagenet128",
+  "digits_dit",
+  "mnist_dit",
+  "imagenet64_dit",
 ]
 
 
@@ -40,6 +43,55 @@ def test_imagenet_configs_follow_paper():
   assert c128.sampling.v == 0.2 and c128.training.num_train_steps == 2_700_000
   with pytest.raises(ValueError, match="unknown config argument"):
     load_config("imagenet64", "puncond=0.2")
+
+
+def _differences(a, b) -> dict[str, tuple]:
+  """{section.key: (a's value, b's)} of the fields where two configs differ."""
+  fa, fb = config_lib.leaves(a), config_lib.leaves(b)
+  return {k: (fa[k], fb[k]) for k in fa if fa[k] != fb[k]}
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_cpu_dit_configs_differ_from_the_unet_configs_in_the_network_alone(name):
+  dit_config = load_config(f"{name}_dit")
+  diff = _differences(dit_config, load_config(name))
+  assert set(diff) <= {f"model.{f}" for f in ("name", "dit_hidden_size", "dit_depth")}
+  assert dit_config.model.name == "dit" and dit_config.model.dit_preset == ""
+  m = dit_config.model
+  assert (m.dit_patch_size, m.dit_hidden_size, m.dit_depth, m.dit_num_heads) == (2, 64, 4, 4)
+  tokens = (dit_config.data.image_size // m.dit_patch_size) ** 2
+  assert tokens == {"digits": 16, "mnist": 196}[name]
+
+
+def test_imagenet64_dit_is_dit_xl4_with_the_dit_papers_optimizer():
+  """DiT-XL/4 on 64×64×3 (256 tokens), 674,890,032 parameters counted from shapes alone
+  (jax.eval_shape), as facebookresearch/DiT's parameter shapes give; configs/imagenet64.py's
+  diffusion and sampler, the DiT paper's optimizer (the differences are exactly these)."""
+  import math
+
+  from cfg_jax import models
+  from tests.test_dit import reference_state_dict_shapes
+
+  c = load_config("imagenet64_dit")
+  model = models.create_model(c)
+  assert isinstance(model, models.DiT) and c.model.dtype == "bfloat16"
+  assert (model.patch_size, model.hidden_size, model.depth, model.num_heads) == (4, 1152, 28, 16)
+  assert (64 // model.patch_size) ** 2 == 256
+  n = models.count_params(model, models.image_shape(c))
+  assert n == 674_890_032
+  shapes = reference_state_dict_shapes(p=4, c=3, d=1152, depth=28, num_classes=1000)
+  assert n == sum(math.prod(s) for s in shapes.values())
+  assert _differences(c, load_config("imagenet64")) == {
+    "model.name": ("dit", "unet"),
+    "model.dit_preset": ("XL/4", ""),
+    "model.dtype": ("bfloat16", "float32"),
+    "model.dropout": (0.0, 0.1),
+    "training.batch_size": (256, 2048),
+    "training.learning_rate": (1e-4, 3e-4),
+    "training.warmup_steps": (0, 5000),
+    "training.grad_clip": (0.0, 1.0),
+  }
+  assert load_config("imagenet64_dit", "p_uncond=0.5").guidance.p_uncond == 0.5
 
 
 def test_locked_config_rejects_unknown_keys():

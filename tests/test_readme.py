@@ -156,7 +156,16 @@ def test_architecture_tree_has_one_line_per_module():
 
 
 def test_config_docstrings_hold_launch_commands():
-  for name in ("digits", "mnist", "cifar10", "imagenet64", "imagenet128"):
+  for name in (
+    "digits",
+    "mnist",
+    "cifar10",
+    "imagenet64",
+    "imagenet128",
+    "digits_dit",
+    "mnist_dit",
+    "imagenet64_dit",
+  ):
     with open(os.path.join(REPO, "configs", f"{name}.py")) as f:
       assert f"python -m cfg_jax.main --config=configs/{name}.py" in f.read()
 
