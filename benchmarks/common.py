@@ -129,6 +129,21 @@ def write_report(out: str, data: Any, markdown: str) -> None:
     f.write(markdown)
 
 
+def splice(path: str, name: str, text: str) -> None:
+  """Replaces what lies between the lines `<!-- name -->` and `<!-- /name -->` of the markdown
+  file `path` by `text`: a table generated from results lives in one place (the results), and the
+  docs show it. Raises if the markers are missing."""
+  with open(path) as f:
+    doc = f.read()
+  begin, end = f"<!-- {name} -->\n", f"<!-- /{name} -->"
+  head, sep, rest = doc.partition(begin)
+  _, sep2, tail = rest.partition(end)
+  if not (sep and sep2):
+    raise ValueError(f"{path}: no {begin.strip()} ... {end} block")
+  with open(path, "w") as f:
+    f.write(head + begin + text + end + tail)
+
+
 def check_paired(feats: dict) -> None:
   """Raises unless every cell of {key: saved feature arrays} holds the same labels in the same
   order (sample i of every cell then shares its noise too: both come from (seed, sample id))."""

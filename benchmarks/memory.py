@@ -2,7 +2,7 @@
 
     python -m benchmarks.memory                         # digits and mnist, every mode
     python -m benchmarks.memory --datasets digits       # one dataset
-    python -m benchmarks.memory --readme_evaluate       # also the README's evaluate command, whole
+    python -m benchmarks.memory --readme_evaluate       # also a whole digits evaluate sweep
 
 For each embedded dataset it trains a model, then runs --mode=sample, evaluate (without and with
 the FID Inception), likelihood, distill and train_classifier on it, each with the config's
@@ -14,7 +14,7 @@ does. The peak is the child's own `ru_maxrss` (os.wait4), i.e. measured resident
 XLA's memory_analysis (which leaves out the CPU runtime's convolution scratch). The Inception
 runs need the weights (`make fid-weights`); without them they are listed as not run, and their
 results rows must name the Inception weights (`fid_net`) to count. Writes
-benchmarks/results/memory.{md,json}; a rerun reuses the cached runs of the same weights
+benchmarks/results/memory.{md,json} and the tables of docs/memory.md and the README; a rerun reuses the cached runs of the same weights
 (--fresh to redo).
 """
 
@@ -78,13 +78,14 @@ CASES = [
   ),
   ("train_classifier", "train_classifier", False, ["--config.classifier.num_train_steps=100"]),
 ]
-# The README's --mode=evaluate example (tests/test_readme.py checks that the README shows it),
-# run whole on the digits workdir.
+# A whole --mode=evaluate sweep on the digits workdir (w = 0, 1, 3 with 300 samples each, the
+# README's example of earlier versions; the case's name is its cache key).
 README_EVALUATE = [
   "--config.evaluation.w_values='(0.,1.,3.)'",
   "--config.evaluation.num_samples=300",
 ]
 README_CASE = "evaluate: the README's command (+ Inception FID)"
+SHOWN = {README_CASE: "evaluate, a whole sweep (+ Inception FID)"}  # the tables' names of cases
 CLASSIFIER_FOR = {
   "mnist": ["--config.classifier.attn_resolutions=(7,)", "--config.classifier.ch_mult=(1,2,2)"]
 }
@@ -134,7 +135,7 @@ def inception_fit(probes: dict[int, float]) -> dict:
 
 
 def readme_evaluate_command() -> str:
-  """The README's evaluate example, as a shell line."""
+  """The whole evaluate sweep, as a shell line."""
   return " ".join(
     [
       "python -m cfg_jax.main --config=configs/digits.py --mode=evaluate --workdir=runs/digits",
@@ -200,7 +201,7 @@ def main(argv=None) -> None:
   p.add_argument("--datasets", default="digits,mnist")
   p.add_argument("--runs", default=os.path.join(common.REPO, "runs", "memory"))
   p.add_argument("--out", default=os.path.join(common.RESULTS, "memory"))
-  p.add_argument("--readme_evaluate", action="store_true", help="the README's evaluate, whole")
+  p.add_argument("--readme_evaluate", action="store_true", help="a whole digits evaluate sweep")
   p.add_argument("--fresh", action="store_true", help="rerun cached cases")
   p.add_argument("--probe_inception", type=int, default=0, help=argparse.SUPPRESS)  # the child
   args = p.parse_args(argv)
@@ -252,7 +253,7 @@ def main(argv=None) -> None:
         shutil.rmtree(os.path.join(workdir, "eval"), ignore_errors=True)  # whole: references too
       where = os.path.join(args.runs, f"{dataset}_distill") if mode == "distill" else workdir
       flags = [f"--config=configs/{dataset}.py", f"--workdir={where}", f"--mode={mode}"]
-      flags += [e.replace("'", "") for e in extra]  # the shell quotes of the README's command
+      flags += [e.replace("'", "") for e in extra]  # the shell quotes of the command
       if mode == "distill":
         flags.append(f"--config.distill.teacher_workdir={workdir}")
         shutil.rmtree(where, ignore_errors=True)
@@ -310,9 +311,10 @@ def docs_table(cases: list[dict]) -> str:
     first = next(cells[(name, d)] for d in datasets if (name, d) in cells)
     short = [o.removeprefix("--config.").replace("'", "") for o in first["overrides"]]
     short = [o for o in short if not o.startswith(("classifier.attn", "classifier.ch_mult"))]
+    short = ", ".join(f"`{o}`" for o in short) or "—"
     if first["case"] == README_CASE:
-      short = ["nothing (the README's command)"]
-    lines.append(f"| {name} | {' | '.join(row)} | {', '.join(f'`{o}`' for o in short) or '—'} |")
+      short = "nothing: w = 0, 1, 3 with 300 samples each"
+    lines.append(f"| {SHOWN.get(name, name)} | {' | '.join(row)} | {short} |")
   return "\n".join(lines) + "\n"
 
 
@@ -326,7 +328,9 @@ def readme_table(cases: list[dict]) -> str:
       f"{math.ceil(cells[(name, d)]['peak_rss_gib'] * 10) / 10:.1f}" if (name, d) in cells else "—"
       for d in ("digits", "mnist")
     ]
-    label = "evaluate, the command above" if name == README_CASE else name
+    label = (
+      "evaluate, a whole sweep (w = 0, 1, 3; 300 samples each)" if name == README_CASE else name
+    )
     lines.append(f"| {label} | {' / '.join(v for v in vals if name != README_CASE or v != '—')} |")
   return "\n".join(lines) + "\n"
 
@@ -354,11 +358,11 @@ def write(args, cache: dict, machine: str, seconds: float, not_run: list[str]) -
     fields = ", ".join(f"`{k}={v}`" for k, v in c.get("memory_fields", {}).items())
     load = f"{c.get('load_before', float('nan')):.1f} → {c.get('load_after', float('nan')):.1f}"
     lines.append(
-      f"| {c['dataset']} | {c['case']} | {c['peak_rss_gib']:.2f} | {c['seconds']:.0f} | "
+      f"| {c['dataset']} | {SHOWN.get(c['case'], c['case'])} | {c['peak_rss_gib']:.2f} | {c['seconds']:.0f} | "
       f"{load} | {c['status']} | {fields} | {extra} |"
     )
   if any(c["case"] == README_CASE for c in cases):
-    lines += ["", f"The README's command: `{readme_evaluate_command()}`."]
+    lines += ["", f"The whole sweep: `{readme_evaluate_command()}`."]
   probes = probes_of(cases)
   fit = inception_fit(probes) if len(probes) >= 2 else None
   if probes:
@@ -395,6 +399,8 @@ def write(args, cache: dict, machine: str, seconds: float, not_run: list[str]) -
     "not_run": not_run,
   }
   common.write_report(args.out, data, "\n".join(lines) + "\n")
+  common.splice(os.path.join(common.REPO, "docs", "memory.md"), "memory-table", docs_table(cases))
+  common.splice(os.path.join(common.REPO, "README.md"), "memory-table", readme_table(cases))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ memory plan of the same step.
 
 Each case is one run of the real CLI (`python -m cfg_jax.main --mode=plan`) in a fresh process;
 its plan.json is stored in benchmarks/results/tpu_plan.json as soon as it finishes (a rerun skips
-cached cases; --fresh redoes them). A big U-Net compiles for tens of minutes on 2 shared CPU
+cached cases; --fresh redoes them). The short table of the README and docs/scaling.md is written
+from the same cache. A big U-Net compiles for tens of minutes on 2 shared CPU
 cores, so cases run in GRID order, most important first, until --budget_minutes is spent; the
 report lists the cases not compiled. Writes benchmarks/results/tpu_plan.md.
 """
@@ -125,7 +126,8 @@ def report(cache: dict, wall_minutes: float | None) -> str:
   lines = [
     "# TPU plan: the paper's configs compiled by the TPU compiler",
     "",
-    "`python -m benchmarks.tpu_plan` on " + common.machine() + ": each case is "
+    "`python -m benchmarks.tpu_plan` on " + common.machine() + " (when the report was "
+    "written; each compile's own load is in its command line below): each case is "
     "`python -m cfg_jax.main --mode=plan` (its command below), the programs compiled by libtpu "
     "for compile-only devices of the named slice from shapes only. Memory, FLOPs and bytes are "
     "the TPU compiler's, per chip (its buffer assignment: `memory_analysis()`, and "
@@ -173,9 +175,11 @@ def report(cache: dict, wall_minutes: float | None) -> str:
   for case in GRID:
     if case[0] in cache:
       p = cache[case[0]]
+      load = p["load_average"][0]
+      load = "not recorded (run by hand)" if load != load else f"{load:.1f}"  # NaN: adopted
       lines.append(
         f"- `{case[0]}`: `{p['command']}` — {p['wall_seconds'] / 60:.1f} min wall, load "
-        f"average {p['load_average'][0]:.1f}, exit {p['exit_status']}"
+        f"average {load}, exit {p['exit_status']}"
       )
   errors = [
     f"- `{n}` {prog}: {r['compiler_error']}"
@@ -187,6 +191,31 @@ def report(cache: dict, wall_minutes: float | None) -> str:
     lines += ["", "## The compiler's out-of-memory messages", "", *errors]
   if missing:
     lines += ["", "Not compiled in this run's budget: " + ", ".join(f"`{m}`" for m in missing)]
+  return "\n".join(lines) + "\n"
+
+
+def short_table(cache: dict) -> str:
+  """The README's and docs/scaling.md's table: one row per compiled program of each case."""
+  lines = [
+    "| config, slice, dtype | program | batch/chip | HBM per chip (compiler) | fits | "
+    "est. img/s (slice) | est. chip-hours, all steps |",
+    "|---|---|---:|---:|---|---:|---:|",
+  ]
+  for case in GRID:
+    name, config, topology, variant = case[:4]
+    plan = cache.get(name)
+    for prog, r in (plan or {}).get("programs", {}).items():
+      total = r.get("total_bytes")
+      hbm = plan["chip"]["hbm_bytes"]
+      used = "—" if total is None else f"{total / GiB:.2f} GiB ({100 * total / hbm:.0f}%)"
+      t = r.get("throughput")
+      img = f"{t['images_per_second']:,.0f}" if t else "—"
+      hours = f"{t['chip_hours']:,.0f}" if t and prog == "train" else "—"
+      lines.append(
+        f"| {config}, {topology} ({plan['chips']} chips), {variant} | {prog} | "
+        f"{r['global_batch'] // plan['chips']} | {used} | {'yes' if r['fits'] else 'NO'} | "
+        f"{img} | {hours} |"
+      )
   return "\n".join(lines) + "\n"
 
 
@@ -219,6 +248,8 @@ def main() -> None:
   text = report(cache, wall)
   with open(os.path.join(common.RESULTS, "tpu_plan.md"), "w") as f:
     f.write(text)
+  for doc in ("README.md", os.path.join("docs", "scaling.md")):
+    common.splice(os.path.join(common.REPO, doc), "tpu-plan-table", short_table(cache))
   print(text)
 
 

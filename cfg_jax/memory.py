@@ -15,9 +15,10 @@ from cfg_jax.errors import UserError
 
 MiB = 2**20
 # Peak RSS of one jitted Inception feature call on CPU (299x299 in the graph): a fixed part and
-# ~36 MiB per image, measured at batch 25 / 50 / 100 (1.33 / 2.19 / 3.94 GiB).
-INCEPTION_FIXED_BYTES = 470 * MiB
-INCEPTION_BYTES_PER_IMAGE = 36 * MiB
+# ~33 MiB per image, the fit of benchmarks/memory.py's probes at batch 25 / 50 / 100
+# (1.34 / 2.14 / 3.75 GiB: 555 MiB + 32.8 MiB per image).
+INCEPTION_FIXED_BYTES = 555 * MiB
+INCEPTION_BYTES_PER_IMAGE = 33 * MiB
 HEADROOM = 0.9  # use at most this fraction of the available memory
 
 

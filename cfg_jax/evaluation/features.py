@@ -72,7 +72,7 @@ AUTO_FEATURE_BATCH_ACCELERATOR = 500
 
 def feature_batch_size(config: ml_collections.ConfigDict, backend: str | None = None) -> int:
   """Images per feature-network call: evaluation.feature_batch_size, or (0) the auto size of
-  `backend` (default: this run's; 50 on CPU, where Inception needs ~36 MiB per image; 500 on
+  `backend` (default: this run's; 50 on CPU, where Inception needs ~33 MiB per image; 500 on
   GPU / TPU)."""
   bs = int(config.evaluation.feature_batch_size)
   if bs > 0:
