@@ -25,14 +25,15 @@ def cli_env(devices: int) -> dict[str, str]:
   return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def run_cli(workdir, *args, tiny=tuple(TINY), check=True):
-  """`python -m cfg_jax.main` on digits with the `tiny` settings (2 devices) and `args`."""
+def run_cli(workdir, *args, tiny=tuple(TINY), check=True, config="digits"):
+  """`python -m cfg_jax.main` on configs/`config`.py with the `tiny` settings (2 devices) and
+  `args`."""
   proc = subprocess.run(
     [
       sys.executable,
       "-m",
       "cfg_jax.main",
-      "--config=configs/digits.py",
+      f"--config=configs/{config}.py",
       f"--workdir={workdir}",
       *tiny,
       *args,
