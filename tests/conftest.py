@@ -2,16 +2,32 @@
 Inception weights from the developer's default location (tests that want some pass a path), and
 one tiny trained digits workdir for the CLI tests that read one."""
 
+import atexit
 import os
 import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The CLI subprocesses of one test session share XLA's persistent compilation cache (a fresh
+# directory per session, removed at its end): the same tiny programs compile once, not once per
+# subprocess. Not in this process: its tests count backend compilations (test_no_recompile).
+_XLA_CACHE = tempfile.mkdtemp(prefix="cfg_jax_test_xla_cache_")
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # evaluation.inception_weights = "" looks here (cfg_jax.evaluation.inception); /dev/null is no file.
 os.environ["CFG_JAX_INCEPTION_WEIGHTS"] = os.devnull
+
+
+def pytest_configure(config):
+  import jax
+
+  jax.config.update("jax_enable_compilation_cache", False)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from cfg_jax import models, planning, sharding, train_state, validation
 from cfg_jax.jobs import plan as plan_job
@@ -19,6 +20,7 @@ NOISE = ("WARNING: All log", "I0000", "E0000", "libtpu_init", "Source Location",
 
 def plan_cli(workdir, *args, config="configs/digits.py", timeout=900):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a plan measures its compiles: none from a cache
   return subprocess.run(
     [sys.executable, "-m", "cfg_jax.main", f"--config={config}", "--mode=plan",
      f"--workdir={workdir}", *args],
@@ -150,7 +152,7 @@ def _state_bytes_per_chip(config, fsdp: int) -> int:
   )
   min_size = config.mesh.fsdp_min_size
   per_param = sum(
-    math.prod(p.shape) // (fsdp if sharding.param_spec(p.shape, fsdp, min_size) != () else 1)
+    math.prod(p.shape) // (fsdp if sharding.param_spec(p.shape, fsdp, min_size) != P() else 1)
     for p in jax.tree.leaves(params)
   )
   state = jax.eval_shape(

@@ -41,10 +41,11 @@ def one_device_run():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp", [1, 2, 8])
+@pytest.mark.parametrize("fsdp", [1, 8])
 def test_eight_devices_match_one(one_device_run, fsdp):
-  """data 8 x fsdp 1, data 4 x fsdp 2 and data 1 x fsdp 8 all give the 1-device losses, params,
-  EMA and Adam moments after 4 steps (fsdp_min_size 1024 shards most of the tiny U-Net)."""
+  """data 8 x fsdp 1 and data 1 x fsdp 8 (the two ends; a data 4 x fsdp 2 mesh: test_fsdp) give
+  the 1-device losses, params, EMA and Adam moments after 4 steps (fsdp_min_size 1024 shards
+  most of the tiny U-Net)."""
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   config, batches, (s1, l1) = one_device_run
   s8, l8 = _run(config, 8, batches, fsdp=fsdp)
