@@ -70,6 +70,11 @@ def cli(name: str, workdir: str, *args: str) -> list[str]:
   ]
 
 
+def shown(cmd: list[str]) -> str:
+  """A command as the results show it: `python ...`, paths relative to the repository."""
+  return " ".join(["python", *cmd[1:]]).replace(REPO + os.sep, "")
+
+
 def one_device_env() -> dict[str, str]:
   """This environment without fake-device flags: each case runs on the one CPU device."""
   env = dict(os.environ)
@@ -140,7 +145,7 @@ def train_case(name: str, args) -> dict:
   batch = case_config(name).training.batch_size
   case = {
     "config": CASES[name],
-    "command": " ".join(["python", *cmd[1:]]),
+    "command": shown(cmd),
     "train_seconds_budget": args.train_seconds,
     "process_seconds": time.time() - start,
     "compile_and_first_step_s": first_step_at - start,
@@ -221,7 +226,7 @@ def evaluate_case(name: str, case: dict, args) -> tuple[list[dict], dict[float, 
     if proc.returncode != 0:
       raise SystemExit(f"{name}: evaluation failed:\n{proc.stderr[-3000:]}")
     case["evaluate_seconds"] = time.time() - start
-    case["evaluate_command"] = " ".join(["python", *cmd[1:]])
+    case["evaluate_command"] = shown(cmd)
     with open(os.path.join(workdir, "case.json"), "w") as f:
       json.dump(case, f, indent=1)
   have = rows()
@@ -364,6 +369,9 @@ def main(argv=None):
   cases = {}
   for name in CASES:
     case = train_case(name, args)
+    for field in ("command", "evaluate_command"):  # cases cached before shown() existed
+      if field in case:
+        case[field] = case[field].replace(REPO + os.sep, "")
     case["flops_per_step"], case["params"] = train_step_flops(name)
     cases[name] = case
   feats = {}
