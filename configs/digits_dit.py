@@ -15,6 +15,11 @@ import runpy
 
 def get_config(arg=None):
   c = runpy.run_path(os.path.join(os.path.dirname(__file__), "digits.py"))["get_config"](arg)
+  return small_dit(c).lock()
+
+
+def small_dit(c):
+  """`c` with its U-Net replaced by the small DiT of the CPU configs (also mnist_dit)."""
   c.model.name = "dit"
   c.model.dit_preset = ""
   c.model.dit_patch_size = 2
@@ -22,4 +27,4 @@ def get_config(arg=None):
   c.model.dit_depth = 4
   c.model.dit_num_heads = 4
   c.model.dit_mlp_ratio = 4.0
-  return c.lock()
+  return c

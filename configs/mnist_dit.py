@@ -17,12 +17,6 @@ import runpy
 
 
 def get_config(arg=None):
-  c = runpy.run_path(os.path.join(os.path.dirname(__file__), "mnist.py"))["get_config"](arg)
-  c.model.name = "dit"
-  c.model.dit_preset = ""
-  c.model.dit_patch_size = 2
-  c.model.dit_hidden_size = 64
-  c.model.dit_depth = 4
-  c.model.dit_num_heads = 4
-  c.model.dit_mlp_ratio = 4.0
-  return c.lock()
+  here = os.path.dirname(__file__)
+  c = runpy.run_path(os.path.join(here, "mnist.py"))["get_config"](arg)
+  return runpy.run_path(os.path.join(here, "digits_dit.py"))["small_dit"](c).lock()
