@@ -25,9 +25,11 @@ install-test: $(VENV)/bin/activate
 demo: install
 	$(PY) -m cfg_jax.main --config=configs/digits.py --workdir=$(WORKDIR)
 
-# The formatter and linter (ruff, configured in pyproject.toml), then every test.
+# The formatter and linter (ruff, configured in pyproject.toml), then every test: two pytest
+# workers (pytest-xdist; the tests are mostly single-threaded XLA compiles), a test file per worker.
+TEST_WORKERS ?= 2
 test: install-test lint
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Everyday work: the tests not marked slow.
 test-fast: install-test

@@ -15,9 +15,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The CLI subprocesses of one test session share XLA's persistent compilation cache (a fresh
 # directory per session, removed at its end): the same tiny programs compile once, not once per
 # subprocess. Not in this process: its tests count backend compilations (test_no_recompile).
-_XLA_CACHE = tempfile.mkdtemp(prefix="cfg_jax_test_xla_cache_")
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _XLA_CACHE)
+# pytest-xdist's workers inherit the controller's directory; a size limit makes JAX take a file
+# lock around each read and write, so two processes never see a half-written entry.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="cfg_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # evaluation.inception_weights = "" looks here (cfg_jax.evaluation.inception); /dev/null is no file.
