@@ -2,6 +2,8 @@
 
     python -m benchmarks.dit_vs_unet                      # ~18 min on a 2-core CPU
     python -m benchmarks.dit_vs_unet --report_only        # the table from the cached cases
+    python -m benchmarks.dit_vs_unet --train_seconds 600 --inception_weights= \
+        --reference_examples 1000 --num_samples 300 --root runs/dit_vs_unet_fid   # + Inception FID
 
 Two cases, each the real command line: configs/mnist.py (the ADM U-Net, 345,713 parameters) and
 configs/mnist_dit.py (a DiT of width 64, depth 4, patch 2: 196 tokens, 328,964 parameters), with
@@ -15,7 +17,10 @@ the achieved FLOP/s, given as a fraction of the float32 matmul peak measured her
 with the MNIST classifier of evaluation (evaluation.inception_weights=none; its Fréchet distance,
 FD, is not Inception FID) at w = 0, 1, 3 with T = the config's, n class-balanced samples per w
 from the same noise and labels for both models (the same seed), so one paired bootstrap over
-the samples gives every FD's spread and the spread of FD(DiT) − FD(U-Net).
+the samples gives every FD's spread and the spread of FD(DiT) − FD(U-Net). With
+`--inception_weights` ('' = the default location) the same cells also get the real Inception FID
+against `--reference_examples` train images; `--reference_cache DIR` seeds each case's cached
+reference statistics from another workdir's (the same split through the same network).
 
 Cached: a case whose workdir holds `case.json` is not trained again, and cells already in its
 results.jsonl are not sampled again (an interrupted training run is started afresh: its timing
@@ -209,11 +214,13 @@ def evaluate_case(name: str, case: dict, args) -> tuple[list[dict], dict[float, 
 
   missing = [w for w in args.w if w not in rows() or not os.path.exists(path(w))]
   if missing and not args.report_only:
+    seed_references(args.reference_cache, workdir)
     cmd = cli(
       name,
       workdir,
       "--mode=evaluate",
-      "--config.evaluation.inception_weights=none",
+      f"--config.evaluation.inception_weights={args.inception_weights}",
+      f"--config.evaluation.reference_num_examples={args.reference_examples}",
       "--config.evaluation.save_features=True",
       f"--config.evaluation.w_values=({','.join(f'{w:g}.' if w == int(w) else f'{w:g}' for w in args.w)})",
       f"--config.evaluation.num_samples={n}",
@@ -237,11 +244,31 @@ def evaluate_case(name: str, case: dict, args) -> tuple[list[dict], dict[float, 
   return [have[w] for w in args.w], feats
 
 
-def reference(args) -> dict:
-  """The MNIST classifier's statistics of the train split (the evaluation job's cache)."""
-  [path] = glob.glob(os.path.join(args.root, "unet", "eval", "reference_*_mnist_train_-1.npz"))
-  with np.load(path) as f:
-    return {k: f[k] for k in ("mu", "sigma")}
+def seed_references(source: str, workdir: str) -> None:
+  """Copies the cached reference statistics of workdir `source` into `workdir`'s eval/."""
+  if not source:
+    return
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  for path in glob.glob(os.path.join(source, "eval", "reference_*.npz")):
+    target = os.path.join(workdir, "eval", os.path.basename(path))
+    if not os.path.exists(target):
+      shutil.copyfile(path, target)
+
+
+def references(args) -> dict[str, dict]:
+  """{metric: the train split's statistics} from the U-Net case's evaluation cache: the MNIST
+  classifier's ('fd') and, with Inception weights, Inception's ('fid')."""
+  n = args.reference_examples
+  out = {}
+  for path in glob.glob(
+    os.path.join(args.root, "unet", "eval", f"reference_*_mnist_train_{n}.npz")
+  ):
+    metric = "fid" if os.path.basename(path).startswith("reference_inception") else "fd"
+    with np.load(path) as f:
+      out[metric] = {k: f[k] for k in ("mu", "sigma")}
+  if "fd" not in out or (args.inception_weights != "none") != ("fid" in out):
+    raise SystemExit(f"no reference statistics of n = {n} in {args.root}/unet/eval/")
+  return out
 
 
 def report(data: dict) -> str:
@@ -258,10 +285,11 @@ def report(data: dict) -> str:
     "Adam 2e-3, batch 64, p_uncond 0.1, EMA 0.995) and sampler (ancestral, T = 32, v = 0.3). "
     f"Float32 matmul peak measured here: {peak['start']:.1f} GFLOP/s before, "
     f"{peak['end']:.1f} after (the fraction uses the higher). FD: the Fréchet distance of the "
-    "MNIST classifier's features (the dataset classifier of `--mode=evaluate`, "
-    f"inception_weights=none; not Inception FID) of n = {data['num_samples']} class-balanced "
-    f"samples per w against the 4,000-image train split, ± the std of a paired bootstrap "
-    f"({data['rounds']} rounds; sample i of every cell shares its noise and label).",
+    "MNIST classifier's features (the dataset classifier of `--mode=evaluate`; not Inception "
+    "FID)" + (", FID: the real Inception FID," if "fid" in boot else "") + f" of n = "
+    f"{data['num_samples']} class-balanced samples per w against {reference_text(data)}, ± the "
+    f"std of a paired bootstrap ({data['rounds']} rounds; sample i of every cell shares its "
+    "noise and label).",
     "",
     "| | " + " | ".join(LABELS[k] for k in cases) + " |",
     "|---|" + "---|" * len(cases),
@@ -284,21 +312,38 @@ def report(data: dict) -> str:
     f"loss at step {common_step} (mean of {LOSS_WINDOW} steps)",
     lambda k, c: f"{loss_at(c['curve'], common_step):.3f}",
   )
-  for w in w_values:
-    row(
-      f"FD at w = {w:g}",
-      lambda k, c, w=w: f"{c['rows'][key(w)]['fd']:.0f} ± {np.std(boot[k][key(w)]):.0f}",
-    )
+  for metric in metrics_of(boot):
+    for w in w_values:
+      row(
+        f"{metric.upper()} at w = {w:g}",
+        lambda k, c, w=w, m=metric: (
+          f"{c['rows'][key(w)][m]:.1f} ± {np.std(boot[m][k][key(w)]):.1f}"
+        ),
+      )
   for w in w_values:
     row(
       f"class accuracy at w = {w:g}", lambda k, c, w=w: f"{c['rows'][key(w)]['class_accuracy']:.3f}"
     )
   row("evaluation wall time (3 w)", lambda k, c: f"{c.get('evaluate_seconds', float('nan')):.0f} s")
-  lines += ["", "FD(DiT) − FD(U-Net), paired over the same samples:", ""]
-  lines += ["| w | Δ ± std | P(DiT better) |", "|---|---|---|"]
-  for w in w_values:
-    d = np.asarray(boot["dit"][key(w)]) - np.asarray(boot["unet"][key(w)])
-    lines.append(f"| {w:g} | {d.mean():+.0f} ± {d.std():.0f} | {np.mean(d < 0):.2f} |")
+  for metric in metrics_of(boot):
+    m = metric.upper()
+    lines += [
+      "",
+      f"{m}(DiT) − {m}(U-Net), and {m}(w) − {m}(w = 0) of each model, paired over the same samples:",
+      "",
+    ]
+    lines += [
+      "| w | DiT − U-Net | P(DiT better) | U-Net: Δ vs w = 0 | DiT: Δ vs w = 0 |",
+      "|---|---|---|---|---|",
+    ]
+    b = {k: {w: np.asarray(v) for w, v in x.items()} for k, x in boot[metric].items()}
+    for w in w_values:
+      d = b["dit"][key(w)] - b["unet"][key(w)]
+      du, dd = (b[k][key(w)] - b[k][key(w_values[0])] for k in ("unet", "dit"))
+      lines.append(
+        f"| {w:g} | {d.mean():+.1f} ± {d.std():.1f} | {np.mean(d < 0):.2f} | "
+        f"{du.mean():+.1f} ± {du.std():.1f} | {dd.mean():+.1f} ± {dd.std():.1f} |"
+      )
   lines += ["", "Loss curve (mean loss of the steps in each minute of training):", ""]
   minutes = int(data["train_seconds"] // 60) + 1
   lines += [
@@ -316,6 +361,16 @@ def report(data: dict) -> str:
   return "\n".join(lines)
 
 
+def metrics_of(boot: dict) -> list[str]:
+  """The Fréchet metrics measured, the paper's first: ['fid', 'fd'] or ['fd']."""
+  return [m for m in ("fid", "fd") if m in boot]
+
+
+def reference_text(data: dict) -> str:
+  n = data.get("reference_examples", -1)
+  return "the 4,000-image train split" if n <= 0 else f"{n:,} train images"
+
+
 def loss_at(curve, step: int) -> float:
   xs = [loss for s, _, loss in curve if step - LOSS_WINDOW < s <= step]
   return float(np.mean(xs))
@@ -324,7 +379,8 @@ def loss_at(curve, step: int) -> float:
 def reading(cases: dict, boot: dict) -> str:
   """The reading of the measured figures (which way each comparison fell, from the data)."""
   u, d = cases["unet"], cases["dit"]
-  fd_d = np.asarray(boot["dit"]["0"]) - np.asarray(boot["unet"]["0"])
+  metric = metrics_of(boot)[0]
+  fd_d = np.asarray(boot[metric]["dit"]["0"]) - np.asarray(boot[metric]["unet"]["0"])
   p_better = float(np.mean(fd_d < 0))
   speed = d["images_per_sec"] / u["images_per_sec"]
   text = (
@@ -333,8 +389,8 @@ def reading(cases: dict, boot: dict) -> str:
     f"{d['fraction_of_peak']:.2f} vs {u['fraction_of_peak']:.2f} of the matmul peak, with "
     f"{d['flops_per_step'] / u['flops_per_step']:.2f}× the FLOPs per step: in the same time it "
     f"reached {d['steps']} steps to the U-Net's {u['steps']}, a final loss of "
-    f"{d['final_loss']:.3f} vs {u['final_loss']:.3f}, and an FD at w = 0 "
-    f"{'lower' if fd_d.mean() < 0 else 'higher'} by {abs(fd_d.mean()):.0f} ± {fd_d.std():.0f} "
+    f"{d['final_loss']:.3f} vs {u['final_loss']:.3f}, and an {metric.upper()} at w = 0 "
+    f"{'lower' if fd_d.mean() < 0 else 'higher'} by {abs(fd_d.mean()):.1f} ± {fd_d.std():.1f} "
     f"(DiT better in {100 * p_better:.0f}% of the paired rounds). "
   )
   if speed < 1.5 or d["fraction_of_peak"] < 2 * u["fraction_of_peak"]:
@@ -357,6 +413,11 @@ def main(argv=None):
   p.add_argument("--w", type=float, nargs="+", default=[0.0, 1.0, 3.0])
   p.add_argument("--rounds", type=int, default=200)
   p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+  p.add_argument("--inception_weights", default="none", help="'' = the default location")
+  p.add_argument("--reference_examples", type=int, default=-1, help="-1: the whole train split")
+  p.add_argument(
+    "--reference_cache", default="", help="a workdir whose eval/reference_*.npz to reuse"
+  )
   p.add_argument("--report_only", action="store_true", help="report the cached cases only")
   p.add_argument("--out", default=os.path.join(common.RESULTS, "dit_vs_unet"))
   args = p.parse_args(argv)
@@ -385,15 +446,17 @@ def main(argv=None):
     case["gflops"] = case["flops_per_step"] * case["steps_per_sec"] / 1e9
     case["fraction_of_peak"] = case["gflops"] / peak
   common.check_paired(feats)
-  ref = reference(args)
-  fds = metrics.bootstrap_frechet_distances(
-    {k: f["features"] for k, f in feats.items()},
-    ref["mu"],
-    ref["sigma"],
-    num_rounds=args.rounds,
-    seed=args.seed,
-  )
-  boot = {name: {key(w): fds[(name, w)].tolist() for w in args.w} for name in CASES}
+  boot = {}  # {metric: {case: {w: [FD of each paired bootstrap round]}}}
+  for metric, ref in references(args).items():
+    array = {"fd": "features", "fid": "inception"}[metric]
+    fds = metrics.bootstrap_frechet_distances(
+      {k: f[array] for k, f in feats.items()},
+      ref["mu"],
+      ref["sigma"],
+      num_rounds=args.rounds,
+      seed=args.seed,  # the same rounds for both metrics
+    )
+    boot[metric] = {name: {key(w): fds[(name, w)].tolist() for w in args.w} for name in CASES}
   data = {
     "benchmark": "dit_vs_unet",
     "command": command,
@@ -405,6 +468,7 @@ def main(argv=None):
     "peak_gflops": {"start": peak_start, "end": peak_end},
     "train_seconds": args.train_seconds,
     "num_samples": args.num_samples,
+    "reference_examples": args.reference_examples,
     "rounds": args.rounds,
     "w": args.w,
     "cases": cases,
