@@ -19,8 +19,9 @@ FD, is not Inception FID) at w = 0, 1, 3 with T = the config's, n class-balanced
 from the same noise and labels for both models (the same seed), so one paired bootstrap over
 the samples gives every FD's spread and the spread of FD(DiT) − FD(U-Net). With
 `--inception_weights` ('' = the default location) the same cells also get the real Inception FID
-against `--reference_examples` train images; `--reference_cache DIR` seeds each case's cached
-reference statistics from another workdir's (the same split through the same network).
+against `--reference_examples` train images. The DiT case reuses the U-Net case's cached
+reference statistics, and `--reference_cache DIR` seeds both from another workdir's (the same
+split through the same network gives the same file).
 
 Cached: a case whose workdir holds `case.json` is not trained again, and cells already in its
 results.jsonl are not sampled again (an interrupted training run is started afresh: its timing
@@ -215,6 +216,8 @@ def evaluate_case(name: str, case: dict, args) -> tuple[list[dict], dict[float, 
   missing = [w for w in args.w if w not in rows() or not os.path.exists(path(w))]
   if missing and not args.report_only:
     seed_references(args.reference_cache, workdir)
+    if name != "unet":  # the U-Net case (evaluated first) has the same split's statistics
+      seed_references(os.path.join(args.root, "unet"), workdir)
     cmd = cli(
       name,
       workdir,
