@@ -4,7 +4,8 @@
     python -m cfg_jax.main --config=configs/mnist.py --workdir=runs/gm/mnist_p0 \
         --config.guidance.p_uncond=0.0                          # for ICG without label dropout
     python -m benchmarks.guidance_methods --config=configs/mnist.py --workdir=runs/gm/mnist \
-        --p0_workdir=runs/gm/mnist_p0 --inception_weights= --num_samples=300
+        --p0_workdir=runs/gm/mnist_p0 --inception_weights= --num_samples=300 --readme
+    python -m benchmarks.guidance_methods --report_only --readme   # the tables again, from the .json
     python -m benchmarks.guidance_methods --config=configs/digits.py --workdir=runs/digits \
         --inception_weights=none --num_samples=1000 --out=benchmarks/results/guidance_methods_digits
 
@@ -16,7 +17,8 @@ already there are not sampled again), and ICG on a model trained with p_uncond =
 beside classifier-free guidance on the p_uncond 0.1 model. Sample i of every cell shares its noise
 and label, so a paired bootstrap over the samples gives each FID(cell) − FID(CFG, w = 0) its
 spread, and each method's best against CFG's best. Writes benchmarks/results/guidance_methods.md
-(+ .json) and a sample grid per method at its highest strength.
+(+ .json) and a sample grid per method at its highest strength; `--readme` writes the summary
+(one row per method's best cell) into README.md between its guidance-methods-table markers.
 """
 
 from __future__ import annotations
@@ -120,10 +122,10 @@ def sample_grid(name: str, evaluator, args, strength: float) -> str:
   return path
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--config", default=os.path.join(common.REPO, "configs", "mnist.py"))
-  p.add_argument("--workdir", required=True, help="the p_uncond 0.1 model's workdir")
+  p.add_argument("--workdir", default="", help="the p_uncond 0.1 model's workdir")
   p.add_argument("--p0_workdir", default="", help="a p_uncond = 0 model's workdir (icg_p0)")
   p.add_argument("--step", type=int, default=None, help="default: the config's last step")
   p.add_argument("--methods", default=",".join(METHODS))
@@ -134,7 +136,31 @@ def main(argv=None):
   p.add_argument("--rounds", type=int, default=200)
   p.add_argument("--no_grids", action="store_true")
   p.add_argument("--out", default=os.path.join(common.RESULTS, "guidance_methods"))
-  args = p.parse_args(argv)
+  p.add_argument("--readme", action="store_true", help="write the summary into README.md")
+  p.add_argument("--report_only", action="store_true", help="the tables from <out>.json")
+  return p
+
+
+def main(argv=None):
+  args = parser().parse_args(argv)
+  if args.report_only:
+    with open(args.out + ".json") as f:
+      data = json.load(f)
+  elif not args.workdir:
+    raise SystemExit("--workdir is required (the p_uncond 0.1 model's), or --report_only.")
+  else:
+    data = measure(args, sys.argv[1:] if argv is None else argv)
+  text = report(data)
+  common.write_report(args.out, data, text)
+  print(text)
+  if args.readme:
+    common.splice(
+      os.path.join(common.REPO, "README.md"), "guidance-methods-table", readme_table(data)
+    )
+
+
+def measure(args, argv: list[str]) -> dict:
+  """Evaluates every method's cells, bootstraps them and draws the grids: the results' data."""
   from cfg_jax import config_lib
 
   start = time.time()
@@ -147,46 +173,99 @@ def main(argv=None):
     results[name] = {"rows": rows}
     feats.update({(name, w): x for w, x in f.items()})
   common.check_paired(feats)
-  evaluator = evaluators[names[0]]
-  boot = common.paired_bootstrap(feats, evaluator, rounds=args.rounds, seed=0)
+  boot = common.paired_bootstrap(feats, evaluators[names[0]], rounds=args.rounds, seed=0)
   grids = {}
   if not args.no_grids:
     for name in names:
       grids[name] = sample_grid(name, evaluators[name], args, max(METHODS[name][2]))
-  seconds = time.time() - start
-  text = report(results, boot, args, seconds, evaluators)
-  print(text)
-  data = {
-    "argv": sys.argv[1:] if argv is None else argv,
+  return {
+    "argv": argv,
     "machine": common.machine(),
-    "seconds": seconds,
+    "seconds": time.time() - start,
     "results": results,
     "bootstrap": {
       m: {f"{k[0]}|{k[1]:g}": v.tolist() for k, v in b.items()} for m, b in boot.items()
     },
-    "grids": grids,
+    "grids": {k: os.path.relpath(v, common.REPO) for k, v in grids.items()},
   }
-  common.write_report(args.out, data, text)
 
 
-def report(results: dict, boot: dict, args, seconds: float, evaluators: dict) -> str:
-  metric = "fid" if "fid" in boot else "fd"
-  b = boot[metric]
+def method_info(name: str) -> tuple[str, str]:
+  """(the results column of the method's strength, its symbol)."""
+  from cfg_jax import guidance
+
+  m = guidance.get(METHODS[name][0])
+  return m.strength_field, m.symbol
+
+
+def bootstrap_arrays(data: dict) -> tuple[str, dict]:
+  """(the metric: 'fid' when Inception was used, else 'fd'; {(method, strength): rounds})."""
+  metric = "fid" if "fid" in data["bootstrap"] else "fd"
+  boot = {}
+  for k, v in data["bootstrap"][metric].items():
+    name, _, w = k.rpartition("|")
+    boot[(name, float(w))] = np.asarray(v)
+  return metric, boot
+
+
+def best_cells(data: dict) -> list[dict]:
+  """Per method, its lowest-FID cell with the paired differences against CFG w = 0 and against
+  CFG's best cell."""
+  metric, b = bootstrap_arrays(data)
+  results = data["results"]
   base = b[BASELINE]
   cfg_best = min(results["cfg"]["rows"], key=lambda r: r[metric])
   cfg_best_key = ("cfg", cfg_best["w"])
+  out = []
+  for name, res in results.items():
+    field, symbol = method_info(name)
+    r = min(res["rows"], key=lambda r: r[metric])
+    k = (name, r[field])
+    d0, db = b[k] - base, b[k] - b[cfg_best_key]
+    settings = json.loads(r["sampler_settings"])
+    pp, rr = (
+      (r["fid_precision"], r["fid_recall"]) if metric == "fid" else (r["precision"], r["recall"])
+    )
+    out.append(
+      {
+        "name": name,
+        "what": METHODS[name][3],
+        "strength": f"{symbol} = {r[field]:g}",
+        "value": r[metric],
+        "std": b[k].std(),
+        "d0": d0,
+        "db": db,
+        "precision": pp,
+        "recall": rr,
+        "accuracy": r["class_accuracy"],
+        "evals": settings["network_evals"],
+        "per_eval": "2B (one [z, z] forward)" if settings["guided_evals"] else "B",
+        "cfg_best_w": cfg_best["w"],
+      }
+    )
+  return out
+
+
+def report(data: dict) -> str:
+  args = parser().parse_args(data["argv"])
+  step = args.step if args.step is not None else data["results"]["cfg"]["rows"][0]["step"]
+  metric, b = bootstrap_arrays(data)
+  base = b[BASELINE]
+  best = best_cells(data)
+  rounds = len(base)
   lines = [
     "# Guidance methods on one checkpoint",
     "",
-    f"`python -m benchmarks.guidance_methods {' '.join(args_list(args))}` on {common.machine()}; "
-    f"{seconds / 60:.0f} min. Checkpoint step {args.step} of `{os.path.basename(args.config)}` "
+    f"`python -m benchmarks.guidance_methods {' '.join(args_list(args))}` on {data['machine']}; "
+    f"{data['seconds'] / 60:.0f} min. Checkpoint step {step} of `{os.path.basename(args.config)}` "
     f"(p_uncond 0.1; ICG on p_uncond 0 where named), n = {args.num_samples} class-balanced "
     "samples per cell, sample i of every cell from the same noise and label; "
     + ("real Inception FID" if metric == "fid" else "the dataset classifier's FD")
-    + f" against {args.reference_examples} train images; ± the std over {args.rounds} paired "
+    + f" against {args.reference_examples} train images; ± the std over {rounds} paired "
     "bootstrap rounds; Δ against classifier-free w = 0 and against classifier-free guidance's best "
-    f"cell (w = {cfg_best['w']:g}); P the fraction of rounds in which the cell is lower. Precision "
-    "/ recall on Inception features (k = 3) when Inception is used, else on the classifier's.",
+    f"cell (w = {best[0]['cfg_best_w']:g}); P the fraction of rounds in which the cell is lower. "
+    "Precision / recall on Inception features (k = 3) when Inception is used, else on the "
+    "classifier's.",
     "",
     "## Each method's best cell",
     "",
@@ -194,23 +273,13 @@ def report(results: dict, boot: dict, args, seconds: float, evaluators: dict) ->
     "precision | recall | class accuracy | network evaluations per sample |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
-  for name, res in results.items():
-    ev = evaluators[name]
-    field = ev.method.strength_field
-    r = min(res["rows"], key=lambda r: r[metric])
-    k = (name, r[field])
-    d0, db = b[k] - base, b[k] - b[cfg_best_key]
-    settings = json.loads(r["sampler_settings"])
-    evals = settings["network_evals"]
-    per_eval = "2B (one [z, z] forward)" if settings["guided_evals"] else "B"
-    pp, rr = (
-      (r["fid_precision"], r["fid_recall"]) if metric == "fid" else (r["precision"], r["recall"])
-    )
+  for c in best:
+    d0, db = c["d0"], c["db"]
     lines.append(
-      f"| {METHODS[name][3]} | {ev.method.symbol} = {r[field]:g} | {r[metric]:.2f} ± "
-      f"{b[k].std():.2f} | {d0.mean():+.2f} ± {d0.std():.2f} | {db.mean():+.2f} ± {db.std():.2f} | "
-      f"{np.mean(db < 0):.2f} | {pp:.3f} | {rr:.3f} | {r['class_accuracy']:.3f} | "
-      f"{evals} × {per_eval} |"
+      f"| {c['what']} | {c['strength']} | {c['value']:.2f} ± {c['std']:.2f} | "
+      f"{d0.mean():+.2f} ± {d0.std():.2f} | {db.mean():+.2f} ± {db.std():.2f} | "
+      f"{np.mean(db < 0):.2f} | {c['precision']:.3f} | {c['recall']:.3f} | {c['accuracy']:.3f} | "
+      f"{c['evals']} × {c['per_eval']} |"
     )
   lines += ["", "## Every cell", ""]
   lines += [
@@ -218,8 +287,8 @@ def report(results: dict, boot: dict, args, seconds: float, evaluators: dict) ->
     "class accuracy | precision | recall |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
-  for name, res in results.items():
-    field = evaluators[name].method.strength_field
+  for name, res in data["results"].items():
+    field, symbol = method_info(name)
     for r in res["rows"]:
       k = (name, r[field])
       d0 = b[k] - base
@@ -227,16 +296,41 @@ def report(results: dict, boot: dict, args, seconds: float, evaluators: dict) ->
         (r["fid_precision"], r["fid_recall"]) if metric == "fid" else (r["precision"], r["recall"])
       )
       lines.append(
-        f"| {name} | {evaluators[name].method.symbol} = {r[field]:g} | {r[metric]:.2f} ± "
+        f"| {name} | {symbol} = {r[field]:g} | {r[metric]:.2f} ± "
         f"{b[k].std():.2f} | {d0.mean():+.2f} ± {d0.std():.2f} | {r['fd']:.2f} | {r['is']:.3f} | "
         f"{r['class_accuracy']:.3f} | {pp:.3f} | {rr:.3f} |"
       )
+  if data.get("grids"):
+    lines += ["", "## Sample grids at each method's highest strength", ""]
+    lines += [f"- {name}: `{path}`" for name, path in data["grids"].items()]
+  return "\n".join(lines) + "\n"
+
+
+def readme_table(data: dict) -> str:
+  """The README's summary: one row per method's best cell."""
+  metric, _ = bootstrap_arrays(data)
+  m = metric.upper()
+  lines = [
+    f"| method | best strength | {m} | Δ{m} vs CFG w = 0 | Δ{m} vs CFG's best | recall | "
+    "network evaluations per sample |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for c in best_cells(data):
+    d0, db = c["d0"], c["db"]
+    lines.append(
+      f"| {c['what']} | {c['strength']} | {c['value']:.1f} | {d0.mean():+.1f} ± {d0.std():.1f} | "
+      f"{db.mean():+.1f} ± {db.std():.1f} | {c['recall']:.3f} | {c['evals']} × {c['per_eval']} |"
+    )
   return "\n".join(lines) + "\n"
 
 
 def args_list(args) -> list[str]:
   keep = ("config", "workdir", "p0_workdir", "step", "num_samples", "reference_examples")
-  return [f"--{k}={getattr(args, k)}" for k in keep if getattr(args, k) not in ("", None)]
+  return [
+    f"--{k}={os.path.relpath(v, common.REPO) if k == 'config' and os.path.isabs(v) else v}"
+    for k in keep
+    if (v := getattr(args, k)) not in ("", None)
+  ]
 
 
 if __name__ == "__main__":
