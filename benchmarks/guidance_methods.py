@@ -150,6 +150,7 @@ def main(argv=None):
     raise SystemExit("--workdir is required (the p_uncond 0.1 model's), or --report_only.")
   else:
     data = measure(args, sys.argv[1:] if argv is None else argv)
+  data["grids"] = {k: repo_relative(v) for k, v in data.get("grids", {}).items()}
   text = report(data)
   common.write_report(args.out, data, text)
   print(text)
@@ -186,8 +187,12 @@ def measure(args, argv: list[str]) -> dict:
     "bootstrap": {
       m: {f"{k[0]}|{k[1]:g}": v.tolist() for k, v in b.items()} for m, b in boot.items()
     },
-    "grids": {k: os.path.relpath(v, common.REPO) for k, v in grids.items()},
+    "grids": grids,
   }
+
+
+def repo_relative(path: str) -> str:
+  return os.path.relpath(path, common.REPO) if os.path.isabs(path) else path
 
 
 def method_info(name: str) -> tuple[str, str]:
