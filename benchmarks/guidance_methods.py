@@ -203,6 +203,11 @@ def method_info(name: str) -> tuple[str, str]:
   return m.strength_field, m.symbol
 
 
+def in_order(results: dict) -> list[tuple[str, dict]]:
+  """The methods' results in the order of METHODS (a .json keeps them sorted by name)."""
+  return [(n, results[n]) for n in METHODS if n in results]
+
+
 def bootstrap_arrays(data: dict) -> tuple[str, dict]:
   """(the metric: 'fid' when Inception was used, else 'fd'; {(method, strength): rounds})."""
   metric = "fid" if "fid" in data["bootstrap"] else "fd"
@@ -222,7 +227,7 @@ def best_cells(data: dict) -> list[dict]:
   cfg_best = min(results["cfg"]["rows"], key=lambda r: r[metric])
   cfg_best_key = ("cfg", cfg_best["w"])
   out = []
-  for name, res in results.items():
+  for name, res in in_order(results):
     field, symbol = method_info(name)
     r = min(res["rows"], key=lambda r: r[metric])
     k = (name, r[field])
@@ -292,7 +297,7 @@ def report(data: dict) -> str:
     "class accuracy | precision | recall |",
     "|---|---|---|---|---|---|---|---|---|",
   ]
-  for name, res in data["results"].items():
+  for name, res in in_order(data["results"]):
     field, symbol = method_info(name)
     for r in res["rows"]:
       k = (name, r[field])
