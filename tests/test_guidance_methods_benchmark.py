@@ -5,7 +5,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from benchmarks import guidance_methods as bench
 from tests.helpers import REPO
@@ -69,10 +68,6 @@ def test_report_and_readme_table_show_the_best_cells():
   assert len(table.splitlines()) == 2 + 2  # header, rule, one row per method
 
 
-@pytest.mark.skipif(
-  not os.path.exists(os.path.join(REPO, "benchmarks", "results", "guidance_methods.json")),
-  reason="no guidance_methods results yet",
-)
 def test_readme_summary_is_the_results():
   with open(os.path.join(REPO, "benchmarks", "results", "guidance_methods.json")) as f:
     data = json.load(f)
