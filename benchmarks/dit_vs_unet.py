@@ -2,8 +2,8 @@
 
     python -m benchmarks.dit_vs_unet                      # ~18 min on a 2-core CPU
     python -m benchmarks.dit_vs_unet --report_only        # the table from the cached cases
-    python -m benchmarks.dit_vs_unet --train_seconds 600 --inception_weights= \
-        --reference_examples 1000 --num_samples 300 --root runs/dit_vs_unet_fid   # + Inception FID
+    python -m benchmarks.dit_vs_unet --train_seconds 360 --inception_weights= \
+        --reference_examples 1000 --num_samples 200 --root runs/dit_vs_unet_fid   # + Inception FID
 
 Two cases, each the real command line: configs/mnist.py (the ADM U-Net, 345,713 parameters) and
 configs/mnist_dit.py (a DiT of width 64, depth 4, patch 2: 196 tokens, 328,964 parameters), with

@@ -203,6 +203,13 @@ def method_info(name: str) -> tuple[str, str]:
   return m.strength_field, m.symbol
 
 
+def precision_recall(row: dict, metric: str) -> tuple[float, float]:
+  """A results row's precision and recall on the features of `metric` ('fid': Inception's)."""
+  if metric == "fid":
+    return row["fid_precision"], row["fid_recall"]
+  return row["precision"], row["recall"]
+
+
 def in_order(results: dict) -> list[tuple[str, dict]]:
   """The methods' results in the order of METHODS (a .json keeps them sorted by name)."""
   return [(n, results[n]) for n in METHODS if n in results]
@@ -233,9 +240,7 @@ def best_cells(data: dict) -> list[dict]:
     k = (name, r[field])
     d0, db = b[k] - base, b[k] - b[cfg_best_key]
     settings = json.loads(r["sampler_settings"])
-    pp, rr = (
-      (r["fid_precision"], r["fid_recall"]) if metric == "fid" else (r["precision"], r["recall"])
-    )
+    pp, rr = precision_recall(r, metric)
     out.append(
       {
         "name": name,
@@ -302,9 +307,7 @@ def report(data: dict) -> str:
     for r in res["rows"]:
       k = (name, r[field])
       d0 = b[k] - base
-      pp, rr = (
-        (r["fid_precision"], r["fid_recall"]) if metric == "fid" else (r["precision"], r["recall"])
-      )
+      pp, rr = precision_recall(r, metric)
       lines.append(
         f"| {name} | {symbol} = {r[field]:g} | {r[metric]:.2f} ± "
         f"{b[k].std():.2f} | {d0.mean():+.2f} ± {d0.std():.2f} | {r['fd']:.2f} | {r['is']:.3f} | "
@@ -312,7 +315,7 @@ def report(data: dict) -> str:
       )
   if data.get("grids"):
     lines += ["", "## Sample grids at each method's highest strength", ""]
-    lines += [f"- {name}: `{path}`" for name, path in data["grids"].items()]
+    lines += [f"- {name}: `{path}`" for name, path in in_order(data["grids"])]
   return "\n".join(lines) + "\n"
 
 
@@ -337,7 +340,7 @@ def readme_table(data: dict) -> str:
 def args_list(args) -> list[str]:
   keep = ("config", "workdir", "p0_workdir", "step", "num_samples", "reference_examples")
   return [
-    f"--{k}={os.path.relpath(v, common.REPO) if k == 'config' and os.path.isabs(v) else v}"
+    f"--{k}={repo_relative(v) if k == 'config' else v}"
     for k in keep
     if (v := getattr(args, k)) not in ("", None)
   ]
